@@ -1,0 +1,48 @@
+# The README's two commands: `make demo` and `make test`. Both install what is missing first.
+BUILD_DIR ?= build
+JOBS ?= 2
+BUILD_TYPE ?= Release
+CMAKE_FLAGS ?=
+# ccache must accept precompiled headers.
+export CCACHE_SLOPPINESS := pch_defines,time_macros,include_file_mtime,include_file_ctime
+
+.PHONY: all deps configure build test demo bench bench-quick sanitize clean
+
+all: build
+
+deps:
+	bash scripts/install-deps.sh
+
+$(BUILD_DIR)/build.ninja: CMakeLists.txt
+	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_FLAGS)
+
+configure: deps $(BUILD_DIR)/build.ninja
+
+build: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+test: build
+	bash scripts/run-tests.sh $(BUILD_DIR)
+
+demo: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target xconv-demo
+	$(BUILD_DIR)/examples/xconv-demo
+
+# Layer benchmark: the full grid (hours on 2 cores) or the quick slice (under a minute).
+bench: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target xtrain-bench
+	$(BUILD_DIR)/bench/xtrain-bench layer --json bench/results/layer.jsonl --markdown bench/results/layer.md
+	/usr/bin/python3 bench/plot_layer.py bench/results/layer.jsonl bench/results/layer.png
+
+bench-quick: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target xtrain-bench
+	$(BUILD_DIR)/bench/xtrain-bench layer --quick --json $(BUILD_DIR)/layer-quick.jsonl --markdown $(BUILD_DIR)/layer-quick.md
+
+# ASan/UBSan build of the tests in its own tree.
+sanitize: deps
+	cmake -S . -B $(BUILD_DIR)-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DXTRAIN_SANITIZE=ON -DXTRAIN_BUILD_BENCH=OFF
+	cmake --build $(BUILD_DIR)-asan -j $(JOBS)
+	bash scripts/run-tests.sh $(BUILD_DIR)-asan
+
+clean:
+	rm -rf $(BUILD_DIR) $(BUILD_DIR)-asan

@@ -1,0 +1,42 @@
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "absl/status/statusor.h"
+#include "core/xconv/xconv_options.h"
+
+namespace xtrain::core {
+
+// What Convert swaps and with which settings.
+struct ConvertOptions {
+  XConvSettings settings;                            // for every converted conv without an override
+  std::map<std::string, XConvSettings> per_layer;    // overrides by module path ("features.3")
+  std::set<std::string> keep_exact;                  // paths left as torch convolutions
+  bool convert_relu = true;                          // swap ReLU for MaskReLU
+  uint64_t seed = 0;                                 // layer i's seed stream starts at MixSeed(seed, i)
+};
+
+// The converted tree and what changed.
+struct ConvertResult {
+  std::shared_ptr<torch::nn::Module> module;  // the root (a new object if the root itself was swapped)
+  std::vector<std::string> converted;          // paths of swapped modules, in tree order
+};
+
+// Walks `root` and swaps Conv2d/Conv3d for XConv2d/XConv3d (keeping the same weight and bias
+// tensors) and ReLU for MaskReLU. Sequential, ModuleList and ModuleDict are rebuilt in place of
+// the old containers; other parents get Module::replace_module, so a custom module must reach
+// its children through the registry (named_children / a container), not a member holder taken
+// before the swap. InvalidArgument for convolutions XConv cannot run (non-zero padding modes,
+// asymmetric 'same' padding) unless they are listed in keep_exact.
+absl::StatusOr<ConvertResult> Convert(std::shared_ptr<torch::nn::Module> root,
+                                      const ConvertOptions& options);
+
+}  // namespace xtrain::core

@@ -1,0 +1,194 @@
+#include "core/xconv/weight_gradient.h"
+
+#include <limits>
+
+namespace xtrain::core {
+namespace {
+
+std::vector<int64_t> SpatialSizes(const std::vector<int64_t>& sizes) {
+  return std::vector<int64_t>(sizes.begin() + 2, sizes.end());
+}
+
+// A tensor with `sizes` that owns no memory: the weight-gradient kernel reads only the weight's shape.
+torch::Tensor ShapeOnly(torch::IntArrayRef sizes, const torch::TensorOptions& options) {
+  return torch::zeros({1}, options).expand(sizes);
+}
+
+}  // namespace
+
+RouteCost EstimateRouteCost(const ConvShape& s, int64_t probes, ProbeMode mode) {
+  const double r = static_cast<double>(probes);
+  const double b = static_cast<double>(s.batch);
+  const double cin = static_cast<double>(s.in_channels);
+  const double cout = static_cast<double>(s.out_channels);
+  const double cin_group = cin / static_cast<double>(s.groups);
+  const double k = static_cast<double>(s.kernel_volume);
+  const double s_in = static_cast<double>(s.input_spatial);
+  const double s_out = static_cast<double>(s.output_spatial);
+
+  RouteCost cost;
+  cost.exact = b * cout * cin_group * k * s_out;
+  switch (mode) {
+    case ProbeMode::kIndependent:
+      cost.tap = b * cout * r * k * s_out + cout * k * b * r * cin_group;
+      cost.reconstruct = b * cin * r * s_in + cost.exact;
+      break;
+    case ProbeMode::kMultiChannel:
+      cost.tap = r * b * cout * s_out + r * cout * cin_group * k * s_out;
+      cost.reconstruct = b * r * cin * s_in + cost.exact;
+      break;
+    case ProbeMode::kOrthogonal:
+      cost.tap = std::numeric_limits<double>::infinity();
+      cost.reconstruct = b * r * s_in + cost.exact;
+      break;
+  }
+  return cost;
+}
+
+GradientRoute ResolveRoute(GradientRoute requested, const ConvShape& shape, int64_t probes,
+                           ProbeMode mode) {
+  if (mode == ProbeMode::kOrthogonal) return GradientRoute::kReconstruct;
+  if (requested != GradientRoute::kAuto) return requested;
+  const RouteCost cost = EstimateRouteCost(shape, probes, mode);
+  return kTapCostWeight * cost.tap < cost.reconstruct ? GradientRoute::kTap
+                                                      : GradientRoute::kReconstruct;
+}
+
+torch::Tensor ComputeSketch(const torch::Tensor& input, const ProbeSet& probes, ProbeMode mode,
+                            torch::ScalarType compute_dtype) {
+  const int64_t batch = input.size(0);
+  const int64_t channels = input.size(1);
+  const torch::Tensor x = input.to(compute_dtype);
+  torch::Tensor sketch;
+  switch (mode) {
+    case ProbeMode::kIndependent:  // E[b, c, p] = sum_x X[b, c, x] Z[p, x]
+      sketch = torch::matmul(x.reshape({batch, channels, -1}), probes.matrix.t());
+      break;
+    case ProbeMode::kMultiChannel:  // E[b, p] = sum_{c, x} X[b, c, x] Z[p, (c, x)]
+      sketch = torch::matmul(x.reshape({batch, -1}), probes.matrix.t());
+      break;
+    case ProbeMode::kOrthogonal: {  // E[b, col(c, j)] += sum_x X[b, c, x] Z[c, j, x]
+      const int64_t n = probes.matrix.size(1);
+      torch::Tensor per_channel =
+          torch::bmm(x.reshape({batch, channels, -1}).transpose(0, 1),  // (C, B, S)
+                     probes.matrix.transpose(1, 2));                     // (C, S, n)
+      torch::Tensor flat = per_channel.permute({1, 0, 2}).reshape({batch, channels * n});
+      sketch = torch::zeros({batch, probes.count}, flat.options());
+      sketch.index_add_(1, probes.columns, flat);
+      break;
+    }
+  }
+  return sketch.to(input.scalar_type());
+}
+
+torch::Tensor ExactWeightGradient(const torch::Tensor& grad_output, const torch::Tensor& input,
+                                  const torch::Tensor& weight, const ConvGeometry& geometry) {
+  const std::vector<int64_t> output_padding(geometry.stride.size(), 0);
+  return std::get<1>(at::convolution_backward(
+      grad_output, input, ShapeOnly(weight.sizes(), input.options()), c10::nullopt,
+      geometry.stride, geometry.padding, geometry.dilation, /*transposed=*/false, output_padding,
+      geometry.groups, {false, true, false}));
+}
+
+torch::Tensor TapWeightGradient(const torch::Tensor& grad_output, const SketchedInput& sketched,
+                                const torch::Tensor& weight, const ConvGeometry& geometry,
+                                torch::ScalarType compute_dtype) {
+  TORCH_CHECK(sketched.mode != ProbeMode::kOrthogonal,
+              "the orthogonal probe mode has no tap route: use the reconstruction route");
+  const int64_t r = sketched.probes->count;
+  const int64_t batch = sketched.input_sizes[0];
+  const int64_t in_channels = sketched.input_sizes[1];
+  const int64_t out_channels = weight.size(0);
+  const int64_t groups = geometry.groups;
+  const std::vector<int64_t> in_spatial = SpatialSizes(sketched.input_sizes);
+  const std::vector<int64_t> out_spatial = SpatialSizes(grad_output.sizes().vec());
+  const torch::Tensor g = grad_output.to(compute_dtype);
+  const torch::Tensor sketch = sketched.sketch.to(compute_dtype);
+
+  if (sketched.mode == ProbeMode::kIndependent) {
+    // T[(b, co), p, k] = sum_y G[b, co, y] Z[p, y + o_k]: one weight-gradient call with the probes
+    // as a single r-channel image and G as B*C_out output channels.
+    std::vector<int64_t> z_sizes = {1, r};
+    z_sizes.insert(z_sizes.end(), in_spatial.begin(), in_spatial.end());
+    std::vector<int64_t> g_sizes = {1, batch * out_channels};
+    g_sizes.insert(g_sizes.end(), out_spatial.begin(), out_spatial.end());
+    std::vector<int64_t> t_sizes = {batch * out_channels, r};
+    t_sizes.insert(t_sizes.end(), weight.sizes().begin() + 2, weight.sizes().end());
+    ConvGeometry single = geometry;
+    single.groups = 1;
+    const torch::Tensor taps = ExactWeightGradient(
+        g.reshape(g_sizes), sketched.probes->matrix.reshape(z_sizes), ShapeOnly(t_sizes, g.options()),
+        single);
+    // dW[co, ci, k] = (1/r) sum_{b, p} T[b, co, p, k] E[b, ci, p], within each group.
+    const int64_t kernel = weight[0][0].numel();
+    const int64_t out_group = out_channels / groups;
+    const int64_t in_group = in_channels / groups;
+    const torch::Tensor lhs = taps.reshape({batch, groups, out_group, r, kernel})
+                                  .permute({1, 2, 4, 0, 3})
+                                  .reshape({groups, out_group * kernel, batch * r});
+    const torch::Tensor rhs = sketch.reshape({batch, groups, in_group, r})
+                                  .permute({1, 0, 3, 2})
+                                  .reshape({groups, batch * r, in_group});
+    return torch::bmm(lhs, rhs)
+        .reshape({groups, out_group, kernel, in_group})
+        .permute({0, 1, 3, 2})
+        .reshape(weight.sizes())
+        .div_(static_cast<double>(r));
+  }
+
+  // Multichannel: G~[p] = sum_b E[b, p] G[b], then one exact weight-gradient call with the r
+  // probes as a batch of C_in-channel images: cost r/B of the exact kernel.
+  std::vector<int64_t> gt_sizes = {r, out_channels};
+  gt_sizes.insert(gt_sizes.end(), out_spatial.begin(), out_spatial.end());
+  std::vector<int64_t> z_sizes = {r, in_channels};
+  z_sizes.insert(z_sizes.end(), in_spatial.begin(), in_spatial.end());
+  const torch::Tensor g_tilde = torch::matmul(sketch.t(), g.reshape({batch, -1})).reshape(gt_sizes);
+  return ExactWeightGradient(g_tilde, sketched.probes->matrix.reshape(z_sizes), weight, geometry)
+      .div_(static_cast<double>(r));
+}
+
+torch::Tensor ReconstructInput(const SketchedInput& sketched, int64_t begin, int64_t end,
+                               torch::ScalarType compute_dtype) {
+  const int64_t count = end - begin;
+  const int64_t channels = sketched.input_sizes[1];
+  const double r = static_cast<double>(sketched.probes->count);
+  std::vector<int64_t> sizes = sketched.input_sizes;
+  sizes[0] = count;
+  const torch::Tensor sketch = sketched.sketch.slice(0, begin, end).to(compute_dtype);
+  const torch::Tensor& z = sketched.probes->matrix;
+  switch (sketched.mode) {
+    case ProbeMode::kIndependent:
+      return torch::matmul(sketch, z).div_(r).reshape(sizes);
+    case ProbeMode::kMultiChannel:
+      return torch::matmul(sketch, z).div_(r).reshape(sizes);
+    case ProbeMode::kOrthogonal: {
+      const int64_t n = z.size(1);
+      const torch::Tensor gathered = sketch.index_select(1, sketched.probes->columns)
+                                         .reshape({count, channels, n})
+                                         .transpose(0, 1);  // (C, B, n)
+      return torch::bmm(gathered, z).div_(r).transpose(0, 1).reshape(sizes);
+    }
+  }
+  return {};
+}
+
+torch::Tensor ReconstructWeightGradient(const torch::Tensor& grad_output,
+                                        const SketchedInput& sketched, const torch::Tensor& weight,
+                                        const ConvGeometry& geometry, int64_t batch_chunk,
+                                        torch::ScalarType compute_dtype) {
+  const int64_t batch = sketched.input_sizes[0];
+  const int64_t chunk = batch_chunk > 0 ? std::min(batch_chunk, batch) : batch;
+  const torch::Tensor g = grad_output.to(compute_dtype);
+  const torch::Tensor w = ShapeOnly(weight.sizes(), g.options());
+  torch::Tensor grad_weight;
+  for (int64_t begin = 0; begin < batch; begin += chunk) {
+    const int64_t end = std::min(batch, begin + chunk);
+    torch::Tensor part = ExactWeightGradient(g.slice(0, begin, end),
+                                             ReconstructInput(sketched, begin, end, compute_dtype),
+                                             w, geometry);
+    grad_weight = grad_weight.defined() ? grad_weight.add_(part) : part;
+  }
+  return grad_weight;
+}
+
+}  // namespace xtrain::core

@@ -1,0 +1,72 @@
+#pragma once
+
+#include <cstdint>
+
+#include <torch/torch.h>
+
+#include "core/xconv/conv_geometry.h"
+#include "core/xconv/probes.h"
+#include "core/xconv/xconv_options.h"
+
+namespace xtrain::core {
+
+// Sizes of one convolution call, enough to price the weight-gradient routes.
+struct ConvShape {
+  int64_t batch = 0;
+  int64_t in_channels = 0;
+  int64_t out_channels = 0;
+  int64_t groups = 1;
+  int64_t kernel_volume = 0;   // prod(kernel sizes)
+  int64_t input_spatial = 0;   // S = prod(input spatial sizes)
+  int64_t output_spatial = 0;  // prod(output spatial sizes)
+};
+
+// Multiply-adds of each weight-gradient computation for `probes` probes in `mode`.
+struct RouteCost {
+  double exact = 0;        // the library's exact weight gradient on the stored input
+  double tap = 0;          // tap route; infinity where the mode has no tap route
+  double reconstruct = 0;  // reconstruction route
+};
+RouteCost EstimateRouteCost(const ConvShape& shape, int64_t probes, ProbeMode mode);
+
+// The route `requested` resolves to: kAuto picks the cheaper one by EstimateRouteCost, weighting the
+// tap route by kTapCostWeight (bench/ measured its kernels' efficiency against the exact kernel).
+GradientRoute ResolveRoute(GradientRoute requested, const ConvShape& shape, int64_t probes,
+                           ProbeMode mode);
+inline constexpr double kTapCostWeight = 1.0;
+
+// The sketch an XConv layer keeps: (B, C_in, r) for kIndependent, (B, r) otherwise, computed in
+// `compute_dtype` (fp32 for reduced-precision inputs) and returned in the input's dtype.
+torch::Tensor ComputeSketch(const torch::Tensor& input, const ProbeSet& probes, ProbeMode mode,
+                            torch::ScalarType compute_dtype);
+
+// The exact weight gradient of conv(input, weight) for output gradient `grad_output`.
+torch::Tensor ExactWeightGradient(const torch::Tensor& grad_output, const torch::Tensor& input,
+                                  const torch::Tensor& weight, const ConvGeometry& geometry);
+
+// What backward needs to estimate dW from a sketch.
+struct SketchedInput {
+  torch::Tensor sketch;                   // from ComputeSketch
+  const ProbeSet* probes = nullptr;       // the same probes, regenerated from the seed
+  ProbeMode mode = ProbeMode::kIndependent;
+  std::vector<int64_t> input_sizes;       // (B, C_in, spatial...)
+};
+
+// Tap route (DESIGN.md §1): conv weight-gradient of the probes against G, contracted with the
+// sketch. kOrthogonal has no tap route. Result in `compute_dtype`.
+torch::Tensor TapWeightGradient(const torch::Tensor& grad_output, const SketchedInput& sketched,
+                                const torch::Tensor& weight, const ConvGeometry& geometry,
+                                torch::ScalarType compute_dtype);
+
+// Reconstruction route: X_hat = (1/r) Z Z^T X from the sketch, `batch_chunk` samples at a time
+// (0 = all), then the exact weight-gradient kernel on X_hat. Result in `compute_dtype`.
+torch::Tensor ReconstructWeightGradient(const torch::Tensor& grad_output,
+                                        const SketchedInput& sketched, const torch::Tensor& weight,
+                                        const ConvGeometry& geometry, int64_t batch_chunk,
+                                        torch::ScalarType compute_dtype);
+
+// X_hat for samples [begin, end) of the batch, in `compute_dtype`.
+torch::Tensor ReconstructInput(const SketchedInput& sketched, int64_t begin, int64_t end,
+                               torch::ScalarType compute_dtype);
+
+}  // namespace xtrain::core

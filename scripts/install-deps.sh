@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs every Debian package the build, tests and benchmarks need. Idempotent: installs only what is missing.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build ccache pkg-config
+  libtorch-dev            # LibTorch 1.13 (CPU)
+  libopenblas0-openmp     # LibTorch calls libblas.so.3; reference BLAS is >10x slower
+  libabsl-dev             # absl::Status / StatusOr
+  libgtest-dev libgmock-dev
+  python3-torch           # the TORCH_LIBRARY test loads the op library from Python
+  python3-matplotlib      # benchmark plots
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}"
+  sudo_cmd=""
+  [[ $(id -u) -ne 0 ]] && sudo_cmd="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Make sure the OpenMP OpenBLAS serves libblas.so.3 (the reference BLAS may have been installed first).
+blas=$(update-alternatives --list libblas.so.3-x86_64-linux-gnu 2>/dev/null | grep openblas-openmp | head -1 || true)
+if [[ -n $blas ]] && [[ $(readlink -f /etc/alternatives/libblas.so.3-x86_64-linux-gnu) != "$(readlink -f "$blas")" ]]; then
+  ${sudo_cmd:-} update-alternatives --set libblas.so.3-x86_64-linux-gnu "$blas"
+fi
+lapack=$(update-alternatives --list liblapack.so.3-x86_64-linux-gnu 2>/dev/null | grep openblas-openmp | head -1 || true)
+if [[ -n $lapack ]] && [[ $(readlink -f /etc/alternatives/liblapack.so.3-x86_64-linux-gnu) != "$(readlink -f "$lapack")" ]]; then
+  ${sudo_cmd:-} update-alternatives --set liblapack.so.3-x86_64-linux-gnu "$lapack"
+fi
+exit 0
