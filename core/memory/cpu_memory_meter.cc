@@ -3,40 +3,56 @@
 #include <c10/core/CPUAllocator.h>
 
 #include <mutex>
+#include <unordered_map>
 
 namespace xtrain::core {
 namespace {
 
-// Wraps the default CPU allocator; each block carries its size to the deleter.
+// Wraps the default CPU allocator. The DataPtr's context is the data pointer itself (LibTorch's
+// raw_allocate requires that), so each block's size and owner live in a map keyed by address.
 class CountingAllocator final : public c10::Allocator {
  public:
-  CountingAllocator(c10::Allocator* base, CpuMemoryMeter* meter) : base_(base), meter_(meter) {}
+  CountingAllocator(c10::Allocator* base, CpuMemoryMeter* meter) : base_(base), meter_(meter) {
+    instance_ = this;
+  }
 
   c10::DataPtr allocate(size_t bytes) const override {
     c10::DataPtr inner = base_->allocate(bytes);
     void* data = inner.get();
-    auto* block = new Block{std::move(inner), static_cast<int64_t>(bytes), meter_};
-    meter_->Add(block->bytes);
-    return {data, block, &Free, c10::Device(c10::DeviceType::CPU)};
+    if (data == nullptr) return inner;  // zero-byte allocations own nothing
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      blocks_.emplace(data, Block{std::move(inner), static_cast<int64_t>(bytes)});
+    }
+    meter_->Add(static_cast<int64_t>(bytes));
+    return {data, data, &Free, c10::Device(c10::DeviceType::CPU)};
   }
 
-  c10::DeleterFnPtr raw_deleter() const override { return nullptr; }
+  c10::DeleterFnPtr raw_deleter() const override { return &Free; }
 
  private:
   struct Block {
-    c10::DataPtr inner;
+    c10::DataPtr inner;  // frees through the base allocator when destroyed
     int64_t bytes;
-    CpuMemoryMeter* meter;
   };
 
-  static void Free(void* context) {
-    auto* block = static_cast<Block*>(context);
-    block->meter->Sub(block->bytes);
-    delete block;
+  static void Free(void* data) {
+    Block block;
+    {
+      std::lock_guard<std::mutex> lock(instance_->mutex_);
+      auto it = instance_->blocks_.find(data);
+      if (it == instance_->blocks_.end()) return;
+      block = std::move(it->second);
+      instance_->blocks_.erase(it);
+    }
+    instance_->meter_->Sub(block.bytes);
   }
 
+  static inline CountingAllocator* instance_ = nullptr;
   c10::Allocator* base_;
   CpuMemoryMeter* meter_;
+  mutable std::mutex mutex_;
+  mutable std::unordered_map<void*, Block> blocks_;  // guarded by mutex_
 };
 
 }  // namespace

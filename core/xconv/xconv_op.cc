@@ -68,14 +68,24 @@ SavedCall Load(AutogradContext* ctx) {
   return call;
 }
 
+torch::Tensor InputGradient(const torch::Tensor& grad, const torch::Tensor& weight,
+                            const std::vector<int64_t>& input_sizes, const ConvGeometry& geometry) {
+  // The kernel reads only the input's shape: a zero-stride stand-in owns no memory.
+  const torch::Tensor shape_only = torch::zeros({1}, grad.options()).expand(input_sizes);
+  const std::vector<int64_t> no_output_padding(geometry.stride.size(), 0);
+  return std::get<0>(at::convolution_backward(grad, shape_only, weight, c10::nullopt, geometry.stride,
+                                              geometry.padding, geometry.dilation, /*transposed=*/false,
+                                              no_output_padding, geometry.groups, {true, false, false}));
+}
+
 // Autograd function: keeps the sketch (and the seed) instead of the input.
 class XConvFunction : public torch::autograd::Function<XConvFunction> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& input,
-                               const torch::Tensor& weight, const torch::Tensor& bias,
+                               const torch::Tensor& weight, const c10::optional<torch::Tensor>& bias,
                                const SavedCall& call, bool keep_sketch) {
     const std::vector<int64_t> no_output_padding(call.geometry.stride.size(), 0);
-    torch::Tensor output = at::convolution(input, weight, bias, call.geometry.stride,
+    torch::Tensor output = at::convolution(input, weight, bias.value_or(torch::Tensor()), call.geometry.stride,
                                            call.geometry.padding, call.geometry.dilation,
                                            /*transposed=*/false, no_output_padding,
                                            call.geometry.groups);
@@ -101,13 +111,9 @@ class XConvFunction : public torch::autograd::Function<XConvFunction> {
 
     torch::Tensor grad_input, grad_weight, grad_bias;
     if (ctx->needs_input_grad(0)) {
-      // dX = conv_transpose(G, W): exact, needs only W.
-      const std::vector<int64_t> kernel = Spatial(weight.sizes());
-      const std::vector<int64_t> output_padding = TransposeOutputPadding(
-          Spatial(call.input_sizes), Spatial(grad.sizes()), kernel, geometry);
-      grad_input = at::convolution(grad, weight, {}, geometry.stride, geometry.padding,
-                                   geometry.dilation, /*transposed=*/true, output_padding,
-                                   geometry.groups);
+      // dX is exact and needs only W. Through convolution_backward rather than conv_transpose:
+      // LibTorch 1.13's CPU bfloat16 conv_transpose returns wrong values (rel. error ~1.4).
+      grad_input = InputGradient(grad, weight, call.input_sizes, geometry);
     }
     if (ctx->needs_input_grad(1) && sketch.defined()) {
       const torch::ScalarType compute = XConvComputeDtype(sketch.scalar_type());
@@ -248,7 +254,10 @@ torch::Tensor XConvNd(int64_t dims, const torch::Tensor& input, const torch::Ten
   SavedCall call{g, settings, seed, input.sizes().vec(), bias.defined()};
   // The sketch is needed only if the weight gradient will be asked for.
   const bool keep_sketch = torch::GradMode::is_enabled() && weight.requires_grad();
-  return XConvFunction::apply(input, weight, bias, call, keep_sketch);
+  // Bias travels as an optional: autograd skips an absent one.
+  const c10::optional<torch::Tensor> maybe_bias =
+      bias.defined() ? c10::optional<torch::Tensor>(bias) : c10::nullopt;
+  return XConvFunction::apply(input, weight, maybe_bias, call, keep_sketch);
 }
 
 }  // namespace xtrain::core

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs every test of a build tree with CTest; prints CTest's summary line.
+set -euo pipefail
+build=${1:-build}
+# Tests state their own thread counts where it matters; two match this machine.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+ctest --test-dir "$build" --output-on-failure -j "${CTEST_JOBS:-2}" --timeout 900

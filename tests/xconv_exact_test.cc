@@ -1,0 +1,136 @@
+// Exact limit (r = S with orthogonal probes), exact forward/dX/db, and agreement of the two routes.
+#include <gtest/gtest.h>
+
+#include "tests/xconv_test_util.h"
+
+namespace xtrain::core {
+namespace {
+
+using testing::ConvCase;
+using testing::ExactGrads;
+using testing::MakeTensors;
+using testing::RelativeError;
+using testing::XConvGrads;
+
+std::vector<ConvCase> GeometryCases() {
+  return {
+      {"k1", 2, 4, 6, {7, 6}, {1, 1}, {{1}, {0}, {1}, 1}},
+      {"k3", 2, 4, 6, {7, 6}, {3, 3}, {{1}, {1}, {1}, 1}},
+      {"k5", 2, 4, 6, {7, 6}, {5, 5}, {{1}, {2}, {1}, 1}},
+      {"k3_stride2", 2, 4, 6, {7, 6}, {3, 3}, {{2}, {1}, {1}, 1}},
+      {"k5_stride2_nopad", 2, 4, 6, {9, 8}, {5, 5}, {{2}, {0}, {1}, 1}},
+      {"k3_dilation2", 2, 4, 6, {7, 6}, {3, 3}, {{1}, {2}, {2}, 1}},
+      {"k3_groups2", 2, 4, 6, {7, 6}, {3, 3}, {{1}, {1}, {1}, 2}},
+      {"k3x5_nonsquare", 2, 4, 6, {7, 6}, {3, 5}, {{1, 2}, {1, 2}, {1, 1}, 1}},
+      {"k3_nobias", 2, 4, 6, {7, 6}, {3, 3}, {{1}, {1}, {1}, 1}, false},
+      {"3d_k3", 2, 3, 4, {4, 5, 3}, {3, 3, 3}, {{1}, {1}, {1}, 1}},
+      {"3d_k3_stride2_groups3", 2, 3, 6, {5, 4, 4}, {3, 3, 3}, {{2, 1, 2}, {1}, {1}, 3}},
+      {"3d_k1x3x5_dilation", 2, 3, 4, {4, 7, 8}, {1, 3, 5}, {{1}, {0, 2, 2}, {1, 2, 1}, 1}},
+  };
+}
+
+struct ModeRoute {
+  ProbeMode mode;
+  GradientRoute route;
+};
+
+class ExactLimitTest : public ::testing::TestWithParam<ConvCase> {};
+
+// r equal to the probed dimension with orthogonal probes makes Z Z^T / r the identity.
+TEST_P(ExactLimitTest, OrthogonalProbesAtFullRankGiveExactWeightGradient) {
+  const ConvCase& c = GetParam();
+  const auto tensors = MakeTensors(c, torch::kDouble, 11);
+  const auto exact = ExactGrads(c, tensors);
+  const int64_t s = c.spatial_size();
+  for (const ModeRoute& mr : std::vector<ModeRoute>{
+           {ProbeMode::kIndependent, GradientRoute::kTap},
+           {ProbeMode::kIndependent, GradientRoute::kReconstruct},
+           {ProbeMode::kMultiChannel, GradientRoute::kTap},
+           {ProbeMode::kMultiChannel, GradientRoute::kReconstruct},
+           {ProbeMode::kOrthogonal, GradientRoute::kReconstruct}}) {
+    XConvSettings settings;
+    settings.mode = mr.mode;
+    settings.route = mr.route;
+    settings.distribution = ProbeDistribution::kOrthogonal;
+    settings.probes = mr.mode == ProbeMode::kIndependent ? s : c.in_channels * s;
+    const auto est = XConvGrads(c, tensors, settings, 5);
+    EXPECT_LT(RelativeError(est.weight, exact.weight), 1e-6)
+        << c.name << " mode " << ProbeModeName(mr.mode) << " route " << GradientRouteName(mr.route);
+  }
+}
+
+// Output, dX and db do not depend on the probes: they equal the exact conv's to rounding.
+TEST_P(ExactLimitTest, ForwardInputAndBiasGradientsAreExact) {
+  const ConvCase& c = GetParam();
+  const auto tensors = MakeTensors(c, torch::kDouble, 12);
+  const auto exact = ExactGrads(c, tensors);
+  XConvSettings settings;
+  settings.probes = 3;
+  for (ProbeMode mode : {ProbeMode::kIndependent, ProbeMode::kMultiChannel, ProbeMode::kOrthogonal}) {
+    settings.mode = mode;
+    const auto est = XConvGrads(c, tensors, settings, 9);
+    EXPECT_LT(RelativeError(est.output, exact.output), 1e-12) << c.name;
+    EXPECT_LT(RelativeError(est.input, exact.input), 1e-12) << c.name;
+    if (c.bias) {
+      EXPECT_LT(RelativeError(est.bias, exact.bias), 1e-12) << c.name;
+    }
+    EXPECT_EQ(est.input.sizes(), tensors.input.sizes());
+  }
+}
+
+// The tap and reconstruction routes compute the same estimate from the same probes.
+TEST_P(ExactLimitTest, TapAndReconstructionRoutesAgree) {
+  const ConvCase& c = GetParam();
+  const auto tensors = MakeTensors(c, torch::kDouble, 13);
+  for (ProbeMode mode : {ProbeMode::kIndependent, ProbeMode::kMultiChannel}) {
+    for (ProbeDistribution dist : {ProbeDistribution::kGaussian, ProbeDistribution::kRademacher}) {
+      XConvSettings settings;
+      settings.probes = 5;
+      settings.mode = mode;
+      settings.distribution = dist;
+      settings.route = GradientRoute::kTap;
+      const auto tap = XConvGrads(c, tensors, settings, 21);
+      settings.route = GradientRoute::kReconstruct;
+      const auto rec = XConvGrads(c, tensors, settings, 21);
+      settings.reconstruct_batch_chunk = 1;
+      const auto chunked = XConvGrads(c, tensors, settings, 21);
+      EXPECT_LT(RelativeError(tap.weight, rec.weight), 1e-10) << c.name << " " << ProbeModeName(mode);
+      EXPECT_LT(RelativeError(chunked.weight, rec.weight), 1e-12) << c.name;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Geometries, ExactLimitTest, ::testing::ValuesIn(GeometryCases()),
+                         [](const auto& info) { return info.param.name; });
+
+// probes = 0 is the exact path: the weight gradient itself is exact.
+TEST(XConvExact, ZeroProbesIsTheExactConvolution) {
+  const ConvCase c{"k3", 2, 4, 6, {7, 6}, {3, 3}, {{1}, {1}, {1}, 1}};
+  const auto tensors = MakeTensors(c, torch::kDouble, 3);
+  XConvSettings settings;
+  settings.probes = 0;
+  const auto exact = ExactGrads(c, tensors);
+  const auto est = XConvGrads(c, tensors, settings, 1);
+  EXPECT_LT(RelativeError(est.weight, exact.weight), 1e-14);
+}
+
+// float32 and bfloat16 run; bfloat16 keeps a bf16 sketch but accumulates in fp32.
+TEST(XConvExact, ReducedPrecisionMatchesFloat32Estimate) {
+  const ConvCase c{"k3", 4, 8, 8, {12, 12}, {3, 3}, {{1}, {1}, {1}, 1}};
+  const auto t32 = MakeTensors(c, torch::kFloat, 4);
+  testing::ConvTensors t16{t32.input.to(torch::kBFloat16), t32.weight.to(torch::kBFloat16),
+                           t32.bias.to(torch::kBFloat16), t32.grad_output.to(torch::kBFloat16)};
+  XConvSettings settings;
+  settings.probes = 16;
+  const auto est32 = XConvGrads(c, t32, settings, 8);
+  const auto est16 = XConvGrads(c, t16, settings, 8);
+  EXPECT_EQ(est16.weight.scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(est16.input.scalar_type(), torch::kBFloat16);
+  // bf16 has an 8-bit mantissa: inputs rounded by ~0.4% each give a few 1e-3 relative error.
+  EXPECT_LT(RelativeError(est16.weight, est32.weight), 2e-2);
+  EXPECT_LT(RelativeError(est16.output, est32.output), 2e-2);
+  EXPECT_LT(RelativeError(est16.input, est32.input), 2e-2);
+}
+
+}  // namespace
+}  // namespace xtrain::core
