@@ -16,6 +16,36 @@ torch::Tensor ShapeOnly(torch::IntArrayRef sizes, const torch::TensorOptions& op
 
 }  // namespace
 
+torch::Tensor UnfoldProbes(const torch::Tensor& probes, const std::vector<int64_t>& kernel,
+                           const std::vector<int64_t>& out_spatial, const ConvGeometry& geometry) {
+  const int64_t dims = static_cast<int64_t>(kernel.size());
+  std::vector<int64_t> pad;  // constant_pad_nd lists the last dimension first
+  for (int64_t d = dims - 1; d >= 0; --d) {
+    pad.push_back(geometry.padding[d]);
+    pad.push_back(geometry.padding[d]);
+  }
+  const torch::Tensor padded = torch::constant_pad_nd(probes, pad);
+  int64_t taps = 1;
+  for (int64_t k : kernel) taps *= k;
+  std::vector<torch::Tensor> columns;
+  columns.reserve(taps);
+  std::vector<int64_t> tap(dims, 0);
+  for (int64_t t = 0; t < taps; ++t) {
+    torch::Tensor view = padded;
+    for (int64_t d = 0; d < dims; ++d) {
+      const int64_t start = tap[d] * geometry.dilation[d];
+      view = view.slice(1 + d, start, start + (out_spatial[d] - 1) * geometry.stride[d] + 1,
+                        geometry.stride[d]);
+    }
+    columns.push_back(view.reshape({probes.size(0), -1}));
+    for (int64_t d = dims - 1; d >= 0; --d) {  // next tap, last dimension fastest (weight layout)
+      if (++tap[d] < kernel[d]) break;
+      tap[d] = 0;
+    }
+  }
+  return torch::stack(columns, 1);
+}
+
 RouteCost EstimateRouteCost(const ConvShape& s, int64_t probes, ProbeMode mode) {
   const double r = static_cast<double>(probes);
   const double b = static_cast<double>(s.batch);
@@ -106,25 +136,21 @@ torch::Tensor TapWeightGradient(const torch::Tensor& grad_output, const Sketched
   const torch::Tensor sketch = sketched.sketch.to(compute_dtype);
 
   if (sketched.mode == ProbeMode::kIndependent) {
-    // T[(b, co), p, k] = sum_y G[b, co, y] Z[p, y + o_k]: one weight-gradient call with the probes
-    // as a single r-channel image and G as B*C_out output channels.
-    std::vector<int64_t> z_sizes = {1, r};
+    // T[(b, co), (p, k)] = sum_y G[b, co, y] Z[p, y*stride + k*dilation - padding]: one GEMM of G
+    // against the probes unfolded per tap (r*K x S_out, small), zero outside the image.
+    std::vector<int64_t> z_sizes = {r};
     z_sizes.insert(z_sizes.end(), in_spatial.begin(), in_spatial.end());
-    std::vector<int64_t> g_sizes = {1, batch * out_channels};
-    g_sizes.insert(g_sizes.end(), out_spatial.begin(), out_spatial.end());
-    std::vector<int64_t> t_sizes = {batch * out_channels, r};
-    t_sizes.insert(t_sizes.end(), weight.sizes().begin() + 2, weight.sizes().end());
-    ConvGeometry single = geometry;
-    single.groups = 1;
-    const torch::Tensor taps = ExactWeightGradient(
-        g.reshape(g_sizes), sketched.probes->matrix.reshape(z_sizes), ShapeOnly(t_sizes, g.options()),
-        single);
-    // dW[co, ci, k] = (1/r) sum_{b, p} T[b, co, p, k] E[b, ci, p], within each group.
-    const int64_t kernel = weight[0][0].numel();
+    const torch::Tensor columns = UnfoldProbes(sketched.probes->matrix.reshape(z_sizes),
+                                               weight.sizes().slice(2).vec(), out_spatial, geometry);
+    const int64_t kernel = columns.size(1);
+    // (r*K x S_out) @ (S_out x B*C_out): the skinny operand first is the faster GEMM here.
+    const torch::Tensor taps =
+        torch::mm(columns.reshape({r * kernel, -1}), g.reshape({batch * out_channels, -1}).t());
+    // dW[co, ci, k] = (1/r) sum_{b, p} T[p, k, b, co] E[b, ci, p], within each group.
     const int64_t out_group = out_channels / groups;
     const int64_t in_group = in_channels / groups;
-    const torch::Tensor lhs = taps.reshape({batch, groups, out_group, r, kernel})
-                                  .permute({1, 2, 4, 0, 3})
+    const torch::Tensor lhs = taps.reshape({r, kernel, batch, groups, out_group})
+                                  .permute({3, 4, 1, 2, 0})
                                   .reshape({groups, out_group * kernel, batch * r});
     const torch::Tensor rhs = sketch.reshape({batch, groups, in_group, r})
                                   .permute({1, 0, 3, 2})

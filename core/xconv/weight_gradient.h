@@ -30,10 +30,11 @@ struct RouteCost {
 RouteCost EstimateRouteCost(const ConvShape& shape, int64_t probes, ProbeMode mode);
 
 // The route `requested` resolves to: kAuto picks the cheaper one by EstimateRouteCost, weighting the
-// tap route by kTapCostWeight (bench/ measured its kernels' efficiency against the exact kernel).
+// tap route by kTapCostWeight: its one large GEMM runs about twice as fast per multiply-add as the
+// library's weight-gradient kernel that the reconstruction route calls (bench/results/layer.md).
 GradientRoute ResolveRoute(GradientRoute requested, const ConvShape& shape, int64_t probes,
                            ProbeMode mode);
-inline constexpr double kTapCostWeight = 1.0;
+inline constexpr double kTapCostWeight = 0.5;
 
 // The sketch an XConv layer keeps: (B, C_in, r) for kIndependent, (B, r) otherwise, computed in
 // `compute_dtype` (fp32 for reduced-precision inputs) and returned in the input's dtype.
@@ -64,6 +65,11 @@ torch::Tensor ReconstructWeightGradient(const torch::Tensor& grad_output,
                                         const SketchedInput& sketched, const torch::Tensor& weight,
                                         const ConvGeometry& geometry, int64_t batch_chunk,
                                         torch::ScalarType compute_dtype);
+
+// The probes (r, spatial...) read through each kernel tap: (r, K, S_out), the value at output pixel
+// y for tap k being Z[p, y*stride + k*dilation - padding] (zero outside the image).
+torch::Tensor UnfoldProbes(const torch::Tensor& probes, const std::vector<int64_t>& kernel,
+                           const std::vector<int64_t>& out_spatial, const ConvGeometry& geometry);
 
 // X_hat for samples [begin, end) of the batch, in `compute_dtype`.
 torch::Tensor ReconstructInput(const SketchedInput& sketched, int64_t begin, int64_t end,

@@ -70,8 +70,9 @@ SavedCall Load(AutogradContext* ctx) {
 
 torch::Tensor InputGradient(const torch::Tensor& grad, const torch::Tensor& weight,
                             const std::vector<int64_t>& input_sizes, const ConvGeometry& geometry) {
-  // The kernel reads only the input's shape: a zero-stride stand-in owns no memory.
-  const torch::Tensor shape_only = torch::zeros({1}, grad.options()).expand(input_sizes);
+  // The kernel reads only the input's shape; an uninitialised stand-in is the cheapest one it takes
+  // (a zero-stride view gets copied into a dense buffer, which costs a pass over memory).
+  const torch::Tensor shape_only = torch::empty(input_sizes, grad.options());
   const std::vector<int64_t> no_output_padding(geometry.stride.size(), 0);
   return std::get<0>(at::convolution_backward(grad, shape_only, weight, c10::nullopt, geometry.stride,
                                               geometry.padding, geometry.dilation, /*transposed=*/false,
