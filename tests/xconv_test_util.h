@@ -31,6 +31,9 @@ struct ConvCase {
   }
 };
 
+// gtest prints a case by its name (test listings and CTest names stay readable).
+inline void PrintTo(const ConvCase& c, std::ostream* os) { *os << c.name; }
+
 // The layer's tensors: input, weight, bias and a fixed output gradient.
 struct ConvTensors {
   torch::Tensor input, weight, bias, grad_output;

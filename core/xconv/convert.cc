@@ -2,6 +2,8 @@
 
 #include <utility>
 
+#include <torch/version.h>
+
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "core/xconv/modules.h"
@@ -10,22 +12,31 @@
 namespace xtrain::core {
 namespace {
 
+// LibTorch 1.x spells its variant c10::variant; 2.x uses std::variant.
+#if TORCH_VERSION_MAJOR >= 2
+using std::get_if;
+using std::holds_alternative;
+#else
+using c10::get_if;
+using c10::holds_alternative;
+#endif
+
 using ModulePtr = std::shared_ptr<torch::nn::Module>;
 
 // Explicit zero padding of a torch conv, or InvalidArgument if XConv cannot express it.
 template <size_t D, typename ConvOptions>
 absl::StatusOr<torch::ExpandingArray<D>> ZeroPadding(const ConvOptions& options,
                                                      const std::string& path) {
-  if (!c10::holds_alternative<torch::enumtype::kZeros>(options.padding_mode())) {
+  if (!holds_alternative<torch::enumtype::kZeros>(options.padding_mode())) {
     return absl::InvalidArgumentError(absl::StrCat(
         "convert: ", path, " uses a non-zero padding mode; XConv supports zero padding only, so "
         "list this layer in keep_exact"));
   }
   torch::ExpandingArray<D> padding(0);
-  if (const auto* explicit_padding = c10::get_if<torch::ExpandingArray<D>>(&options.padding())) {
+  if (const auto* explicit_padding = get_if<torch::ExpandingArray<D>>(&options.padding())) {
     return *explicit_padding;
   }
-  if (c10::holds_alternative<torch::enumtype::kSame>(options.padding())) {
+  if (holds_alternative<torch::enumtype::kSame>(options.padding())) {
     for (size_t i = 0; i < D; ++i) {
       const int64_t total = (*options.dilation())[i] * ((*options.kernel_size())[i] - 1);
       if (total % 2 != 0) {
