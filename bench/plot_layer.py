@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import matplotlib.ticker  # noqa: E402
 
 TIME_GOAL = 0.9  # at B >= 64 and r <= C/4
+TAP_COST_WEIGHT = 0.75  # kTapCostWeight in core/xconv/weight_gradient.h
 
 
 def load(path):
@@ -38,7 +39,7 @@ def main(argv):
 
     batches = sorted({r["batch"] for r in records})
     colors = {b: plt.cm.tab10(i % 10) for i, b in enumerate(batches)}
-    fig, (ax_time, ax_bytes, ax_err) = plt.subplots(1, 3, figsize=(17, 5.2))
+    fig, (ax_time, ax_bytes, ax_err, ax_route) = plt.subplots(1, 4, figsize=(22, 5.2))
 
     # Time ratio against r/C: one marker per route, colour by batch, hollow outside the goal's
     # domain; a black ring marks the route auto picked (its time is time_xconv_s).
@@ -83,24 +84,37 @@ def main(argv):
     ax_bytes.set_title("Memory kept between forward and backward")
     ax_bytes.legend(fontsize=8)
 
-    # Weight-gradient error against r, one colour per spatial size.
-    spatials = sorted({(r["dims"], r["spatial"]) for r in records})
-    for i, (dims, spatial) in enumerate(spatials):
-        rows = sorted((r for r in records if (r["dims"], r["spatial"]) == (dims, spatial)),
-                      key=lambda r: r["probes"])
-        color = plt.cm.tab10(i % 10)
-        ax_err.scatter([r["probes"] for r in rows], [r["grad_rel_err"] for r in rows], color=color,
-                       label=f"{dims}-D, S={spatial}")
-        probes = sorted({r["probes"] for r in rows})
-        ax_err.plot(probes, [(spatial / p) ** 0.5 for p in probes], color=color, linestyle=":",
-                    linewidth=0.8)
+    # Weight-gradient error against r, one colour per channel count (the error grows with C_in:
+    # more input channels share each probe).
+    groups = sorted({(r["dims"], r["channels"]) for r in records})
+    for i, (dims, channels) in enumerate(groups):
+        rows = [r for r in records if (r["dims"], r["channels"]) == (dims, channels)]
+        ax_err.scatter([r["probes"] for r in rows], [r["grad_rel_err"] for r in rows],
+                       color=plt.cm.tab10(i % 10), label=f"{dims}-D, C={channels}")
     ax_err.set_xscale("log", base=2)
     ax_err.set_yscale("log")
     readable_log_ticks(ax_err.yaxis)
     ax_err.set_xlabel("r (probes)")
     ax_err.set_ylabel("||dW_est - dW||_F / ||dW||_F")
-    ax_err.set_title("Weight-gradient error, one seed (dotted: sqrt(S/r), iid data)")
+    ax_err.set_title("Weight-gradient error, one seed (teacher-regression G)")
     ax_err.legend(fontsize=8)
+
+    # The auto rule: measured tap/reconstruct time against the modelled cost ratio. Auto picks tap
+    # left of the dashed line (modelled ratio < 1 / kTapCostWeight).
+    model = [r["model_tap_rel"] / r["model_reconstruct_rel"] for r in records]
+    measured = [r["time_tap_s"] / r["time_reconstruct_s"] for r in records]
+    ax_route.scatter(model, measured, c=[colors[r["batch"]] for r in records])
+    ax_route.axhline(1.0, color="gray", linewidth=0.8)
+    ax_route.axvline(1 / TAP_COST_WEIGHT, color="red", linestyle="--", linewidth=1,
+                     label=f"auto: tap left of {1 / TAP_COST_WEIGHT:.2f}")
+    ax_route.set_xscale("log")
+    ax_route.set_yscale("log")
+    readable_log_ticks(ax_route.xaxis)
+    readable_log_ticks(ax_route.yaxis)
+    ax_route.set_xlabel("modelled cost: tap / reconstruct")
+    ax_route.set_ylabel("measured time: tap / reconstruct")
+    ax_route.set_title("Route rule (below 1: tap faster)")
+    ax_route.legend(fontsize=8)
 
     threads = sorted({r["threads"] for r in records})
     fig.suptitle(f"xtrain-bench layer: {len(records)} cases, threads {threads}")

@@ -1,6 +1,7 @@
 // Exact limit (r = S with orthogonal probes), exact forward/dX/db, and agreement of the two routes.
 #include <gtest/gtest.h>
 
+#include "core/xconv/weight_gradient.h"
 #include "tests/xconv_test_util.h"
 
 namespace xtrain::core {
@@ -130,6 +131,29 @@ TEST(XConvExact, ReducedPrecisionMatchesFloat32Estimate) {
   EXPECT_LT(RelativeError(est16.weight, est32.weight), 2e-2);
   EXPECT_LT(RelativeError(est16.output, est32.output), 2e-2);
   EXPECT_LT(RelativeError(est16.input, est32.input), 2e-2);
+}
+
+}  // namespace
+}  // namespace xtrain::core
+
+namespace xtrain::core {
+namespace {
+
+// The auto rule: tap for few probes per channel, reconstruction when r exceeds C_in by far, and
+// never tap for the orthogonal mode (it has none).
+TEST(XConvRoute, AutoPicksByModelledCost) {
+  const ConvShape layer{64, 64, 64, 1, 9, 32 * 32, 32 * 32};
+  EXPECT_EQ(ResolveRoute(GradientRoute::kAuto, layer, 8, ProbeMode::kIndependent), GradientRoute::kTap);
+  EXPECT_EQ(ResolveRoute(GradientRoute::kAuto, layer, 512, ProbeMode::kIndependent),
+            GradientRoute::kReconstruct);
+  EXPECT_EQ(ResolveRoute(GradientRoute::kAuto, layer, 8, ProbeMode::kOrthogonal), GradientRoute::kReconstruct);
+  EXPECT_EQ(ResolveRoute(GradientRoute::kReconstruct, layer, 8, ProbeMode::kIndependent),
+            GradientRoute::kReconstruct);
+  // Multichannel's tap route is an exact weight-gradient call with batch r: cheap while r < B.
+  EXPECT_EQ(ResolveRoute(GradientRoute::kAuto, layer, 8, ProbeMode::kMultiChannel), GradientRoute::kTap);
+  const RouteCost cost = EstimateRouteCost(layer, 8, ProbeMode::kIndependent);
+  EXPECT_LT(cost.tap, cost.exact);
+  EXPECT_GT(cost.reconstruct, cost.exact);
 }
 
 }  // namespace

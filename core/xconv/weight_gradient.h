@@ -30,11 +30,13 @@ struct RouteCost {
 RouteCost EstimateRouteCost(const ConvShape& shape, int64_t probes, ProbeMode mode);
 
 // The route `requested` resolves to: kAuto picks the cheaper one by EstimateRouteCost, weighting the
-// tap route by kTapCostWeight: its one large GEMM runs about twice as fast per multiply-add as the
-// library's weight-gradient kernel that the reconstruction route calls (bench/results/layer.md).
+// tap route by kTapCostWeight: its one large GEMM runs faster per multiply-add than the library's
+// weight-gradient kernel that the reconstruction route calls. On the CPU grid of
+// bench/results/layer-cpu-2026-11-28.md the tap route was faster wherever its modelled cost was
+// below ~0.7x the reconstruction route's, either won near 1.6x, and tap lost above 3x.
 GradientRoute ResolveRoute(GradientRoute requested, const ConvShape& shape, int64_t probes,
                            ProbeMode mode);
-inline constexpr double kTapCostWeight = 0.5;
+inline constexpr double kTapCostWeight = 0.75;
 
 // The sketch an XConv layer keeps: (B, C_in, r) for kIndependent, (B, r) otherwise, computed in
 // `compute_dtype` (fp32 for reduced-precision inputs) and returned in the input's dtype.
