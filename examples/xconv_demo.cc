@@ -3,9 +3,11 @@
 // exact convolution, for a few probe counts.
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <thread>
+#include <vector>
 
 #include "core/memory/cpu_memory_meter.h"
 #include "core/xconv/weight_gradient.h"
@@ -21,34 +23,31 @@ constexpr int64_t kBatch = 32, kChannels = 64, kSide = 56;
 
 struct Run {
   int64_t kept_bytes = 0;
-  double seconds = 0;
+  std::vector<double> seconds;
   torch::Tensor grad_weight;
 };
 
-Run Measure(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& grad_output,
-            const XConvSettings& settings, int reps) {
+// One forward+backward pass: records the bytes kept between them, the time and dW.
+void Step(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& grad_output,
+          const XConvSettings& settings, uint64_t seed, Run* run) {
   CpuMemoryMeter& meter = CpuMemoryMeter::Install();
-  const ConvGeometry geometry{{1}, {1}, {1}, 1};
-  Run run;
-  std::vector<double> times;
-  for (int rep = 0; rep < reps + 1; ++rep) {  // the first one warms up
-    torch::Tensor w = weight.detach().requires_grad_(true);
-    torch::Tensor y;
-    const int64_t before = meter.current_bytes();
-    const auto start = std::chrono::steady_clock::now();
-    {
-      const torch::Tensor x = input.clone();  // the layer's own input: dropped after forward
-      y = xtrain::core::XConvNd(2, x, w, {}, geometry, settings, 1000 + rep);
-    }
-    run.kept_bytes = meter.current_bytes() - before - static_cast<int64_t>(y.nbytes());
-    y.backward(grad_output);
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (rep > 0) times.push_back(seconds);
-    run.grad_weight = w.grad();
+  torch::Tensor w = weight.detach().requires_grad_(true);
+  torch::Tensor y;
+  const int64_t before = meter.current_bytes();
+  const auto start = std::chrono::steady_clock::now();
+  {
+    const torch::Tensor x = input.clone();  // the layer's own input: dropped after forward
+    y = xtrain::core::XConvNd(2, x, w, {}, ConvGeometry{{1}, {1}, {1}, 1}, settings, seed);
   }
-  std::sort(times.begin(), times.end());
-  run.seconds = times[times.size() / 2];
-  return run;
+  run->kept_bytes = meter.current_bytes() - before - static_cast<int64_t>(y.nbytes());
+  y.backward(grad_output);
+  run->seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  run->grad_weight = w.grad();
+}
+
+double Median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  return values[values.size() / 2];
 }
 
 }  // namespace
@@ -69,26 +68,37 @@ int main() {
               static_cast<long long>(kChannels), static_cast<long long>(kChannels),
               static_cast<long long>(kSide), static_cast<long long>(kSide),
               static_cast<long long>(kBatch), threads);
-  XConvSettings exact_settings;
-  exact_settings.probes = 0;
-  const Run exact = Measure(input, weight, grad_output, exact_settings, 3);
+  // Variants take turns in every round, so a machine whose speed drifts affects them alike.
+  const std::vector<int64_t> probe_counts = {0, 8, 16, 64};
+  std::vector<Run> runs(probe_counts.size());
+  constexpr int kRounds = 5;
+  for (int round = 0; round <= kRounds; ++round) {
+    for (size_t i = 0; i < probe_counts.size(); ++i) {
+      XConvSettings settings;
+      settings.probes = probe_counts[i];
+      Step(input, weight, grad_output, settings, 1000 + round, &runs[i]);
+      if (round == 0) runs[i].seconds.clear();  // warm-up
+    }
+  }
+  const Run& exact = runs[0];
+  const double exact_seconds = Median(exact.seconds);
   std::printf("%-22s %12s %10s %10s %10s %14s\n", "", "kept bytes", "of exact", "time s", "of exact",
               "dW rel. error");
   std::printf("%-22s %12lld %10s %10.3f %10s %14s\n", "exact conv", static_cast<long long>(exact.kept_bytes),
-              "1", exact.seconds, "1", "0");
-  for (int64_t probes : {8, 16, 64}) {
-    XConvSettings settings;
-    settings.probes = probes;
-    const Run run = Measure(input, weight, grad_output, settings, 3);
+              "1", exact_seconds, "1", "0");
+  for (size_t i = 1; i < runs.size(); ++i) {
+    const Run& run = runs[i];
     const double error =
         (run.grad_weight - exact.grad_weight).norm().item<double>() / exact.grad_weight.norm().item<double>();
+    const double seconds = Median(run.seconds);
     char label[64];
-    std::snprintf(label, sizeof(label), "xconv r=%lld", static_cast<long long>(probes));
+    std::snprintf(label, sizeof(label), "xconv r=%lld", static_cast<long long>(probe_counts[i]));
     std::printf("%-22s %12lld %10.4f %10.3f %10.2f %14.3f\n", label, static_cast<long long>(run.kept_bytes),
-                static_cast<double>(run.kept_bytes) / static_cast<double>(exact.kept_bytes), run.seconds,
-                run.seconds / exact.seconds, error);
+                static_cast<double>(run.kept_bytes) / static_cast<double>(exact.kept_bytes), seconds,
+                seconds / exact_seconds, error);
   }
-  std::printf("XConv keeps a B x C x r sketch instead of the B x C x 56 x 56 input. Its weight gradient is\n"
-              "an unbiased estimate whose error shrinks like 1/sqrt(r) and averages out over SGD steps.\n");
+  std::printf("XConv keeps a B x C x (r+1) sketch (r probes and each channel's mean) instead of the\n"
+              "B x C x 56 x 56 input. Its weight gradient is an unbiased estimate whose error shrinks\n"
+              "like 1/sqrt(r) and averages out over SGD steps.\n");
   return 0;
 }

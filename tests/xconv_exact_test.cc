@@ -89,6 +89,7 @@ TEST_P(ExactLimitTest, TapAndReconstructionRoutesAgree) {
       settings.probes = 5;
       settings.mode = mode;
       settings.distribution = dist;
+      settings.center = dist == ProbeDistribution::kGaussian;  // both estimators
       settings.route = GradientRoute::kTap;
       const auto tap = XConvGrads(c, tensors, settings, 21);
       settings.route = GradientRoute::kReconstruct;

@@ -36,17 +36,23 @@ TEST(XConvMemory, ConvertedLayerKeepsTheSketchNotTheInput) {
   const int64_t s = 4;  // float32
   struct Case {
     ProbeMode mode;
+    bool center;
     int64_t expected;
   };
-  for (const Case& c : {Case{ProbeMode::kIndependent, s * kBatch * kChannels * kProbes},
-                        Case{ProbeMode::kMultiChannel, s * kBatch * kProbes},
-                        Case{ProbeMode::kOrthogonal, s * kBatch * kProbes}}) {
+  const int64_t means = s * kBatch * kChannels;  // centring keeps B x C_in means
+  for (const Case& c : {Case{ProbeMode::kIndependent, false, s * kBatch * kChannels * kProbes},
+                        Case{ProbeMode::kIndependent, true, s * kBatch * kChannels * kProbes + means},
+                        Case{ProbeMode::kMultiChannel, false, s * kBatch * kProbes},
+                        Case{ProbeMode::kMultiChannel, true, s * kBatch * kProbes + means},
+                        Case{ProbeMode::kOrthogonal, false, s * kBatch * kProbes},
+                        Case{ProbeMode::kOrthogonal, true, s * kBatch * kProbes + means}}) {
     XConvSettings settings;
     settings.probes = kProbes;
     settings.mode = c.mode;
+    settings.center = c.center;
     torch::Tensor y;
     const int64_t kept = KeptBytes([&](const torch::Tensor& x) { return Conv(x, w, settings, 3); }, &y);
-    EXPECT_EQ(kept, c.expected) << ProbeModeName(c.mode);
+    EXPECT_EQ(kept, c.expected) << ProbeModeName(c.mode) << " center " << c.center;
     y.backward(torch::ones_like(y));  // the graph is whole: backward runs on what was kept
     EXPECT_TRUE(w.grad().defined());
     w.mutable_grad() = torch::Tensor();
@@ -68,7 +74,7 @@ TEST(XConvMemory, ConvMaskReluConvStackKeepsSketchesAndOneBitMasks) {
   const int64_t kept = KeptBytes(
       [&](const torch::Tensor& x) { return Conv(MaskRelu(Conv(x, w1, settings, 1)), w2, settings, 2); },
       &y);
-  const int64_t sketch = 4 * kBatch * kChannels * kProbes;
+  const int64_t sketch = 4 * kBatch * kChannels * (kProbes + 1);  // centred: r columns + the mean
   EXPECT_EQ(kept, 2 * sketch + (activations + 7) / 8);
 
   // The exact stack keeps the input and the ReLU's output (which the second conv keeps too).

@@ -84,24 +84,34 @@ GradientRoute ResolveRoute(GradientRoute requested, const ConvShape& shape, int6
                                                       : GradientRoute::kReconstruct;
 }
 
+torch::Tensor ChannelMeans(const torch::Tensor& input, torch::ScalarType compute_dtype) {
+  return input.reshape({input.size(0), input.size(1), -1}).mean(2, /*keepdim=*/false, compute_dtype);
+}
+
 torch::Tensor ComputeSketch(const torch::Tensor& input, const ProbeSet& probes, ProbeMode mode,
-                            torch::ScalarType compute_dtype) {
+                            torch::ScalarType compute_dtype, const torch::Tensor& means) {
   const int64_t batch = input.size(0);
   const int64_t channels = input.size(1);
   const torch::Tensor x = input.to(compute_dtype);
+  const torch::Tensor& z = probes.matrix;
   torch::Tensor sketch;
   switch (mode) {
-    case ProbeMode::kIndependent:  // E[b, c, p] = sum_x X[b, c, x] Z[p, x]
-      sketch = torch::matmul(x.reshape({batch, channels, -1}), probes.matrix.t());
+    case ProbeMode::kIndependent:  // E[b, c, p] = sum_x (X[b, c, x] - mu[b, c]) Z[p, x]
+      sketch = torch::matmul(x.reshape({batch, channels, -1}), z.t());
+      if (means.defined()) sketch.sub_(means.unsqueeze(2) * z.sum(1));
       break;
-    case ProbeMode::kMultiChannel:  // E[b, p] = sum_{c, x} X[b, c, x] Z[p, (c, x)]
-      sketch = torch::matmul(x.reshape({batch, -1}), probes.matrix.t());
+    case ProbeMode::kMultiChannel:  // E[b, p] = sum_{c, x} (X[b, c, x] - mu[b, c]) Z[p, (c, x)]
+      sketch = torch::matmul(x.reshape({batch, -1}), z.t());
+      if (means.defined()) {
+        sketch.sub_(torch::matmul(means, z.reshape({z.size(0), channels, -1}).sum(2).t()));
+      }
       break;
-    case ProbeMode::kOrthogonal: {  // E[b, col(c, j)] += sum_x X[b, c, x] Z[c, j, x]
-      const int64_t n = probes.matrix.size(1);
-      torch::Tensor per_channel =
-          torch::bmm(x.reshape({batch, channels, -1}).transpose(0, 1),  // (C, B, S)
-                     probes.matrix.transpose(1, 2));                     // (C, S, n)
+    case ProbeMode::kOrthogonal: {  // E[b, col(c, j)] += sum_x (X[b, c, x] - mu[b, c]) Z[c, j, x]
+      const int64_t n = z.size(1);
+      torch::Tensor centred = x.reshape({batch, channels, -1});
+      if (means.defined()) centred = centred - means.unsqueeze(2);
+      torch::Tensor per_channel = torch::bmm(centred.transpose(0, 1),  // (C, B, S)
+                                             z.transpose(1, 2));       // (C, S, n)
       torch::Tensor flat = per_channel.permute({1, 0, 2}).reshape({batch, channels * n});
       sketch = torch::zeros({batch, probes.count}, flat.options());
       sketch.index_add_(1, probes.columns, flat);
@@ -155,11 +165,16 @@ torch::Tensor TapWeightGradient(const torch::Tensor& grad_output, const Sketched
     const torch::Tensor rhs = sketch.reshape({batch, groups, in_group, r})
                                   .permute({1, 0, 3, 2})
                                   .reshape({groups, batch * r, in_group});
-    return torch::bmm(lhs, rhs)
-        .reshape({groups, out_group, kernel, in_group})
-        .permute({0, 1, 3, 2})
-        .reshape(weight.sizes())
-        .div_(static_cast<double>(r));
+    torch::Tensor grad_weight = torch::bmm(lhs, rhs)
+                                    .reshape({groups, out_group, kernel, in_group})
+                                    .permute({0, 1, 3, 2})
+                                    .reshape(weight.sizes())
+                                    .div_(static_cast<double>(r));
+    if (sketched.means.defined()) {
+      grad_weight.add_(MeanWeightGradient(grad_output, sketched.means, sketched.input_sizes, weight,
+                                          geometry, compute_dtype));
+    }
+    return grad_weight;
   }
 
   // Multichannel: G~[p] = sum_b E[b, p] G[b], then one exact weight-gradient call with the r
@@ -169,8 +184,43 @@ torch::Tensor TapWeightGradient(const torch::Tensor& grad_output, const Sketched
   std::vector<int64_t> z_sizes = {r, in_channels};
   z_sizes.insert(z_sizes.end(), in_spatial.begin(), in_spatial.end());
   const torch::Tensor g_tilde = torch::matmul(sketch.t(), g.reshape({batch, -1})).reshape(gt_sizes);
-  return ExactWeightGradient(g_tilde, sketched.probes->matrix.reshape(z_sizes), weight, geometry)
-      .div_(static_cast<double>(r));
+  torch::Tensor grad_weight =
+      ExactWeightGradient(g_tilde, sketched.probes->matrix.reshape(z_sizes), weight, geometry)
+          .div_(static_cast<double>(r));
+  if (sketched.means.defined()) {
+    grad_weight.add_(MeanWeightGradient(grad_output, sketched.means, sketched.input_sizes, weight,
+                                        geometry, compute_dtype));
+  }
+  return grad_weight;
+}
+
+torch::Tensor MeanWeightGradient(const torch::Tensor& grad_output, const torch::Tensor& means,
+                                 const std::vector<int64_t>& input_sizes, const torch::Tensor& weight,
+                                 const ConvGeometry& geometry, torch::ScalarType compute_dtype) {
+  // dW_mean[co, ci, k] = sum_b mu[b, ci] sum_y G[b, co, y] [y*stride + k*dilation - padding inside]:
+  // the tap route with a single all-ones probe, weighted by the means.
+  const int64_t batch = input_sizes[0];
+  const int64_t in_channels = input_sizes[1];
+  const int64_t out_channels = weight.size(0);
+  const int64_t groups = geometry.groups;
+  std::vector<int64_t> ones_sizes = {1};
+  ones_sizes.insert(ones_sizes.end(), input_sizes.begin() + 2, input_sizes.end());
+  const torch::Tensor g = grad_output.to(compute_dtype);
+  const torch::Tensor inside = UnfoldProbes(torch::ones(ones_sizes, g.options()),
+                                            weight.sizes().slice(2).vec(),
+                                            SpatialSizes(grad_output.sizes().vec()), geometry);
+  const int64_t kernel = inside.size(1);
+  const int64_t out_group = out_channels / groups;
+  const int64_t in_group = in_channels / groups;
+  const torch::Tensor taps = torch::mm(inside.reshape({kernel, -1}), g.reshape({batch * out_channels, -1}).t());
+  const torch::Tensor lhs = taps.reshape({kernel, batch, groups, out_group})
+                                .permute({2, 3, 0, 1})
+                                .reshape({groups, out_group * kernel, batch});
+  const torch::Tensor rhs = means.to(compute_dtype).reshape({batch, groups, in_group}).permute({1, 0, 2});
+  return torch::bmm(lhs, rhs)
+      .reshape({groups, out_group, kernel, in_group})
+      .permute({0, 1, 3, 2})
+      .reshape(weight.sizes());
 }
 
 torch::Tensor ReconstructInput(const SketchedInput& sketched, int64_t begin, int64_t end,
@@ -182,20 +232,25 @@ torch::Tensor ReconstructInput(const SketchedInput& sketched, int64_t begin, int
   sizes[0] = count;
   const torch::Tensor sketch = sketched.sketch.slice(0, begin, end).to(compute_dtype);
   const torch::Tensor& z = sketched.probes->matrix;
+  torch::Tensor x_hat;  // (count, C, S)
   switch (sketched.mode) {
     case ProbeMode::kIndependent:
-      return torch::matmul(sketch, z).div_(r).reshape(sizes);
     case ProbeMode::kMultiChannel:
-      return torch::matmul(sketch, z).div_(r).reshape(sizes);
+      x_hat = torch::matmul(sketch, z).div_(r).reshape({count, channels, -1});
+      break;
     case ProbeMode::kOrthogonal: {
       const int64_t n = z.size(1);
       const torch::Tensor gathered = sketch.index_select(1, sketched.probes->columns)
                                          .reshape({count, channels, n})
                                          .transpose(0, 1);  // (C, B, n)
-      return torch::bmm(gathered, z).div_(r).transpose(0, 1).reshape(sizes);
+      x_hat = torch::bmm(gathered, z).div_(r).transpose(0, 1);
+      break;
     }
   }
-  return {};
+  if (sketched.means.defined()) {
+    x_hat = x_hat + sketched.means.slice(0, begin, end).to(compute_dtype).unsqueeze(2);
+  }
+  return x_hat.reshape(sizes);
 }
 
 torch::Tensor ReconstructWeightGradient(const torch::Tensor& grad_output,

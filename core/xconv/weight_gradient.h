@@ -39,9 +39,13 @@ GradientRoute ResolveRoute(GradientRoute requested, const ConvShape& shape, int6
 inline constexpr double kTapCostWeight = 0.75;
 
 // The sketch an XConv layer keeps: (B, C_in, r) for kIndependent, (B, r) otherwise, computed in
-// `compute_dtype` (fp32 for reduced-precision inputs) and returned in the input's dtype.
+// `compute_dtype` (fp32 for reduced-precision inputs) and returned in the input's dtype. With
+// `means` (B, C_in) defined, it sketches the residual input - means instead.
 torch::Tensor ComputeSketch(const torch::Tensor& input, const ProbeSet& probes, ProbeMode mode,
-                            torch::ScalarType compute_dtype);
+                            torch::ScalarType compute_dtype, const torch::Tensor& means = {});
+
+// Per-sample, per-channel spatial means (B, C_in) in `compute_dtype`.
+torch::Tensor ChannelMeans(const torch::Tensor& input, torch::ScalarType compute_dtype);
 
 // The exact weight gradient of conv(input, weight) for output gradient `grad_output`.
 torch::Tensor ExactWeightGradient(const torch::Tensor& grad_output, const torch::Tensor& input,
@@ -53,6 +57,7 @@ struct SketchedInput {
   const ProbeSet* probes = nullptr;       // the same probes, regenerated from the seed
   ProbeMode mode = ProbeMode::kIndependent;
   std::vector<int64_t> input_sizes;       // (B, C_in, spatial...)
+  torch::Tensor means;                    // (B, C_in) if the sketch is of the centred input
 };
 
 // Tap route (DESIGN.md §1): conv weight-gradient of the probes against G, contracted with the
@@ -73,7 +78,12 @@ torch::Tensor ReconstructWeightGradient(const torch::Tensor& grad_output,
 torch::Tensor UnfoldProbes(const torch::Tensor& probes, const std::vector<int64_t>& kernel,
                            const std::vector<int64_t>& out_spatial, const ConvGeometry& geometry);
 
-// X_hat for samples [begin, end) of the batch, in `compute_dtype`.
+// Exact weight gradient of the per-channel mean part of the input: conv(means * 1, W)'s dW.
+torch::Tensor MeanWeightGradient(const torch::Tensor& grad_output, const torch::Tensor& means,
+                                 const std::vector<int64_t>& input_sizes, const torch::Tensor& weight,
+                                 const ConvGeometry& geometry, torch::ScalarType compute_dtype);
+
+// X_hat for samples [begin, end) of the batch, in `compute_dtype` (means added back when centred).
 torch::Tensor ReconstructInput(const SketchedInput& sketched, int64_t begin, int64_t end,
                                torch::ScalarType compute_dtype);
 

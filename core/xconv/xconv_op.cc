@@ -45,6 +45,7 @@ void Save(const SavedCall& call, AutogradContext* ctx) {
   d["distribution"] = static_cast<int64_t>(call.settings.distribution);
   d["route"] = static_cast<int64_t>(call.settings.route);
   d["chunk"] = call.settings.reconstruct_batch_chunk;
+  d["center"] = call.settings.center;
   d["seed"] = static_cast<int64_t>(call.seed);
   d["input_sizes"] = call.input_sizes;
   d["has_bias"] = call.has_bias;
@@ -62,6 +63,7 @@ SavedCall Load(AutogradContext* ctx) {
   call.settings.distribution = static_cast<ProbeDistribution>(d["distribution"].toInt());
   call.settings.route = static_cast<GradientRoute>(d["route"].toInt());
   call.settings.reconstruct_batch_chunk = d["chunk"].toInt();
+  call.settings.center = d["center"].toBool();
   call.seed = static_cast<uint64_t>(d["seed"].toInt());
   call.input_sizes = d["input_sizes"].toIntVector();
   call.has_bias = d["has_bias"].toBool();
@@ -90,14 +92,16 @@ class XConvFunction : public torch::autograd::Function<XConvFunction> {
                                            call.geometry.padding, call.geometry.dilation,
                                            /*transposed=*/false, no_output_padding,
                                            call.geometry.groups);
-    torch::Tensor sketch;
+    torch::Tensor sketch, means;
     if (keep_sketch) {
       const torch::ScalarType compute = XConvComputeDtype(input.scalar_type());
       const ProbeSet probes = MakeProbes(call.settings, input.size(1), Product(Spatial(input.sizes())),
                                          call.seed, compute, input.device());
-      sketch = ComputeSketch(input, probes, call.settings.mode, compute);
+      if (call.settings.center) means = ChannelMeans(input, compute);
+      sketch = ComputeSketch(input, probes, call.settings.mode, compute, means);
+      if (means.defined()) means = means.to(input.scalar_type());
     }
-    ctx->save_for_backward({sketch, weight});
+    ctx->save_for_backward({sketch, weight, means});
     Save(call, ctx);
     return output;
   }
@@ -121,7 +125,7 @@ class XConvFunction : public torch::autograd::Function<XConvFunction> {
       const int64_t spatial = Product(Spatial(call.input_sizes));
       const ProbeSet probes = MakeProbes(call.settings, call.input_sizes[1], spatial, call.seed,
                                          compute, sketch.device());
-      const SketchedInput sketched{sketch, &probes, call.settings.mode, call.input_sizes};
+      const SketchedInput sketched{sketch, &probes, call.settings.mode, call.input_sizes, saved[2]};
       const ConvShape shape{call.input_sizes[0], call.input_sizes[1], weight.size(0), geometry.groups,
                             weight[0][0].numel(), spatial, Product(Spatial(grad.sizes()))};
       const GradientRoute route =
