@@ -259,12 +259,17 @@ struct LayerResult {
   double BytesRatio() const {
     return static_cast<double>(bytes_xconv) / static_cast<double>(bytes_exact);
   }
+  // Expected bytes ratio: the sketch keeps r values per channel, plus the channel mean when centred
+  // (XConvSettings::center, on by default).
+  int64_t KeptPerChannel() const { return layer.probes + (XConvSettings{}.center ? 1 : 0); }
   double ProbeRatio() const {
-    return static_cast<double>(layer.probes) / static_cast<double>(layer.shape.Spatial());
+    return static_cast<double>(KeptPerChannel()) / static_cast<double>(layer.shape.Spatial());
   }
   // The goal applies at B >= 64 and r <= C/4.
   bool InGoalDomain() const { return layer.shape.batch >= 64 && 4 * layer.probes <= layer.shape.channels; }
-  bool BytesAsExpected() const { return bytes_xconv * layer.shape.Spatial() == bytes_exact * layer.probes; }
+  bool BytesAsExpected() const {
+    return bytes_xconv * layer.shape.Spatial() == bytes_exact * KeptPerChannel();
+  }
 };
 
 LayerResult MeasureXConv(const LayerCase& layer, const ExactRun& exact,
@@ -403,14 +408,15 @@ std::string ResultsMarkdown(const std::vector<LayerResult>& results, int threads
   std::string md = absl::StrCat(
       "# xtrain-bench layer\n\n",
       "threads: ", threads, " · date: ", date, " · goal: at B >= 64 and r <= C/4: XConv time ratio <= 0.9; ",
-      "bytes ratio r/S\n\n",
-      "float32, kernel 3, stride 1, padding 1, C_in = C_out = C, independent Rademacher probes. Time: median of ",
+      "bytes ratio (r+1)/S (r probes and the channel mean)\n\n",
+      "float32, kernel 3, stride 1, padding 1, C_in = C_out = C, independent Rademacher probes, centred sketch. ",
+      "Time: median of ",
       options.reps, " forward+backward passes (", options.input_grad ? "dX, " : "no dX, ",
       "dW, db) after one warm-up; exact, tap and reconstruct take turns in each round. xconv = the route auto picks. ",
       "Bytes: what forward leaves for backward. Error: ||dW_xconv - dW||_F / ||dW||_F, one seed, ",
       "Gaussian inputs, G of a regression step towards a teacher layer. Goal column: only where B >= 64 and r <= C/4.\n\n",
       "| case | B | C | S | r | auto route | exact s | tap s | reconstruct s | xconv s | time ratio | "
-      "bytes exact | bytes xconv | bytes ratio | r/S | grad rel err | goal |\n",
+      "bytes exact | bytes xconv | bytes ratio | (r+1)/S | grad rel err | goal |\n",
       "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
   for (const LayerResult& r : results) {
     const LayerShape& s = r.layer.shape;
@@ -446,7 +452,7 @@ absl::Status WriteFile(const std::string& path, const std::string& text) {
 void PrintResult(const LayerResult& r) {
   std::fprintf(stderr,
                "  exact %.4fs  tap %.4fs  reconstruct %.4fs  auto=%s  time ratio %.3f\n"
-               "  bytes %lld -> %lld (ratio %.5f, r/S %.5f)  grad rel err %.4f  tap-vs-reconstruct %.1e%s\n",
+               "  bytes %lld -> %lld (ratio %.5f, (r+1)/S %.5f)  grad rel err %.4f  tap-vs-reconstruct %.1e%s\n",
                r.time_exact_s, r.time_tap_s, r.time_reconstruct_s, r.route.c_str(), r.TimeRatio(),
                static_cast<long long>(r.bytes_exact), static_cast<long long>(r.bytes_xconv),
                r.BytesRatio(), r.ProbeRatio(), r.grad_rel_err, r.route_rel_diff,
