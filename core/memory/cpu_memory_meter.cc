@@ -2,8 +2,10 @@
 
 #include <c10/core/CPUAllocator.h>
 
-#include <mutex>
 #include <unordered_map>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 
 namespace xtrain::core {
 namespace {
@@ -21,7 +23,7 @@ class CountingAllocator final : public c10::Allocator {
     void* data = inner.get();
     if (data == nullptr) return inner;  // zero-byte allocations own nothing
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      absl::MutexLock lock(&mutex_);
       blocks_.emplace(data, Block{std::move(inner), static_cast<int64_t>(bytes)});
     }
     meter_->Add(static_cast<int64_t>(bytes));
@@ -39,7 +41,7 @@ class CountingAllocator final : public c10::Allocator {
   static void Free(void* data) {
     Block block;
     {
-      std::lock_guard<std::mutex> lock(instance_->mutex_);
+      absl::MutexLock lock(&instance_->mutex_);
       auto it = instance_->blocks_.find(data);
       if (it == instance_->blocks_.end()) return;
       block = std::move(it->second);
@@ -51,8 +53,8 @@ class CountingAllocator final : public c10::Allocator {
   static inline CountingAllocator* instance_ = nullptr;
   c10::Allocator* base_;
   CpuMemoryMeter* meter_;
-  mutable std::mutex mutex_;
-  mutable std::unordered_map<void*, Block> blocks_;  // guarded by mutex_
+  mutable absl::Mutex mutex_;
+  mutable std::unordered_map<void*, Block> blocks_ ABSL_GUARDED_BY(mutex_);
 };
 
 }  // namespace
