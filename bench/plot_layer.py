@@ -69,17 +69,17 @@ def main(argv):
     ax_time.set_title("Time ratio (filled: B >= 64 and r <= C/4)")
     ax_time.legend(fontsize=7, ncol=2)
 
-    # Bytes kept for backward: measured ratio against the expected r/S.
+    # Bytes kept for backward: measured ratio against the expected (r+1)/S (r probes and the mean).
     for b in batches:
         rows = [r for r in records if r["batch"] == b]
-        ax_bytes.scatter([r["probes"] / r["spatial"] for r in rows], [r["bytes_ratio"] for r in rows],
+        ax_bytes.scatter([(r["probes"] + 1) / r["spatial"] for r in rows], [r["bytes_ratio"] for r in rows],
                          color=colors[b], zorder=3, label=f"B={b}")
-    ends = [r["probes"] / r["spatial"] for r in records] + [r["bytes_ratio"] for r in records]
+    ends = [(r["probes"] + 1) / r["spatial"] for r in records] + [r["bytes_ratio"] for r in records]
     lo, hi = min(ends) / 2, max(ends) * 2
-    ax_bytes.plot([lo, hi], [lo, hi], color="gray", linewidth=0.8, label="bytes ratio = r/S")
+    ax_bytes.plot([lo, hi], [lo, hi], color="gray", linewidth=0.8, label="bytes ratio = (r+1)/S")
     ax_bytes.set_xscale("log")
     ax_bytes.set_yscale("log")
-    ax_bytes.set_xlabel("r / S")
+    ax_bytes.set_xlabel("(r + 1) / S")
     ax_bytes.set_ylabel("bytes kept: XConv / exact")
     ax_bytes.set_title("Memory kept between forward and backward")
     ax_bytes.legend(fontsize=8)
