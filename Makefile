@@ -28,11 +28,13 @@ demo: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS) --target xconv-demo
 	$(BUILD_DIR)/examples/xconv-demo
 
-# Layer benchmark: the full grid (hours on 2 cores) or the quick slice (under a minute).
+# Layer benchmark: the full grid (one to two hours at 1 thread here) or the quick slice (seconds).
+BENCH_THREADS ?= 1
+BENCH_NAME ?= bench/results/layer-cpu-$(shell date +%F)
 bench: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS) --target xtrain-bench
-	$(BUILD_DIR)/bench/xtrain-bench layer --json bench/results/layer.jsonl --markdown bench/results/layer.md
-	/usr/bin/python3 bench/plot_layer.py bench/results/layer.jsonl bench/results/layer.png
+	$(BUILD_DIR)/bench/xtrain-bench layer --threads $(BENCH_THREADS) --json $(BENCH_NAME).jsonl --markdown $(BENCH_NAME).md
+	/usr/bin/python3 bench/plot_layer.py $(BENCH_NAME).jsonl $(BENCH_NAME).png
 
 bench-quick: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS) --target xtrain-bench
