@@ -10,6 +10,16 @@ std::vector<int64_t> Repeat(const std::vector<int64_t>& values, int64_t dims) {
 
 }  // namespace
 
+std::vector<int64_t> SpatialSizes(const std::vector<int64_t>& sizes) {
+  return std::vector<int64_t>(sizes.begin() + 2, sizes.end());
+}
+
+int64_t SpatialVolume(const std::vector<int64_t>& sizes) {
+  int64_t volume = 1;
+  for (size_t i = 2; i < sizes.size(); ++i) volume *= sizes[i];
+  return volume;
+}
+
 ConvGeometry ExpandGeometry(const ConvGeometry& geometry, int64_t dims) {
   return ConvGeometry{Repeat(geometry.stride, dims), Repeat(geometry.padding, dims),
                       Repeat(geometry.dilation, dims), geometry.groups};

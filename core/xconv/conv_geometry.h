@@ -13,6 +13,10 @@ struct ConvGeometry {
   int64_t groups = 1;
 };
 
+// The spatial part (dims 2..) of a (B, C, spatial...) shape, and its number of elements.
+std::vector<int64_t> SpatialSizes(const std::vector<int64_t>& sizes);
+int64_t SpatialVolume(const std::vector<int64_t>& sizes);
+
 // A geometry with every per-dimension list of length `dims` (a single value is repeated).
 ConvGeometry ExpandGeometry(const ConvGeometry& geometry, int64_t dims);
 

@@ -5,10 +5,6 @@
 namespace xtrain::core {
 namespace {
 
-std::vector<int64_t> SpatialSizes(const std::vector<int64_t>& sizes) {
-  return std::vector<int64_t>(sizes.begin() + 2, sizes.end());
-}
-
 // A tensor with `sizes` that owns no memory: the weight-gradient kernel reads only the weight's shape.
 torch::Tensor ShapeOnly(torch::IntArrayRef sizes, const torch::TensorOptions& options) {
   return torch::zeros({1}, options).expand(sizes);

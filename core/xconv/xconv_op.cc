@@ -15,16 +15,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-std::vector<int64_t> Spatial(torch::IntArrayRef sizes) {
-  return std::vector<int64_t>(sizes.begin() + 2, sizes.end());
-}
-
-int64_t Product(const std::vector<int64_t>& values) {
-  int64_t product = 1;
-  for (int64_t v : values) product *= v;
-  return product;
-}
-
 // Everything backward needs besides the saved tensors.
 struct SavedCall {
   ConvGeometry geometry;
@@ -95,7 +85,7 @@ class XConvFunction : public torch::autograd::Function<XConvFunction> {
     torch::Tensor sketch, means;
     if (keep_sketch) {
       const torch::ScalarType compute = XConvComputeDtype(input.scalar_type());
-      const ProbeSet probes = MakeProbes(call.settings, input.size(1), Product(Spatial(input.sizes())),
+      const ProbeSet probes = MakeProbes(call.settings, input.size(1), SpatialVolume(input.sizes().vec()),
                                          call.seed, compute, input.device());
       if (call.settings.center) means = ChannelMeans(input, compute);
       sketch = ComputeSketch(input, probes, call.settings.mode, compute, means);
@@ -122,12 +112,12 @@ class XConvFunction : public torch::autograd::Function<XConvFunction> {
     }
     if (ctx->needs_input_grad(1) && sketch.defined()) {
       const torch::ScalarType compute = XConvComputeDtype(sketch.scalar_type());
-      const int64_t spatial = Product(Spatial(call.input_sizes));
+      const int64_t spatial = SpatialVolume(call.input_sizes);
       const ProbeSet probes = MakeProbes(call.settings, call.input_sizes[1], spatial, call.seed,
                                          compute, sketch.device());
       const SketchedInput sketched{sketch, &probes, call.settings.mode, call.input_sizes, saved[2]};
       const ConvShape shape{call.input_sizes[0], call.input_sizes[1], weight.size(0), geometry.groups,
-                            weight[0][0].numel(), spatial, Product(Spatial(grad.sizes()))};
+                            weight[0][0].numel(), spatial, SpatialVolume(grad.sizes().vec())};
       const GradientRoute route =
           ResolveRoute(call.settings.route, shape, call.settings.probes, call.settings.mode);
       grad_weight = route == GradientRoute::kTap
