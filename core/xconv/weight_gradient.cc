@@ -142,35 +142,40 @@ torch::Tensor TapWeightGradient(const torch::Tensor& grad_output, const Sketched
   const torch::Tensor sketch = sketched.sketch.to(compute_dtype);
 
   if (sketched.mode == ProbeMode::kIndependent) {
-    // T[(b, co), (p, k)] = sum_y G[b, co, y] Z[p, y*stride + k*dilation - padding]: one GEMM of G
-    // against the probes unfolded per tap (r*K x S_out, small), zero outside the image.
-    std::vector<int64_t> z_sizes = {r};
+    // Centred, the channel means enter as one more probe, all ones, with coefficient r * mu (so the
+    // 1/r below leaves mu): one GEMM and one contraction serve both parts.
+    torch::Tensor probes = sketched.probes->matrix;  // (rows, S)
+    torch::Tensor coefficients = sketch;              // (B, C_in, rows)
+    if (sketched.means.defined()) {
+      probes = torch::cat({probes, torch::ones({1, probes.size(1)}, probes.options())}, 0);
+      coefficients = torch::cat(
+          {sketch, sketched.means.to(compute_dtype).unsqueeze(2) * static_cast<double>(r)}, 2);
+    }
+    const int64_t rows = probes.size(0);
+    // T[(p, k), (b, co)] = sum_y G[b, co, y] Z[p, y*stride + k*dilation - padding]: one GEMM of G
+    // against the probes unfolded per tap (rows*K x S_out, small), zero outside the image.
+    std::vector<int64_t> z_sizes = {rows};
     z_sizes.insert(z_sizes.end(), in_spatial.begin(), in_spatial.end());
-    const torch::Tensor columns = UnfoldProbes(sketched.probes->matrix.reshape(z_sizes),
-                                               weight.sizes().slice(2).vec(), out_spatial, geometry);
+    const torch::Tensor columns = UnfoldProbes(probes.reshape(z_sizes), weight.sizes().slice(2).vec(),
+                                               out_spatial, geometry);
     const int64_t kernel = columns.size(1);
-    // (r*K x S_out) @ (S_out x B*C_out): the skinny operand first is the faster GEMM here.
+    // (rows*K x S_out) @ (S_out x B*C_out): the skinny operand first is the faster GEMM here.
     const torch::Tensor taps =
-        torch::mm(columns.reshape({r * kernel, -1}), g.reshape({batch * out_channels, -1}).t());
+        torch::mm(columns.reshape({rows * kernel, -1}), g.reshape({batch * out_channels, -1}).t());
     // dW[co, ci, k] = (1/r) sum_{b, p} T[p, k, b, co] E[b, ci, p], within each group.
     const int64_t out_group = out_channels / groups;
     const int64_t in_group = in_channels / groups;
-    const torch::Tensor lhs = taps.reshape({r, kernel, batch, groups, out_group})
+    const torch::Tensor lhs = taps.reshape({rows, kernel, batch, groups, out_group})
                                   .permute({3, 4, 1, 2, 0})
-                                  .reshape({groups, out_group * kernel, batch * r});
-    const torch::Tensor rhs = sketch.reshape({batch, groups, in_group, r})
+                                  .reshape({groups, out_group * kernel, batch * rows});
+    const torch::Tensor rhs = coefficients.reshape({batch, groups, in_group, rows})
                                   .permute({1, 0, 3, 2})
-                                  .reshape({groups, batch * r, in_group});
-    torch::Tensor grad_weight = torch::bmm(lhs, rhs)
-                                    .reshape({groups, out_group, kernel, in_group})
-                                    .permute({0, 1, 3, 2})
-                                    .reshape(weight.sizes())
-                                    .div_(static_cast<double>(r));
-    if (sketched.means.defined()) {
-      grad_weight.add_(MeanWeightGradient(grad_output, sketched.means, sketched.input_sizes, weight,
-                                          geometry, compute_dtype));
-    }
-    return grad_weight;
+                                  .reshape({groups, batch * rows, in_group});
+    return torch::bmm(lhs, rhs)
+        .reshape({groups, out_group, kernel, in_group})
+        .permute({0, 1, 3, 2})
+        .reshape(weight.sizes())
+        .div_(static_cast<double>(r));
   }
 
   // Multichannel: G~[p] = sum_b E[b, p] G[b], then one exact weight-gradient call with the r
