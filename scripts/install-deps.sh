@@ -10,6 +10,9 @@ packages=(
   libgtest-dev libgmock-dev
   python3-torch           # the TORCH_LIBRARY test loads the op library from Python
   python3-matplotlib      # benchmark plots
+  zlib1g-dev              # gzipped IDX files
+  libstb-dev              # PNG/JPEG decoding for image-folder datasets (header-only stb_image)
+  dataset-fashion-mnist   # the real data set the tests and the accuracy benchmark use
 )
 
 missing=()
