@@ -3,6 +3,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include "core/memory/memory_phase.h"
+
 namespace xtrain::core {
 namespace {
 
@@ -84,7 +86,9 @@ torch::Tensor ApplyPackedMask(const torch::Tensor& grad, const torch::Tensor& pa
 torch::Tensor MaskRelu(const torch::Tensor& input) {
   // Without a gradient to compute there is nothing to keep.
   if (!torch::GradMode::is_enabled() || !input.requires_grad()) return torch::relu(input);
-  return MaskReluFunction::apply(input);
+  torch::Tensor output = MaskReluFunction::apply(input);
+  MarkForwardOutput(output);
+  return output;
 }
 
 }  // namespace xtrain::core

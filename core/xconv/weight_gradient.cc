@@ -2,6 +2,8 @@
 
 #include <limits>
 
+#include "core/memory/memory_phase.h"
+
 namespace xtrain::core {
 namespace {
 
@@ -159,6 +161,7 @@ torch::Tensor TapWeightGradient(const torch::Tensor& grad_output, const Sketched
     const torch::Tensor columns = UnfoldProbes(probes.reshape(z_sizes), weight.sizes().slice(2).vec(),
                                                out_spatial, geometry);
     const int64_t kernel = columns.size(1);
+    MarkMemoryPhase();  // the unfold's copies are gone; the tap buffers follow
     // (rows*K x S_out) @ (S_out x B*C_out): the skinny operand first is the faster GEMM here.
     const torch::Tensor taps =
         torch::mm(columns.reshape({rows * kernel, -1}), g.reshape({batch * out_channels, -1}).t());
@@ -188,6 +191,7 @@ torch::Tensor TapWeightGradient(const torch::Tensor& grad_output, const Sketched
   torch::Tensor grad_weight =
       ExactWeightGradient(g_tilde, sketched.probes->matrix.reshape(z_sizes), weight, geometry)
           .div_(static_cast<double>(r));
+  MarkMemoryPhase();
   if (sketched.means.defined()) {
     grad_weight.add_(MeanWeightGradient(grad_output, sketched.means, sketched.input_sizes, weight,
                                         geometry, compute_dtype));
@@ -269,6 +273,7 @@ torch::Tensor ReconstructWeightGradient(const torch::Tensor& grad_output,
                                              ReconstructInput(sketched, begin, end, compute_dtype),
                                              w, geometry);
     grad_weight = grad_weight.defined() ? grad_weight.add_(part) : part;
+    MarkMemoryPhase();
   }
   return grad_weight;
 }

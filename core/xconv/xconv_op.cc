@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/memory/memory_phase.h"
 #include "core/xconv/probes.h"
 #include "core/xconv/weight_gradient.h"
 
@@ -109,12 +110,14 @@ class XConvFunction : public torch::autograd::Function<XConvFunction> {
       // dX is exact and needs only W. Through convolution_backward rather than conv_transpose:
       // LibTorch 1.13's CPU bfloat16 conv_transpose returns wrong values (rel. error ~1.4).
       grad_input = InputGradient(grad, weight, call.input_sizes, geometry);
+      MarkMemoryPhase();
     }
     if (ctx->needs_input_grad(1) && sketch.defined()) {
       const torch::ScalarType compute = XConvComputeDtype(sketch.scalar_type());
       const int64_t spatial = SpatialVolume(call.input_sizes);
       const ProbeSet probes = MakeProbes(call.settings, call.input_sizes[1], spatial, call.seed,
                                          compute, sketch.device());
+      MarkMemoryPhase();
       const SketchedInput sketched{sketch, &probes, call.settings.mode, call.input_sizes, saved[2]};
       const ConvShape shape{call.input_sizes[0], call.input_sizes[1], weight.size(0), geometry.groups,
                             weight[0][0].numel(), spatial, SpatialVolume(grad.sizes().vec())};
@@ -125,6 +128,7 @@ class XConvFunction : public torch::autograd::Function<XConvFunction> {
                         : ReconstructWeightGradient(grad, sketched, weight, geometry,
                                                     call.settings.reconstruct_batch_chunk, compute);
       grad_weight = grad_weight.to(weight.scalar_type());
+      MarkMemoryPhase();
     }
     if (call.has_bias && ctx->needs_input_grad(2)) {
       std::vector<int64_t> reduce = {0};
@@ -252,7 +256,9 @@ torch::Tensor XConvNd(int64_t dims, const torch::Tensor& input, const torch::Ten
   // Bias travels as an optional: autograd skips an absent one.
   const c10::optional<torch::Tensor> maybe_bias =
       bias.defined() ? c10::optional<torch::Tensor>(bias) : c10::nullopt;
-  return XConvFunction::apply(input, weight, maybe_bias, call, keep_sketch);
+  torch::Tensor output = XConvFunction::apply(input, weight, maybe_bias, call, keep_sketch);
+  MarkForwardOutput(output);
+  return output;
 }
 
 }  // namespace xtrain::core

@@ -1,0 +1,1003 @@
+#include "core/memory/memory_model.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <climits>
+#include <cmath>
+#include <map>
+#include <optional>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <ATen/record_function.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "core/memory/autograd_graph.h"
+#include "core/memory/cpu_memory_meter.h"
+#include "core/memory/memory_phase.h"
+#include "core/xconv/convert.h"
+
+namespace xtrain::core {
+namespace {
+
+namespace ag = torch::autograd;
+
+// Live bytes before one backward node and the peak of each of its phases until the next node
+// starts (the last phase covers the release of its saved tensors and the accumulation of its
+// outputs). Most nodes have one phase; XConv's backward marks several (memory_phase.h).
+struct NodeRecord {
+  ag::Node* node = nullptr;
+  int64_t before = 0;
+  std::vector<int64_t> peaks;
+};
+
+// Collects NodeRecords in execution order; the meter's peak is reset at each node and phase.
+class Recorder : public MemoryPhaseObserver {
+ public:
+  Recorder(CpuMemoryMeter& meter, int64_t base) : meter_(meter), base_(base) {}
+  void Enter(ag::Node* node) {
+    Close();
+    records_.push_back({node, meter_.current_bytes() - base_, {}});
+    meter_.ResetPeak();
+  }
+  void OnPhase() override {
+    if (records_.empty()) return;
+    records_.back().peaks.push_back(meter_.peak_bytes() - base_);
+    meter_.ResetPeak();
+  }
+  void Close() {
+    if (!records_.empty()) records_.back().peaks.push_back(meter_.peak_bytes() - base_);
+  }
+  const std::vector<NodeRecord>& records() const { return records_; }
+
+ private:
+  CpuMemoryMeter& meter_;
+  int64_t base_;
+  std::vector<NodeRecord> records_;
+};
+
+// One forward op that recorded an autograd node: live bytes after it, peak since the previous one.
+struct ForwardRecord {
+  const void* node = nullptr;
+  int64_t live = 0;
+  int64_t peak = 0;
+};
+
+// Records the forward op by op: LibTorch's op callbacks (RecordFunction) for library ops, and
+// MarkForwardOutput for our custom functions. Ops whose outputs carry no new autograd node (inside
+// a custom function, or without grad) fold into the next record.
+class ForwardRecorder : public MemoryPhaseObserver {
+ public:
+  ForwardRecorder(CpuMemoryMeter& meter, int64_t base) : meter_(meter), base_(base) {}
+  void Output(const torch::Tensor& t) {
+    if (!t.defined() || !t.requires_grad() || !t.grad_fn()) return;
+    const void* node = t.grad_fn().get();
+    if (!seen_.insert(node).second) return;
+    records_.push_back({node, meter_.current_bytes() - base_, meter_.peak_bytes() - base_});
+    meter_.ResetPeak();
+  }
+  void OnPhase() override {}
+  void OnForwardOutput(const torch::Tensor& output) override { Output(output); }
+  const std::vector<ForwardRecord>& records() const { return records_; }
+  int64_t pending_peak() const { return meter_.peak_bytes() - base_; }
+
+ private:
+  CpuMemoryMeter& meter_;
+  int64_t base_;
+  std::vector<ForwardRecord> records_;
+  std::unordered_set<const void*> seen_;
+};
+
+thread_local ForwardRecorder* active_forward = nullptr;
+
+std::unique_ptr<at::ObserverContext> OnOpStart(const at::RecordFunction&) { return nullptr; }
+
+void OnOpEnd(const at::RecordFunction& fn, at::ObserverContext*) {
+  if (active_forward == nullptr) return;
+  for (const c10::IValue& value : fn.outputs()) {
+    if (value.isTensor()) {
+      active_forward->Output(value.toTensor());
+    } else if (value.isTensorList()) {
+      for (const torch::Tensor& t : value.toTensorVector()) active_forward->Output(t);
+    }
+  }
+}
+
+// Installs the op callback and the custom-function observer for one forward.
+class ForwardScope {
+ public:
+  explicit ForwardScope(ForwardRecorder* recorder) {
+    active_forward = recorder;
+    SetMemoryPhaseObserver(recorder);
+    handle_ = at::addThreadLocalCallback(at::RecordFunctionCallback(&OnOpStart, &OnOpEnd).needsOutputs(true));
+  }
+  ~ForwardScope() {
+    at::removeCallback(handle_);
+    SetMemoryPhaseObserver(nullptr);
+    active_forward = nullptr;
+  }
+
+ private:
+  at::CallbackHandle handle_;
+};
+
+class RecordHook : public ag::FunctionPreHook {
+ public:
+  RecordHook(Recorder* recorder, ag::Node* node) : recorder_(recorder), node_(node) {}
+  ag::variable_list operator()(const ag::variable_list& grads) override {
+    recorder_->Enter(node_);
+    return grads;
+  }
+
+ private:
+  Recorder* recorder_;
+  ag::Node* node_;
+};
+
+// One calibration step (the second of two: steady state) at one batch and configuration. Bytes
+// are everything the job allocated: model, gradients, optimizer state, batch, activations.
+struct StepRecord {
+  int64_t forward_peak = 0;
+  int64_t forward_end = 0;
+  int64_t optimizer_peak = 0;
+  std::vector<GraphNode> nodes;  // execution order (node pointers dropped)
+  std::vector<int64_t> before;
+  std::vector<std::vector<int64_t>> peaks;  // per node, per phase
+  // The forward op by op: the node it created (index into `nodes`), live bytes after, peak during.
+  int64_t forward_start = 0;
+  std::vector<int> forward_nodes;
+  std::vector<int64_t> forward_live, forward_peak_at;
+  std::unordered_set<const void*> fixed;  // parameters, buffers, the batch: never a plan's to free
+  std::unordered_map<const void*, std::string> parameter_names;
+  int64_t parameter_bytes = 0;
+};
+
+struct Config {
+  bool convert = false;
+  XConvSettings settings;
+  const ConvertOptions* plan = nullptr;  // per-layer conversion instead of `settings` everywhere
+};
+
+torch::Tensor MakeTarget(LossKind loss, std::vector<int64_t> sizes, torch::ScalarType dtype,
+                         at::Generator& gen) {
+  if (loss == LossKind::kMse) return torch::randn(sizes, gen, torch::TensorOptions().dtype(dtype));
+  const int64_t classes = sizes.size() > 1 ? sizes[1] : 1;
+  if (sizes.size() > 1) sizes.erase(sizes.begin() + 1);
+  return torch::randint(0, classes, sizes, gen, torch::TensorOptions().dtype(torch::kLong));
+}
+
+torch::Tensor Loss(LossKind loss, const torch::Tensor& output, const torch::Tensor& target) {
+  if (loss == LossKind::kMse) return torch::mse_loss(output, target);
+  return torch::nn::functional::cross_entropy(output, target);
+}
+
+absl::StatusOr<StepRecord> RunStep(const ModelFactory& factory, const ForwardFn& forward,
+                                   const TrainingStep& step, int64_t batch, const Config& config) {
+  CpuMemoryMeter& meter = CpuMemoryMeter::Install();
+  const int64_t base = meter.current_bytes();
+  StepRecord record;
+  try {
+    absl::StatusOr<std::shared_ptr<torch::nn::Module>> made = factory();
+    if (!made.ok()) return made.status();
+    std::shared_ptr<torch::nn::Module> model = *std::move(made);
+    if (config.convert) {
+      ConvertOptions convert;
+      convert.settings = config.settings;
+      convert.seed = 0x5eed;
+      absl::StatusOr<ConvertResult> converted = Convert(model, config.plan ? *config.plan : convert);
+      if (!converted.ok()) return converted.status();
+      model = converted->module;
+    }
+    model->to(step.dtype);
+    model->train();
+    std::unique_ptr<torch::optim::Optimizer> optimizer =
+        MakeOptimizer(step.optimizer, model->parameters(), 1e-4);
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(7);
+    std::vector<int64_t> input_sizes = {batch};
+    input_sizes.insert(input_sizes.end(), step.sample_sizes.begin(), step.sample_sizes.end());
+    const auto options = torch::TensorOptions().dtype(step.dtype);
+    std::vector<int64_t> output_sizes;
+    for (int s = 0; s < 2; ++s) {
+      const bool measured = s == 1;
+      optimizer->zero_grad();
+      torch::Tensor input = torch::randn(input_sizes, gen, options);
+      torch::Tensor target;
+      if (measured) target = MakeTarget(step.loss, output_sizes, step.dtype, gen);
+      meter.ResetPeak();
+      ForwardRecorder forward_recorder(meter, base);
+      if (measured) record.forward_start = meter.current_bytes() - base;
+      torch::Tensor output, loss;
+      {
+        std::optional<ForwardScope> scope;
+        if (measured) scope.emplace(&forward_recorder);
+        output = forward(*model, input);
+        if (!measured) {
+          output_sizes = output.sizes().vec();
+          target = MakeTarget(step.loss, output_sizes, step.dtype, gen);
+        }
+        loss = Loss(step.loss, output, target);
+      }
+      Recorder recorder(meter, base);
+      std::vector<GraphNode> graph;
+      if (measured) {
+        record.forward_peak = meter.peak_bytes() - base;
+        record.forward_end = meter.current_bytes() - base;
+        graph = CollectGraph(loss);
+        for (GraphNode& node : graph) {
+          node.node->add_pre_hook(std::make_unique<RecordHook>(&recorder, node.node.get()));
+        }
+        for (const auto& p : model->named_parameters()) {
+          record.fixed.insert(StorageKey(p.value()));
+          record.parameter_names[StorageKey(p.value())] = p.key();
+          record.parameter_bytes += static_cast<int64_t>(p.value().nbytes());
+        }
+        for (const auto& b : model->buffers()) record.fixed.insert(StorageKey(b));
+        record.fixed.insert(StorageKey(input));
+        record.fixed.insert(StorageKey(target));
+      }
+      meter.ResetPeak();
+      if (measured) SetMemoryPhaseObserver(&recorder);
+      loss.backward();
+      SetMemoryPhaseObserver(nullptr);
+      recorder.Close();
+      output = torch::Tensor();
+      loss = torch::Tensor();
+      if (measured) {
+        std::unordered_map<ag::Node*, size_t> index;
+        for (size_t i = 0; i < graph.size(); ++i) index[graph[i].node.get()] = i;
+        std::unordered_map<const void*, int> position;
+        for (const NodeRecord& r : recorder.records()) {
+          auto it = index.find(r.node);
+          if (it == index.end()) continue;
+          GraphNode node = graph[it->second];
+          node.node.reset();
+          position[node.self] = static_cast<int>(record.nodes.size());
+          record.nodes.push_back(std::move(node));
+          record.before.push_back(r.before);
+          record.peaks.push_back(r.peaks);
+        }
+        // Forward records of nodes the backward ran; others fold their peak into the next one.
+        int64_t carried = 0;
+        for (const ForwardRecord& f : forward_recorder.records()) {
+          carried = std::max(carried, f.peak);
+          auto it = position.find(f.node);
+          if (it == position.end()) continue;
+          record.forward_nodes.push_back(it->second);
+          record.forward_live.push_back(f.live);
+          record.forward_peak_at.push_back(carried);
+          carried = 0;
+        }
+        graph.clear();
+      }
+      meter.ResetPeak();
+      optimizer->step();
+      if (measured) record.optimizer_peak = meter.peak_bytes() - base;
+    }
+  } catch (const c10::Error& e) {
+    SetMemoryPhaseObserver(nullptr);
+    return absl::InternalError(
+        absl::StrCat("memory model: a calibration step failed: ", e.what_without_backtrace()));
+  }
+  return record;
+}
+
+// LibTorch picks the CPU convolution kernel by batch and thread count (mkldnn unless 1x1 unstrided
+// at batch < 16 on one thread); with two threads or more the choice is the same at every batch > 1,
+// so calibration runs with at least two and extrapolates to the job's batch.
+class AtLeastTwoThreads {
+ public:
+  AtLeastTwoThreads() : saved_(at::get_num_threads()) {
+    if (saved_ < 2) at::set_num_threads(2);
+  }
+  ~AtLeastTwoThreads() {
+    if (saved_ < 2) at::set_num_threads(saved_);
+  }
+
+ private:
+  int saved_;
+};
+
+bool IsXConvNode(const std::string& type) { return type.find("XConvFunction") != std::string::npos; }
+bool IsMaskReluNode(const std::string& type) { return type.find("MaskRelu") != std::string::npos; }
+
+// Storages kept by a convertible node, identified across runs by (first keeper, slot in its list).
+struct StorageSite {
+  std::vector<int> keepers;
+  int64_t bytes = 0;
+  const void* producer = nullptr;
+  uint32_t output_nr = 0;
+};
+
+std::map<std::pair<int, int>, StorageSite> TrackedStorages(const StepRecord& run,
+                                                           const std::vector<bool>& convertible) {
+  std::unordered_map<const void*, std::pair<int, int>> first;
+  std::map<std::pair<int, int>, StorageSite> sites;
+  for (int n = 0; n < static_cast<int>(run.nodes.size()); ++n) {
+    const auto& saved = run.nodes[n].saved;
+    for (int slot = 0; slot < static_cast<int>(saved.size()); ++slot) {
+      if (saved[slot].key == nullptr || run.fixed.count(saved[slot].key)) continue;
+      auto [it, inserted] = first.emplace(saved[slot].key, std::make_pair(n, slot));
+      StorageSite& site = sites[it->second];
+      if (inserted) {
+        site.bytes = saved[slot].bytes;
+        site.producer = saved[slot].producer;
+        site.output_nr = saved[slot].output_nr;
+      }
+      if (site.keepers.empty() || site.keepers.back() != n) site.keepers.push_back(n);
+    }
+  }
+  for (auto it = sites.begin(); it != sites.end();) {
+    const bool tracked = std::any_of(it->second.keepers.begin(), it->second.keepers.end(),
+                                     [&](int k) { return convertible[k]; });
+    it = tracked ? std::next(it) : sites.erase(it);
+  }
+  return sites;
+}
+
+// The last forward step that reads the output `output_nr` of `producer` (directly or through
+// views); INT_MAX if a reader has no forward step (then the storage is never assumed dead).
+int LastReader(const StepRecord& run, const std::vector<int>& node_forward, const void* producer,
+               uint32_t output_nr) {
+  if (producer == nullptr) return INT_MAX;
+  int last = -1;
+  std::vector<std::pair<const void*, int>> frontier = {{producer, static_cast<int>(output_nr)}};
+  std::unordered_set<const void*> visited;
+  while (!frontier.empty()) {
+    auto [node, nr] = frontier.back();
+    frontier.pop_back();
+    for (size_t n = 0; n < run.nodes.size(); ++n) {
+      for (const auto& [input, input_nr] : run.nodes[n].inputs) {
+        if (input != node || (nr >= 0 && static_cast<int>(input_nr) != nr)) continue;
+        if (node_forward[n] < 0) return INT_MAX;
+        last = std::max(last, node_forward[n]);
+        if (IsViewNode(run.nodes[n].type) && visited.insert(run.nodes[n].self).second) {
+          frontier.emplace_back(run.nodes[n].self, -1);
+        }
+      }
+    }
+  }
+  return last < 0 ? INT_MAX : last;
+}
+
+std::string ModuleOfParameter(const std::string& name) {
+  const size_t dot = name.rfind('.');
+  return dot == std::string::npos ? "" : name.substr(0, dot);
+}
+
+}  // namespace
+
+absl::StatusOr<OptimizerKind> ParseOptimizerKind(absl::string_view name) {
+  const std::string lower = absl::AsciiStrToLower(name);
+  if (lower == "sgd") return OptimizerKind::kSgd;
+  if (lower == "sgd_momentum" || lower == "momentum") return OptimizerKind::kSgdMomentum;
+  if (lower == "adam") return OptimizerKind::kAdam;
+  if (lower == "adamw") return OptimizerKind::kAdamW;
+  return absl::InvalidArgumentError(absl::StrCat("unknown optimizer '", std::string(name),
+                                                 "'; use sgd, sgd_momentum, adam or adamw"));
+}
+
+std::string OptimizerKindName(OptimizerKind kind) {
+  switch (kind) {
+    case OptimizerKind::kSgd: return "sgd";
+    case OptimizerKind::kSgdMomentum: return "sgd_momentum";
+    case OptimizerKind::kAdam: return "adam";
+    case OptimizerKind::kAdamW: return "adamw";
+  }
+  return "?";
+}
+
+int64_t OptimizerStateMultiple(OptimizerKind kind) {
+  switch (kind) {
+    case OptimizerKind::kSgd: return 0;
+    case OptimizerKind::kSgdMomentum: return 1;
+    case OptimizerKind::kAdam:
+    case OptimizerKind::kAdamW: return 2;
+  }
+  return 0;
+}
+
+std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(OptimizerKind kind,
+                                                       std::vector<torch::Tensor> parameters,
+                                                       double lr, double weight_decay) {
+  switch (kind) {
+    case OptimizerKind::kSgd:
+      return std::make_unique<torch::optim::SGD>(
+          parameters, torch::optim::SGDOptions(lr).weight_decay(weight_decay));
+    case OptimizerKind::kSgdMomentum:
+      return std::make_unique<torch::optim::SGD>(
+          parameters, torch::optim::SGDOptions(lr).momentum(0.9).weight_decay(weight_decay));
+    case OptimizerKind::kAdam:
+      return std::make_unique<torch::optim::Adam>(
+          parameters, torch::optim::AdamOptions(lr).weight_decay(weight_decay));
+    case OptimizerKind::kAdamW:
+      return std::make_unique<torch::optim::AdamW>(
+          parameters, torch::optim::AdamWOptions(lr).weight_decay(weight_decay));
+  }
+  return nullptr;
+}
+
+torch::Tensor SequentialForward(torch::nn::Module& model, const torch::Tensor& input) {
+  auto* sequential = model.as<torch::nn::Sequential>();
+  TORCH_CHECK(sequential != nullptr, "SequentialForward needs a torch::nn::Sequential root");
+  return sequential->forward(input);
+}
+
+int64_t Affine::At(int64_t batch) const {
+  return static_cast<int64_t>(std::llround(intercept + slope * static_cast<double>(batch)));
+}
+
+Affine Affine::Through(int64_t b1, int64_t v1, int64_t b2, int64_t v2) {
+  Affine line;
+  line.slope = static_cast<double>(v2 - v1) / static_cast<double>(b2 - b1);
+  line.intercept = static_cast<double>(v1) - line.slope * static_cast<double>(b1);
+  return line;
+}
+
+int64_t PhaseLines::At(int64_t batch) const {
+  int64_t most = 0;
+  for (const Affine& phase : phases) most = std::max(most, phase.At(batch));
+  return most;
+}
+
+PhaseLines PhaseLines::Through(int64_t b1, int64_t before1, const std::vector<int64_t>& peaks1, int64_t b2,
+                               int64_t before2, const std::vector<int64_t>& peaks2) {
+  PhaseLines lines;
+  if (peaks1.size() == peaks2.size()) {
+    for (size_t k = 0; k < peaks1.size(); ++k) {
+      lines.phases.push_back(Affine::Through(b1, peaks1[k] - before1, b2, peaks2[k] - before2));
+    }
+  } else {
+    const int64_t p1 = peaks1.empty() ? before1 : *std::max_element(peaks1.begin(), peaks1.end());
+    const int64_t p2 = peaks2.empty() ? before2 : *std::max_element(peaks2.begin(), peaks2.end());
+    lines.phases.push_back(Affine::Through(b1, p1 - before1, b2, p2 - before2));
+  }
+  return lines;
+}
+
+int64_t PhaseLines::Interpolate(const PhaseLines& low, const PhaseLines& high, double t, int64_t batch) {
+  auto mix = [t](double a, double b) { return static_cast<int64_t>(std::llround(a + (b - a) * t)); };
+  if (low.phases.size() != high.phases.size()) {
+    return mix(static_cast<double>(low.At(batch)), static_cast<double>(high.At(batch)));
+  }
+  int64_t most = 0;
+  for (size_t k = 0; k < low.phases.size(); ++k) {
+    most = std::max(most, mix(static_cast<double>(low.phases[k].At(batch)),
+                              static_cast<double>(high.phases[k].At(batch))));
+  }
+  return most;
+}
+
+int64_t ConvLayer::spatial() const {
+  int64_t s = 1;
+  for (size_t i = 1; i < sample_sizes.size(); ++i) s *= sample_sizes[i];
+  return s;
+}
+
+int64_t ConvLayer::kernel_volume() const {
+  int64_t k = 1;
+  for (size_t i = 2; i < weight_sizes.size(); ++i) k *= weight_sizes[i];
+  return k;
+}
+
+int64_t ConvLayer::parameters() const {
+  int64_t p = 1;
+  for (int64_t v : weight_sizes) p *= v;
+  return p;
+}
+
+absl::StatusOr<MemoryModel> MemoryModel::Build(const ModelFactory& factory, const ForwardFn& forward,
+                                               const TrainingStep& step,
+                                               const MemoryModelOptions& options) {
+  if (step.sample_sizes.size() < 2) {
+    return absl::InvalidArgumentError(
+        "memory model: sample_sizes must list channels and at least one spatial size");
+  }
+  if (step.batch < 1 || options.calibration_batch < 1) {
+    return absl::InvalidArgumentError("memory model: batch and calibration_batch must be >= 1");
+  }
+  const std::vector<int64_t>& points = options.calibration_probes;
+  if (points.size() < 2 || points[0] < 1 || !std::is_sorted(points.begin(), points.end()) ||
+      std::adjacent_find(points.begin(), points.end()) != points.end()) {
+    return absl::InvalidArgumentError(
+        "memory model: calibration_probes needs at least two increasing probe counts >= 1");
+  }
+  if (options.modes.empty()) return absl::InvalidArgumentError("memory model: allow at least one mode");
+  const int64_t b1 = options.calibration_batch;
+  const int64_t b2 = 2 * b1;
+  AtLeastTwoThreads threads;
+
+  // The exact configuration at two batches.
+  auto exact1 = RunStep(factory, forward, step, b1, {});
+  if (!exact1.ok()) return exact1.status();
+  auto exact2 = RunStep(factory, forward, step, b2, {});
+  if (!exact2.ok()) return exact2.status();
+  // Exact convolutions with mask ReLUs: what the unconverted layers of a mixed plan run as.
+  Config masks_only;
+  masks_only.convert = true;
+  masks_only.settings.probes = 0;
+  auto masks1 = RunStep(factory, forward, step, b1, masks_only);
+  if (!masks1.ok()) return masks1.status();
+  auto masks2 = RunStep(factory, forward, step, b2, masks_only);
+  if (!masks2.ok()) return masks2.status();
+  const size_t count = exact1->nodes.size();
+  for (const auto* run : {&*exact2, &*masks1, &*masks2}) {
+    if (run->nodes.size() != count) {
+      return absl::FailedPreconditionError(
+          "memory model: the autograd graph changes with the batch size; the model cannot be "
+          "extrapolated");
+    }
+  }
+
+  MemoryModel model;
+  model.step_ = step;
+  model.options_ = options;
+  model.parameter_bytes_ = exact1->parameter_bytes;
+  model.optimizer_state_bytes_ = OptimizerStateMultiple(step.optimizer) * exact1->parameter_bytes;
+  model.nodes_.resize(count);
+
+  // Converted configurations: [mode][2 * point + batch index].
+  std::vector<std::vector<StepRecord>> converted;
+  for (ProbeMode mode : options.modes) {
+    std::vector<StepRecord> runs;
+    for (int64_t probes : points) {
+      Config config;
+      config.convert = true;
+      config.settings.probes = probes;
+      config.settings.mode = mode;
+      config.settings.center = options.center;
+      config.settings.route =
+          mode == ProbeMode::kOrthogonal ? GradientRoute::kReconstruct : GradientRoute::kTap;
+      for (int64_t b : {b1, b2}) {
+        auto run = RunStep(factory, forward, step, b, config);
+        if (!run.ok()) return run.status();
+        if (run->nodes.size() != count) {
+          return absl::InternalError(absl::StrCat(
+              "memory model: the converted model runs ", run->nodes.size(),
+              " backward nodes against ", count, " exact; a custom module may call functional ops"));
+        }
+        runs.push_back(*std::move(run));
+      }
+    }
+    converted.push_back(std::move(runs));
+  }
+
+  // Which nodes a plan converts, and the conv layers.
+  std::vector<bool> convertible(count, false);
+  const StepRecord& low = converted[0][0];
+  for (size_t n = 0; n < count; ++n) {
+    const GraphNode& exact = exact1->nodes[n];
+    const std::string& other = low.nodes[n].type;
+    Node& node = model.nodes_[n];
+    node.type = exact.type;
+    if (exact.type == "ConvolutionBackward0" && IsXConvNode(other)) {
+      convertible[n] = true;
+      ConvLayer layer;
+      auto name = exact1->parameter_names.find(exact.weight_key);
+      if (name == exact1->parameter_names.end()) {
+        return absl::InternalError("memory model: a convolution's weight is not a parameter of the model");
+      }
+      layer.path = ModuleOfParameter(name->second);
+      layer.sample_sizes.assign(exact.input_sizes.begin() + 1, exact.input_sizes.end());
+      layer.weight_sizes = exact.weight_sizes;
+      layer.groups = exact.groups;
+      node.layer = static_cast<int>(model.layers_.size());
+      model.layers_.push_back(layer);
+      model.layer_node_.push_back(static_cast<int>(n));
+    } else if (exact.type == "ReluBackward0" && IsMaskReluNode(other)) {
+      convertible[n] = true;
+      node.relu = true;
+      node.relu_numel_per_sample = exact.output_numel / b1;
+    } else if (exact.type != other) {
+      return absl::InternalError(absl::StrCat("memory model: backward node ", n, " is ", exact.type,
+                                              " exact but ", other, " converted"));
+    }
+    if (!exact.known) model.unknown_nodes_.push_back(exact.type);
+  }
+
+  // The forward op by op, in every configuration.
+  for (const auto* run : {&*exact2, &*masks1, &*masks2}) {
+    if (run->forward_nodes != exact1->forward_nodes) {
+      return absl::InternalError("memory model: the forward ops differ between calibration runs");
+    }
+  }
+  for (const auto& runs : converted) {
+    for (const StepRecord& run : runs) {
+      if (run.forward_nodes != exact1->forward_nodes) {
+        return absl::InternalError("memory model: the converted forward records other ops than the exact one");
+      }
+    }
+  }
+  model.node_forward_.assign(count, -1);
+  auto live_before = [](const StepRecord& run, size_t f) {
+    return f == 0 ? run.forward_start : run.forward_live[f - 1];
+  };
+  auto forward_lines = [&](const StepRecord& r1, const StepRecord& r2, size_t f) {
+    return PhaseLines::Through(b1, live_before(r1, f), {r1.forward_peak_at[f]}, b2, live_before(r2, f),
+                               {r2.forward_peak_at[f]});
+  };
+  for (size_t f = 0; f < exact1->forward_nodes.size(); ++f) {
+    ForwardStep fs;
+    fs.node = exact1->forward_nodes[f];
+    model.node_forward_[fs.node] = static_cast<int>(f);
+    fs.live_before = Affine::Through(b1, live_before(*exact1, f), b2, live_before(*exact2, f));
+    fs.transient_exact = forward_lines(*exact1, *exact2, f);
+    fs.transient_masks = forward_lines(*masks1, *masks2, f);
+    for (const auto& runs : converted) {
+      std::vector<PhaseLines> per_point;
+      for (size_t i = 0; i < points.size(); ++i) per_point.push_back(forward_lines(runs[2 * i], runs[2 * i + 1], f));
+      fs.transient_converted.push_back(std::move(per_point));
+    }
+    model.forward_.push_back(std::move(fs));
+  }
+
+  // Storages a plan can free, with their keepers and sizes at the two batches.
+  const auto sites1 = TrackedStorages(*exact1, convertible);
+  const auto sites2 = TrackedStorages(*exact2, convertible);
+  if (sites1.size() != sites2.size()) {
+    return absl::FailedPreconditionError("memory model: saved tensors differ between batch sizes");
+  }
+  for (const auto& [key, site] : sites1) {
+    auto it = sites2.find(key);
+    if (it == sites2.end() || it->second.keepers != site.keepers) {
+      return absl::FailedPreconditionError("memory model: saved tensors differ between batch sizes");
+    }
+    model.storages_.push_back({Affine::Through(b1, site.bytes, b2, it->second.bytes), site.keepers, 0});
+    model.storages_.back().death = LastReader(*exact1, model.node_forward_, site.producer, site.output_nr);
+  }
+
+  // Per node: live bytes the plan does not change, and transients per configuration.
+  std::vector<LayerChoice> exact_choices = model.ExactChoices();
+  auto tracked_exact = [&](int64_t batch, size_t n) { return model.LiveTracked(exact_choices, batch, n); };
+  for (size_t n = 0; n < count; ++n) {
+    Node& node = model.nodes_[n];
+    node.other = Affine::Through(b1, exact1->before[n] - tracked_exact(b1, n), b2,
+                                 exact2->before[n] - tracked_exact(b2, n));
+    node.transient_exact = PhaseLines::Through(b1, exact1->before[n], exact1->peaks[n], b2,
+                                               exact2->before[n], exact2->peaks[n]);
+    node.transient_masks = PhaseLines::Through(b1, masks1->before[n], masks1->peaks[n], b2,
+                                               masks2->before[n], masks2->peaks[n]);
+    for (const auto& runs : converted) {
+      std::vector<PhaseLines> per_point;
+      for (size_t i = 0; i < points.size(); ++i) {
+        const StepRecord& r1 = runs[2 * i];
+        const StepRecord& r2 = runs[2 * i + 1];
+        per_point.push_back(
+            PhaseLines::Through(b1, r1.before[n], r1.peaks[n], b2, r2.before[n], r2.peaks[n]));
+      }
+      node.transient_converted.push_back(std::move(per_point));
+    }
+  }
+  model.phase_.optimizer_peak =
+      Affine::Through(b1, exact1->optimizer_peak, b2, exact2->optimizer_peak);
+  // Self-check on the converted runs: predicted live bytes before each node against measured.
+  double worst = 0;
+  for (size_t m = 0; m < converted.size(); ++m) {
+    for (size_t i = 0; i < points.size(); ++i) {
+      std::vector<LayerChoice> all(model.layers_.size());
+      for (auto& c : all) {
+        c.xconv = true;
+        c.probes = points[i];
+        c.mode = options.modes[m];
+      }
+      for (int k = 0; k < 2; ++k) {
+        const StepRecord& run = converted[m][2 * i + k];
+        const int64_t batch = k == 0 ? b1 : b2;
+        for (size_t n = 0; n < count; ++n) {
+          const int64_t predicted = model.nodes_[n].other.At(batch) + model.LiveTracked(all, batch, n);
+          const double error = std::abs(static_cast<double>(predicted - run.before[n])) /
+                               static_cast<double>(std::max<int64_t>(run.before[n], 1));
+          worst = std::max(worst, error);
+        }
+      }
+    }
+  }
+  model.calibration_error_ = worst;
+  return model;
+}
+
+absl::StatusOr<int64_t> MeasureTrainingPeak(const ModelFactory& factory, const ForwardFn& forward,
+                                            const TrainingStep& step, int64_t batch,
+                                            const PrepareFn& prepare, int steps) {
+  CpuMemoryMeter& meter = CpuMemoryMeter::Install();
+  const int64_t base = meter.current_bytes();
+  meter.ResetPeak();
+  int64_t peak = 0;
+  try {
+    absl::StatusOr<std::shared_ptr<torch::nn::Module>> made = factory();
+    if (!made.ok()) return made.status();
+    std::shared_ptr<torch::nn::Module> model = *std::move(made);
+    if (prepare) {
+      made = prepare(model);
+      if (!made.ok()) return made.status();
+      model = *std::move(made);
+    }
+    model->to(step.dtype);
+    model->train();
+    std::unique_ptr<torch::optim::Optimizer> optimizer =
+        MakeOptimizer(step.optimizer, model->parameters(), 1e-4);
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(11);
+    std::vector<int64_t> input_sizes = {batch};
+    input_sizes.insert(input_sizes.end(), step.sample_sizes.begin(), step.sample_sizes.end());
+    std::vector<int64_t> output_sizes;
+    {
+      torch::NoGradGuard no_grad;
+      model->eval();
+      std::vector<int64_t> one = input_sizes;
+      one[0] = 1;
+      output_sizes = forward(*model, torch::zeros(one, torch::TensorOptions().dtype(step.dtype))).sizes().vec();
+      output_sizes[0] = batch;
+      model->train();
+    }
+    meter.ResetPeak();
+    for (int s = 0; s < steps; ++s) {
+      optimizer->zero_grad();
+      torch::Tensor input = torch::randn(input_sizes, gen, torch::TensorOptions().dtype(step.dtype));
+      torch::Tensor target = MakeTarget(step.loss, output_sizes, step.dtype, gen);
+      // The output stays alive through backward, as a trainer that reports metrics keeps it.
+      torch::Tensor output = forward(*model, input);
+      torch::Tensor loss = Loss(step.loss, output, target);
+      loss.backward();
+      loss = torch::Tensor();
+      output = torch::Tensor();
+      optimizer->step();
+    }
+    peak = meter.peak_bytes() - base;
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("measure: a training step failed: ", e.what_without_backtrace()));
+  }
+  return peak;
+}
+
+void MemoryModel::DebugCompare(const ModelFactory& factory, const ForwardFn& forward,
+                               const std::vector<LayerChoice>& choices, const ConvertOptions& convert,
+                               int64_t batch) const {
+  Config config;
+  config.convert = true;
+  config.plan = &convert;
+  auto run = RunStep(factory, forward, step_, batch, config);
+  if (!run.ok()) {
+    std::fprintf(stderr, "debug run failed: %s\n", std::string(run.status().message()).c_str());
+    return;
+  }
+  const bool any_xconv = std::any_of(choices.begin(), choices.end(), [](const LayerChoice& c) { return c.xconv; });
+  std::fprintf(stderr, "forward peak meas %ld end meas %ld; optimizer meas %ld pred %ld\n", run->forward_peak,
+               run->forward_end, run->optimizer_peak, phase_.optimizer_peak.At(batch));
+  for (size_t n = 0; n < nodes_.size() && n < run->nodes.size(); ++n) {
+    const int64_t before = nodes_[n].other.At(batch) + LiveTracked(choices, batch, n);
+    const int64_t peak = before + Transient(nodes_[n], choices, any_xconv, batch);
+    std::fprintf(stderr, "%3zu %-28s before pred %9ld meas %9ld | peak pred %9ld meas %9ld %s\n", n,
+                 run->nodes[n].type.substr(0, 28).c_str(), before, run->before[n], peak,
+                 *std::max_element(run->peaks[n].begin(), run->peaks[n].end()),
+                 nodes_[n].layer >= 0 ? layers_[nodes_[n].layer].path.c_str() : "");
+  }
+}
+
+int64_t MemoryModel::element_bytes() const { return static_cast<int64_t>(c10::elementSize(step_.dtype)); }
+
+int MemoryModel::ModeIndex(ProbeMode mode) const {
+  for (size_t i = 0; i < options_.modes.size(); ++i) {
+    if (options_.modes[i] == mode) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+int64_t MemoryModel::SketchBytes(size_t layer, const LayerChoice& choice, int64_t batch) const {
+  if (!choice.xconv) return 0;
+  const ConvLayer& l = layers_[layer];
+  const int64_t values_per_sample =
+      choice.mode == ProbeMode::kIndependent ? l.in_channels() * choice.probes : choice.probes;
+  const int64_t means = options_.center ? l.in_channels() : 0;
+  return batch * (values_per_sample + means) * element_bytes();
+}
+
+int64_t MemoryModel::InputBytes(size_t layer, int64_t batch) const {
+  return batch * layers_[layer].in_channels() * layers_[layer].spatial() * element_bytes();
+}
+
+// Bytes of the tracked storages plus sketches and masks live before node `node` (node =
+// nodes_.size() stands for the end of the forward, when every keeper is still pending: use 0).
+int64_t MemoryModel::LiveTracked(const std::vector<LayerChoice>& choices, int64_t batch,
+                                 size_t node) const {
+  const bool any_xconv =
+      std::any_of(choices.begin(), choices.end(), [](const LayerChoice& c) { return c.xconv; });
+  auto active = [&](int k) {
+    const Node& keeper = nodes_[k];
+    if (keeper.layer >= 0) return !choices[keeper.layer].xconv;
+    if (keeper.relu) return !any_xconv;
+    return true;
+  };
+  int64_t live = 0;
+  for (const Storage& s : storages_) {
+    for (auto it = s.keepers.rbegin(); it != s.keepers.rend(); ++it) {
+      if (*it < static_cast<int>(node)) break;
+      if (active(*it)) {
+        live += s.bytes.At(batch);
+        break;
+      }
+    }
+  }
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    if (choices[l].xconv && layer_node_[l] >= static_cast<int>(node)) live += SketchBytes(l, choices[l], batch);
+  }
+  if (any_xconv) {
+    for (size_t n = node; n < nodes_.size(); ++n) {
+      if (nodes_[n].relu) live += (batch * nodes_[n].relu_numel_per_sample + 7) / 8;
+    }
+  }
+  return live;
+}
+
+int64_t MemoryModel::Transient(const Node& node, const std::vector<LayerChoice>& choices,
+                               bool any_xconv, int64_t batch) const {
+  if (node.layer >= 0 && choices[node.layer].xconv) {
+    const LayerChoice& c = choices[node.layer];
+    const auto& per_point = node.transient_converted[std::max(ModeIndex(c.mode), 0)];
+    const std::vector<int64_t>& points = options_.calibration_probes;
+    // The segment around r (the first or last one beyond the calibrated range).
+    size_t i = 1;
+    while (i + 1 < points.size() && points[i] < c.probes) ++i;
+    const double t = static_cast<double>(c.probes - points[i - 1]) /
+                     static_cast<double>(points[i] - points[i - 1]);
+    return PhaseLines::Interpolate(per_point[i - 1], per_point[i], t, batch);
+  }
+  if (node.relu && any_xconv) return node.transient_converted[0][0].At(batch);
+  return any_xconv ? node.transient_masks.At(batch) : node.transient_exact.At(batch);
+}
+
+int64_t MemoryModel::ForwardTransient(const ForwardStep& step, const std::vector<LayerChoice>& choices,
+                                      bool any_xconv, int64_t batch) const {
+  const Node& node = nodes_[step.node];
+  if (node.layer >= 0 && choices[node.layer].xconv) {
+    const LayerChoice& c = choices[node.layer];
+    const auto& per_point = step.transient_converted[std::max(ModeIndex(c.mode), 0)];
+    const std::vector<int64_t>& points = options_.calibration_probes;
+    size_t i = 1;
+    while (i + 1 < points.size() && points[i] < c.probes) ++i;
+    const double t = static_cast<double>(c.probes - points[i - 1]) /
+                     static_cast<double>(points[i] - points[i - 1]);
+    return PhaseLines::Interpolate(per_point[i - 1], per_point[i], t, batch);
+  }
+  if (node.relu && any_xconv) return step.transient_converted[0][0].At(batch);
+  return any_xconv ? step.transient_masks.At(batch) : step.transient_exact.At(batch);
+}
+
+int64_t MemoryModel::ForwardPeak(const std::vector<LayerChoice>& choices, int64_t batch) const {
+  const bool any_xconv =
+      std::any_of(choices.begin(), choices.end(), [](const LayerChoice& c) { return c.xconv; });
+  const size_t steps = forward_.size();
+  // Changes against the exact forward, by the step from which they hold: storages the plan frees
+  // after their last reader, sketches and masks after the op that makes them.
+  std::vector<int64_t> delta(steps + 1, 0);
+  for (const Storage& s : storages_) {
+    bool kept = false;
+    for (int k : s.keepers) {
+      const Node& keeper = nodes_[k];
+      kept = kept || (keeper.layer >= 0 ? !choices[keeper.layer].xconv : keeper.relu ? !any_xconv : true);
+    }
+    if (!kept && s.death != INT_MAX) delta[std::min<size_t>(s.death + 1, steps)] -= s.bytes.At(batch);
+  }
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const int f = node_forward_[layer_node_[l]];
+    if (choices[l].xconv && f >= 0) delta[f + 1] += SketchBytes(l, choices[l], batch);
+  }
+  if (any_xconv) {
+    for (size_t n = 0; n < nodes_.size(); ++n) {
+      if (nodes_[n].relu && node_forward_[n] >= 0) {
+        delta[node_forward_[n] + 1] += (batch * nodes_[n].relu_numel_per_sample + 7) / 8;
+      }
+    }
+  }
+  int64_t change = 0, peak = 0;
+  for (size_t f = 0; f < steps; ++f) {
+    change += delta[f];
+    const int64_t before = forward_[f].live_before.At(batch) + change;
+    peak = std::max(peak, before + ForwardTransient(forward_[f], choices, any_xconv, batch));
+  }
+  return peak;
+}
+
+MemoryPrediction MemoryModel::Predict(const std::vector<LayerChoice>& choices, int64_t batch) const {
+  MemoryPrediction p;
+  p.parameter_bytes = parameter_bytes_;
+  p.gradient_bytes = parameter_bytes_;
+  p.optimizer_state_bytes = optimizer_state_bytes_;
+  const bool any_xconv =
+      std::any_of(choices.begin(), choices.end(), [](const LayerChoice& c) { return c.xconv; });
+
+  // Live tracked bytes before every node in one pass: each storage is live from the start of the
+  // backward until its last active keeper has run.
+  const size_t count = nodes_.size();
+  std::vector<int64_t> delta(count + 1, 0);
+  auto live_until = [&](int last, int64_t bytes) {
+    if (last < 0) return;
+    delta[0] += bytes;
+    delta[last + 1] -= bytes;
+  };
+  for (const Storage& s : storages_) {
+    int last = -1;
+    for (auto it = s.keepers.rbegin(); it != s.keepers.rend(); ++it) {
+      const Node& keeper = nodes_[*it];
+      const bool active = keeper.layer >= 0 ? !choices[keeper.layer].xconv : keeper.relu ? !any_xconv : true;
+      if (active) {
+        last = *it;
+        break;
+      }
+    }
+    live_until(last, s.bytes.At(batch));
+  }
+  int64_t compressed = 0;
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const int64_t bytes = SketchBytes(l, choices[l], batch);
+    compressed += bytes;
+    live_until(layer_node_[l], bytes);
+  }
+  if (any_xconv) {
+    for (size_t n = 0; n < count; ++n) {
+      if (!nodes_[n].relu) continue;
+      const int64_t bytes = (batch * nodes_[n].relu_numel_per_sample + 7) / 8;
+      compressed += bytes;
+      live_until(static_cast<int>(n), bytes);
+    }
+  }
+  int64_t live = 0;
+  for (size_t n = 0; n < count; ++n) {
+    live += delta[n];
+    const int64_t before = nodes_[n].other.At(batch) + live;
+    const int64_t peak = before + Transient(nodes_[n], choices, any_xconv, batch);
+    if (peak > p.peak_bytes) {
+      p.peak_bytes = peak;
+      p.phase = "backward";
+      p.at = nodes_[n].layer >= 0 ? layers_[nodes_[n].layer].path : nodes_[n].type;
+    }
+  }
+  p.kept_bytes = delta[0];
+  const int64_t forward_peak = ForwardPeak(choices, batch);
+  if (forward_peak > p.peak_bytes) {
+    p.peak_bytes = forward_peak;
+    p.phase = "forward";
+    p.at = "";
+  }
+  const int64_t optimizer = phase_.optimizer_peak.At(batch);
+  if (optimizer > p.peak_bytes) {
+    p.peak_bytes = optimizer;
+    p.phase = "optimizer";
+    p.at = "";
+  }
+  return p;
+}
+
+std::vector<MemoryRow> MemoryModel::Table(const std::vector<LayerChoice>& choices, int64_t batch) const {
+  std::vector<MemoryRow> rows;
+  const bool any_xconv =
+      std::any_of(choices.begin(), choices.end(), [](const LayerChoice& c) { return c.xconv; });
+  for (size_t n = 0; n < nodes_.size(); ++n) {
+    const Node& node = nodes_[n];
+    MemoryRow row;
+    row.transient_bytes = Transient(node, choices, any_xconv, batch);
+    if (node.layer >= 0) {
+      const LayerChoice& c = choices[node.layer];
+      row.name = layers_[node.layer].path;
+      row.kind = c.xconv ? "xconv" : "conv";
+      row.exact_kept_bytes = InputBytes(node.layer, batch);
+      row.kept_bytes = c.xconv ? SketchBytes(node.layer, c, batch) : row.exact_kept_bytes;
+    } else if (node.relu) {
+      row.name = node.type;
+      row.kind = any_xconv ? "mask-relu" : "relu";
+      row.exact_kept_bytes = batch * node.relu_numel_per_sample * element_bytes();
+      row.kept_bytes = any_xconv ? (batch * node.relu_numel_per_sample + 7) / 8 : row.exact_kept_bytes;
+    } else {
+      row.name = node.type;
+      row.kind = "other";
+    }
+    rows.push_back(row);
+  }
+  std::reverse(rows.begin(), rows.end());  // forward order reads more naturally
+  return rows;
+}
+
+}  // namespace xtrain::core

@@ -1,0 +1,28 @@
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "core/memory/memory_model.h"
+
+namespace xtrain::core::testing {
+
+// A small network for the memory tests: how to build it, run it and feed it.
+struct TestNet {
+  std::string name;
+  ModelFactory factory;
+  ForwardFn forward;
+  std::vector<int64_t> sample_sizes;
+  LossKind loss = LossKind::kCrossEntropy;
+};
+
+// Plain conv-ReLU stack; residual net with BatchNorm; U-Net with skips and a transposed conv;
+// a 3-D net; a net with strided, grouped and depthwise convs. Seeded, deterministic.
+std::vector<TestNet> MemoryTestNets();
+// DnCNN-style: `depth` 3x3 conv-ReLU layers of `width` channels at full resolution.
+TestNet DnCnnNet(int64_t depth, int64_t width, int64_t size);
+
+}  // namespace xtrain::core::testing
