@@ -28,17 +28,30 @@ demo: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS) --target xconv-demo
 	$(BUILD_DIR)/examples/xconv-demo
 
-# Layer benchmark: the full grid (one to two hours at 1 thread here) or the quick slice (seconds).
+# Benchmarks write dated results under bench/results/ at a stated thread count. `bench` runs them
+# all (the layer grid takes one to two hours at 1 thread here); `bench-quick` runs the quick slices.
 BENCH_THREADS ?= 1
-BENCH_NAME ?= bench/results/layer-cpu-$(shell date +%F)
-bench: configure
-	cmake --build $(BUILD_DIR) -j $(JOBS) --target xtrain-bench
-	$(BUILD_DIR)/bench/xtrain-bench layer --threads $(BENCH_THREADS) --json $(BENCH_NAME).jsonl --markdown $(BENCH_NAME).md
-	/usr/bin/python3 bench/plot_layer.py $(BENCH_NAME).jsonl $(BENCH_NAME).png
+BENCH_DATE := $(shell date +%F)
+BENCH_TOOL := $(BUILD_DIR)/bench/xtrain-bench
 
-bench-quick: configure
+.PHONY: bench-tool bench-layer bench-memory
+bench-tool: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS) --target xtrain-bench
-	$(BUILD_DIR)/bench/xtrain-bench layer --quick --json $(BUILD_DIR)/layer-quick.jsonl --markdown $(BUILD_DIR)/layer-quick.md
+
+bench-layer: bench-tool
+	$(BENCH_TOOL) layer --threads $(BENCH_THREADS) --json bench/results/layer-cpu-$(BENCH_DATE).jsonl --markdown bench/results/layer-cpu-$(BENCH_DATE).md
+	/usr/bin/python3 bench/plot_layer.py bench/results/layer-cpu-$(BENCH_DATE).jsonl bench/results/layer-cpu-$(BENCH_DATE).png
+
+# The memory model calibrates with at least 2 threads (LibTorch picks conv kernels by thread count).
+bench-memory: bench-tool
+	$(BENCH_TOOL) memory --threads 2 --json bench/results/memory-cpu-$(BENCH_DATE).jsonl --markdown bench/results/memory-cpu-$(BENCH_DATE).md
+	/usr/bin/python3 bench/plot_memory.py bench/results/memory-cpu-$(BENCH_DATE).jsonl bench/results/memory-cpu-$(BENCH_DATE).png
+
+bench: bench-layer bench-memory
+
+bench-quick: bench-tool
+	$(BENCH_TOOL) layer --quick --json $(BUILD_DIR)/layer-quick.jsonl --markdown $(BUILD_DIR)/layer-quick.md
+	$(BENCH_TOOL) memory --quick --json $(BUILD_DIR)/memory-quick.jsonl --markdown $(BUILD_DIR)/memory-quick.md
 
 # ASan/UBSan (with leak checks) build of the tests in its own tree. The Python op test is left
 # out: an ASan-built library cannot load into a Python without the ASan runtime.

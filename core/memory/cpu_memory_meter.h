@@ -5,20 +5,21 @@
 
 #include <c10/core/Allocator.h>
 
+#include "core/memory/memory_meter.h"
+
 namespace xtrain::core {
 
 // Counts every byte LibTorch allocates on the CPU, exactly, while installed
 // (c10::SetCPUAllocator). Current and peak are atomics: safe under LibTorch's worker threads.
 // Memory allocated before installation is freed through its own deleter and never counted.
-class CpuMemoryMeter {
+class CpuMemoryMeter final : public MemoryMeter {
  public:
   // Installs the counting allocator process-wide (once) and returns the meter.
   static CpuMemoryMeter& Install();
 
-  int64_t current_bytes() const { return current_.load(std::memory_order_relaxed); }
-  int64_t peak_bytes() const { return peak_.load(std::memory_order_relaxed); }
-  // Sets the peak to the current bytes, so peak_bytes() covers what happens from now on.
-  void ResetPeak() { peak_.store(current_bytes(), std::memory_order_relaxed); }
+  int64_t current_bytes() const override { return current_.load(std::memory_order_relaxed); }
+  int64_t peak_bytes() const override { return peak_.load(std::memory_order_relaxed); }
+  void ResetPeak() override { peak_.store(current_bytes(), std::memory_order_relaxed); }
 
   // Peak above the starting point within a scope: peak_bytes() - bytes at construction.
   class Scope {

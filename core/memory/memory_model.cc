@@ -20,6 +20,9 @@
 #include "core/memory/autograd_graph.h"
 #include "core/memory/cpu_memory_meter.h"
 #include "core/memory/memory_phase.h"
+#ifdef XTRAIN_HAVE_CUDA_METER
+#include "core/memory/cuda_memory_meter.h"
+#endif
 #include "core/xconv/convert.h"
 
 namespace xtrain::core {
@@ -39,7 +42,7 @@ struct NodeRecord {
 // Collects NodeRecords in execution order; the meter's peak is reset at each node and phase.
 class Recorder : public MemoryPhaseObserver {
  public:
-  Recorder(CpuMemoryMeter& meter, int64_t base) : meter_(meter), base_(base) {}
+  Recorder(MemoryMeter& meter, int64_t base) : meter_(meter), base_(base) {}
   void Enter(ag::Node* node) {
     Close();
     records_.push_back({node, meter_.current_bytes() - base_, {}});
@@ -56,7 +59,7 @@ class Recorder : public MemoryPhaseObserver {
   const std::vector<NodeRecord>& records() const { return records_; }
 
  private:
-  CpuMemoryMeter& meter_;
+  MemoryMeter& meter_;
   int64_t base_;
   std::vector<NodeRecord> records_;
 };
@@ -73,7 +76,7 @@ struct ForwardRecord {
 // a custom function, or without grad) fold into the next record.
 class ForwardRecorder : public MemoryPhaseObserver {
  public:
-  ForwardRecorder(CpuMemoryMeter& meter, int64_t base) : meter_(meter), base_(base) {}
+  ForwardRecorder(MemoryMeter& meter, int64_t base) : meter_(meter), base_(base) {}
   void Output(const torch::Tensor& t) {
     if (!t.defined() || !t.requires_grad() || !t.grad_fn()) return;
     const void* node = t.grad_fn().get();
@@ -87,7 +90,7 @@ class ForwardRecorder : public MemoryPhaseObserver {
   int64_t pending_peak() const { return meter_.peak_bytes() - base_; }
 
  private:
-  CpuMemoryMeter& meter_;
+  MemoryMeter& meter_;
   int64_t base_;
   std::vector<ForwardRecord> records_;
   std::unordered_set<const void*> seen_;
@@ -163,12 +166,35 @@ struct Config {
   const ConvertOptions* plan = nullptr;  // per-layer conversion instead of `settings` everywhere
 };
 
+// The meter of the job's device.
+absl::StatusOr<std::unique_ptr<MemoryMeter>> MeterFor(const torch::Device& device) {
+  if (device.is_cpu()) {
+    struct CpuView final : MemoryMeter {
+      CpuMemoryMeter& cpu = CpuMemoryMeter::Install();
+      int64_t current_bytes() const override { return cpu.current_bytes(); }
+      int64_t peak_bytes() const override { return cpu.peak_bytes(); }
+      void ResetPeak() override { cpu.ResetPeak(); }
+    };
+    return std::unique_ptr<MemoryMeter>(std::make_unique<CpuView>());
+  }
+#ifdef XTRAIN_HAVE_CUDA_METER
+  if (device.is_cuda()) {
+    absl::StatusOr<CudaMemoryMeter> cuda = CudaMemoryMeter::ForDevice(device.has_index() ? device.index() : 0);
+    if (!cuda.ok()) return cuda.status();
+    return std::unique_ptr<MemoryMeter>(std::make_unique<CudaMemoryMeter>(*cuda));
+  }
+#endif
+  return absl::UnimplementedError(absl::StrCat("memory model: no meter for device ", device.str(),
+                                               " in this build (the CUDA meter needs a CUDA LibTorch)"));
+}
+
+// Random targets on the CPU generator, moved to the job's device.
 torch::Tensor MakeTarget(LossKind loss, std::vector<int64_t> sizes, torch::ScalarType dtype,
-                         at::Generator& gen) {
-  if (loss == LossKind::kMse) return torch::randn(sizes, gen, torch::TensorOptions().dtype(dtype));
+                         at::Generator& gen, const torch::Device& device) {
+  if (loss == LossKind::kMse) return torch::randn(sizes, gen, torch::TensorOptions().dtype(dtype)).to(device);
   const int64_t classes = sizes.size() > 1 ? sizes[1] : 1;
   if (sizes.size() > 1) sizes.erase(sizes.begin() + 1);
-  return torch::randint(0, classes, sizes, gen, torch::TensorOptions().dtype(torch::kLong));
+  return torch::randint(0, classes, sizes, gen, torch::TensorOptions().dtype(torch::kLong)).to(device);
 }
 
 torch::Tensor Loss(LossKind loss, const torch::Tensor& output, const torch::Tensor& target) {
@@ -178,7 +204,9 @@ torch::Tensor Loss(LossKind loss, const torch::Tensor& output, const torch::Tens
 
 absl::StatusOr<StepRecord> RunStep(const ModelFactory& factory, const ForwardFn& forward,
                                    const TrainingStep& step, int64_t batch, const Config& config) {
-  CpuMemoryMeter& meter = CpuMemoryMeter::Install();
+  absl::StatusOr<std::unique_ptr<MemoryMeter>> made_meter = MeterFor(step.device);
+  if (!made_meter.ok()) return made_meter.status();
+  MemoryMeter& meter = **made_meter;
   const int64_t base = meter.current_bytes();
   StepRecord record;
   try {
@@ -193,7 +221,7 @@ absl::StatusOr<StepRecord> RunStep(const ModelFactory& factory, const ForwardFn&
       if (!converted.ok()) return converted.status();
       model = converted->module;
     }
-    model->to(step.dtype);
+    model->to(step.device, step.dtype);
     model->train();
     std::unique_ptr<torch::optim::Optimizer> optimizer =
         MakeOptimizer(step.optimizer, model->parameters(), 1e-4);
@@ -205,9 +233,9 @@ absl::StatusOr<StepRecord> RunStep(const ModelFactory& factory, const ForwardFn&
     for (int s = 0; s < 2; ++s) {
       const bool measured = s == 1;
       optimizer->zero_grad();
-      torch::Tensor input = torch::randn(input_sizes, gen, options);
+      torch::Tensor input = torch::randn(input_sizes, gen, options).to(step.device);
       torch::Tensor target;
-      if (measured) target = MakeTarget(step.loss, output_sizes, step.dtype, gen);
+      if (measured) target = MakeTarget(step.loss, output_sizes, step.dtype, gen, step.device);
       meter.ResetPeak();
       ForwardRecorder forward_recorder(meter, base);
       if (measured) record.forward_start = meter.current_bytes() - base;
@@ -218,7 +246,7 @@ absl::StatusOr<StepRecord> RunStep(const ModelFactory& factory, const ForwardFn&
         output = forward(*model, input);
         if (!measured) {
           output_sizes = output.sizes().vec();
-          target = MakeTarget(step.loss, output_sizes, step.dtype, gen);
+          target = MakeTarget(step.loss, output_sizes, step.dtype, gen, step.device);
         }
         loss = Loss(step.loss, output, target);
       }
@@ -703,7 +731,9 @@ absl::StatusOr<MemoryModel> MemoryModel::Build(const ModelFactory& factory, cons
 absl::StatusOr<int64_t> MeasureTrainingPeak(const ModelFactory& factory, const ForwardFn& forward,
                                             const TrainingStep& step, int64_t batch,
                                             const PrepareFn& prepare, int steps) {
-  CpuMemoryMeter& meter = CpuMemoryMeter::Install();
+  absl::StatusOr<std::unique_ptr<MemoryMeter>> made_meter = MeterFor(step.device);
+  if (!made_meter.ok()) return made_meter.status();
+  MemoryMeter& meter = **made_meter;
   const int64_t base = meter.current_bytes();
   meter.ResetPeak();
   int64_t peak = 0;
@@ -716,7 +746,7 @@ absl::StatusOr<int64_t> MeasureTrainingPeak(const ModelFactory& factory, const F
       if (!made.ok()) return made.status();
       model = *std::move(made);
     }
-    model->to(step.dtype);
+    model->to(step.device, step.dtype);
     model->train();
     std::unique_ptr<torch::optim::Optimizer> optimizer =
         MakeOptimizer(step.optimizer, model->parameters(), 1e-4);
@@ -729,15 +759,15 @@ absl::StatusOr<int64_t> MeasureTrainingPeak(const ModelFactory& factory, const F
       model->eval();
       std::vector<int64_t> one = input_sizes;
       one[0] = 1;
-      output_sizes = forward(*model, torch::zeros(one, torch::TensorOptions().dtype(step.dtype))).sizes().vec();
+      output_sizes = forward(*model, torch::zeros(one, torch::TensorOptions().dtype(step.dtype).device(step.device))).sizes().vec();
       output_sizes[0] = batch;
       model->train();
     }
     meter.ResetPeak();
     for (int s = 0; s < steps; ++s) {
       optimizer->zero_grad();
-      torch::Tensor input = torch::randn(input_sizes, gen, torch::TensorOptions().dtype(step.dtype));
-      torch::Tensor target = MakeTarget(step.loss, output_sizes, step.dtype, gen);
+      torch::Tensor input = torch::randn(input_sizes, gen, torch::TensorOptions().dtype(step.dtype)).to(step.device);
+      torch::Tensor target = MakeTarget(step.loss, output_sizes, step.dtype, gen, step.device);
       // The output stays alive through backward, as a trainer that reports metrics keeps it.
       torch::Tensor output = forward(*model, input);
       torch::Tensor loss = Loss(step.loss, output, target);

@@ -37,6 +37,9 @@ struct TrainingStep {
   torch::ScalarType dtype = torch::kFloat;
   LossKind loss = LossKind::kCrossEntropy;  // cross-entropy: integer targets shaped like the output less dim 1
   OptimizerKind optimizer = OptimizerKind::kSgdMomentum;
+  // Where the job runs; its allocator is what the model calibrates against (a CUDA device needs a
+  // CUDA LibTorch: the CUDA meter, 512-byte blocks, cuDNN work spaces).
+  torch::Device device = torch::kCPU;
 };
 
 // Builds a fresh, identically shaped model (parameters on the CPU, float32).

@@ -1,0 +1,336 @@
+#include "bench/memory_bench.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <optional>
+#include <sstream>
+
+#include <torch/torch.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "core/memory/planner.h"
+#include "core/models/model_zoo.h"
+
+namespace xtrain::bench {
+namespace {
+
+using core::MemoryModel;
+using core::Plan;
+
+struct Options {
+  bool quick = false;
+  int threads = 2;
+  std::string json_path;
+  std::string markdown_path;
+  std::string filter;
+  bool help = false;
+};
+
+// One network of the benchmark: a zoo spec, its input and the batch the sweep runs at.
+struct Net {
+  std::string name;
+  core::ModelSpec spec;
+  std::vector<int64_t> sample_sizes;
+  int64_t batch = 16;
+  core::LossKind loss = core::LossKind::kCrossEntropy;
+  bool sweep = true;  // false: planning time only (the ResNet-50-sized net)
+};
+
+core::ModelSpec Spec(std::string name, int64_t dims, int64_t in, int64_t out, int64_t width, int64_t depth,
+                     bool batch_norm = true) {
+  core::ModelSpec spec;
+  spec.name = std::move(name);
+  spec.dims = dims;
+  spec.in_channels = in;
+  spec.out_channels = out;
+  spec.classes = out;
+  spec.width = width;
+  spec.depth = depth;
+  spec.batch_norm = batch_norm;
+  spec.seed = 7;
+  return spec;
+}
+
+std::vector<Net> Nets(bool quick) {
+  using core::LossKind;
+  if (quick) {
+    return {
+        {"dncnn-d8-w16-24px", Spec("dncnn", 2, 1, 1, 16, 8, false), {1, 24, 24}, 8, LossKind::kMse},
+        {"resnet18-w8-16px", Spec("resnet18", 2, 3, 10, 8, 1), {3, 16, 16}, 8},
+        {"small_cnn-28px", Spec("small_cnn", 2, 1, 10, 16, 0), {1, 28, 28}, 8},
+    };
+  }
+  return {
+      // The DnCNN shape (17 conv-ReLU layers at full resolution, no BatchNorm): SR and inpainting nets.
+      {"dncnn-d17-w64-40px", Spec("dncnn", 2, 1, 1, 64, 17, false), {1, 40, 40}, 16, LossKind::kMse},
+      {"resnet18-w32-32px", Spec("resnet18", 2, 3, 10, 32, 2), {3, 32, 32}, 32},
+      {"squeezenet1_1-64px", Spec("squeezenet1_1", 2, 3, 10, 0, 0), {3, 64, 64}, 32},
+      {"unet2d-w16-64px", Spec("unet", 2, 1, 2, 16, 3), {1, 64, 64}, 16},
+      {"unet3d-w8-16px", Spec("unet", 3, 1, 2, 8, 2), {1, 16, 16, 16}, 8},
+      {"small_cnn-28px", Spec("small_cnn", 2, 1, 10, 32, 0), {1, 28, 28}, 64},
+      // More convolutions than ResNet-50 (53): planning time.
+      {"resnet-d7-w16-32px (58 convs)", Spec("resnet18", 2, 3, 10, 16, 7), {3, 32, 32}, 32,
+       LossKind::kCrossEntropy, false},
+  };
+}
+
+core::ModelFactory Factory(const core::ModelSpec& spec) {
+  return [spec]() -> absl::StatusOr<std::shared_ptr<torch::nn::Module>> {
+    absl::StatusOr<std::shared_ptr<core::NetworkImpl>> net = core::BuildModel(spec);
+    if (!net.ok()) return net.status();
+    return std::static_pointer_cast<torch::nn::Module>(*net);
+  };
+}
+
+torch::Tensor Forward(torch::nn::Module& model, const torch::Tensor& input) {
+  return dynamic_cast<core::NetworkImpl&>(model).forward(input);
+}
+
+double Milliseconds(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+absl::StatusOr<int64_t> Measure(const Net& net, const MemoryModel& model, const Plan& plan) {
+  return core::MeasureTrainingPeak(Factory(net.spec), &Forward, model.step(), plan.batch,
+                                   [&](std::shared_ptr<torch::nn::Module> root)
+                                       -> absl::StatusOr<std::shared_ptr<torch::nn::Module>> {
+                                     auto converted = core::ApplyPlan(root, plan, model, 99);
+                                     if (!converted.ok()) return converted.status();
+                                     return converted->module;
+                                   });
+}
+
+// One line of results.
+struct Record {
+  std::string net, kind;
+  int64_t batch = 0, budget = 0, predicted = 0, measured = 0, exact = 0;
+  double fraction = 0, plan_ms = 0, model_ms = 0, fidelity = 1;
+  int converted = 0, layers = 0;
+  std::string note;
+
+  std::string Json() const {
+    return absl::StrFormat(
+        "{\"net\": \"%s\", \"kind\": \"%s\", \"batch\": %d, \"budget_fraction\": %.2f, \"budget_bytes\": %d, "
+        "\"predicted_peak_bytes\": %d, \"measured_peak_bytes\": %d, \"exact_peak_bytes\": %d, "
+        "\"plan_ms\": %.3f, \"model_ms\": %.1f, \"converted_layers\": %d, \"layers\": %d, \"fidelity\": %.4f, "
+        "\"note\": \"%s\"}",
+        net, kind, batch, fraction, budget, predicted, measured, exact, plan_ms, model_ms, converted, layers,
+        fidelity, note);
+  }
+};
+
+Record MakeRecord(const std::string& net, const std::string& kind, int64_t batch, int64_t budget,
+                  int64_t exact, double fraction, double model_ms, size_t layers) {
+  Record r;
+  r.net = net;
+  r.kind = kind;
+  r.batch = batch;
+  r.budget = budget;
+  r.exact = exact;
+  r.fraction = fraction;
+  r.model_ms = model_ms;
+  r.layers = static_cast<int>(layers);
+  return r;
+}
+
+double Error(const Record& r) {
+  return r.measured > 0 ? static_cast<double>(r.predicted - r.measured) / static_cast<double>(r.measured) : 0;
+}
+
+absl::StatusOr<Options> ParseFlags(const std::vector<std::string>& args) {
+  Options options;
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string flag = args[i];
+    std::optional<std::string> value;
+    if (const size_t eq = flag.find('='); eq != std::string::npos) {
+      value = flag.substr(eq + 1);
+      flag = flag.substr(0, eq);
+    }
+    if (flag == "--quick") {
+      options.quick = true;
+      continue;
+    }
+    if (flag == "--help" || flag == "-h") {
+      options.help = true;
+      continue;
+    }
+    if (flag != "--threads" && flag != "--json" && flag != "--markdown" && flag != "--filter") {
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag '", flag, "'; see `xtrain-bench memory --help`"));
+    }
+    if (!value) {
+      if (i + 1 >= args.size()) return absl::InvalidArgumentError(absl::StrCat(flag, " needs a value"));
+      value = args[++i];
+    }
+    if (flag == "--threads") {
+      int threads = 0;
+      if (!absl::SimpleAtoi(*value, &threads) || threads < 1) {
+        return absl::InvalidArgumentError(absl::StrCat("--threads needs an integer >= 1, got '", *value, "'"));
+      }
+      options.threads = threads;
+    } else if (flag == "--json") {
+      options.json_path = *value;
+    } else if (flag == "--markdown") {
+      options.markdown_path = *value;
+    } else {
+      options.filter = *value;
+    }
+  }
+  return options;
+}
+
+}  // namespace
+
+std::string MemoryBenchUsage() {
+  return "usage: xtrain-bench memory [flags]\n"
+         "  --quick          three small nets (about a minute)\n"
+         "  --threads N      intra-op threads (default 2; the model calibrates with at least 2)\n"
+         "  --json FILE      one JSON object per measured case and line\n"
+         "  --markdown FILE  markdown tables of the results\n"
+         "  --filter TEXT    only nets whose name contains TEXT\n";
+}
+
+absl::Status RunMemoryBench(const std::vector<std::string>& args) {
+  absl::StatusOr<Options> parsed = ParseFlags(args);
+  if (!parsed.ok()) return parsed.status();
+  const Options& options = *parsed;
+  if (options.help) {
+    std::fputs(MemoryBenchUsage().c_str(), stdout);
+    return absl::OkStatus();
+  }
+  at::set_num_threads(options.threads);
+  std::printf("memory benchmark: %d intra-op threads, CPU meter (exact bytes)\n", options.threads);
+  std::ofstream json;
+  if (!options.json_path.empty()) {
+    json.open(options.json_path, std::ios::trunc);
+    if (!json) return absl::InvalidArgumentError(absl::StrCat("cannot write ", options.json_path));
+  }
+  std::vector<Record> records;
+  auto emit = [&](const Record& r) {
+    records.push_back(r);
+    if (json.is_open()) json << r.Json() << "\n" << std::flush;
+  };
+
+  for (const Net& net : Nets(options.quick)) {
+    if (!options.filter.empty() && net.name.find(options.filter) == std::string::npos) continue;
+    core::TrainingStep step;
+    step.sample_sizes = net.sample_sizes;
+    step.batch = net.batch;
+    step.loss = net.loss;
+    const auto start = std::chrono::steady_clock::now();
+    absl::StatusOr<MemoryModel> model = MemoryModel::Build(Factory(net.spec), &Forward, step);
+    if (!model.ok()) return absl::InternalError(absl::StrCat(net.name, ": ", model.status().message()));
+    const double model_ms = Milliseconds(start);
+    const int64_t exact = model->PredictPeak(model->ExactChoices(), net.batch);
+    std::printf("%s: %zu convertible convs, model built in %.0f ms, exact peak %.1f MiB at batch %ld\n",
+                net.name.c_str(), model->layers().size(), model_ms, exact / 1048576.0, net.batch);
+    std::fflush(stdout);
+    if (!net.sweep) {
+      // Planning time only: median of 21 plans over budgets from the floor to the exact peak.
+      const int64_t floor = core::MinimumBudget(*model, net.batch);
+      std::vector<double> times;
+      for (int i = 0; i <= 20; ++i) {
+        absl::StatusOr<Plan> plan = core::MakePlan(*model, floor + (exact - floor) * i / 20, net.batch);
+        if (plan.ok()) times.push_back(plan->plan_ms);
+      }
+      std::sort(times.begin(), times.end());
+      Record r = MakeRecord(net.name, "plan_time", net.batch, exact, exact, 1.0, model_ms, model->layers().size());
+      r.plan_ms = times[times.size() / 2];
+      r.note = absl::StrFormat("median of %d plans; max %.3f ms", static_cast<int>(times.size()), times.back());
+      std::printf("  planning: median %.3f ms, max %.3f ms over %zu budgets\n", r.plan_ms, times.back(), times.size());
+      emit(r);
+      continue;
+    }
+    absl::StatusOr<int64_t> measured_exact = core::MeasureTrainingPeak(Factory(net.spec), &Forward, step, net.batch, nullptr);
+    if (!measured_exact.ok()) return measured_exact.status();
+    {
+      Record r = MakeRecord(net.name, "exact", net.batch, exact, exact, 1.0, model_ms, model->layers().size());
+      r.predicted = exact;
+      r.measured = *measured_exact;
+      emit(r);
+    }
+    for (int percent = 20; percent <= 100; percent += 10) {
+      Record r = MakeRecord(net.name, "sweep", net.batch, exact * percent / 100, exact, percent / 100.0, model_ms,
+                            model->layers().size());
+      absl::StatusOr<Plan> plan = core::MakePlan(*model, r.budget, net.batch);
+      if (!plan.ok()) {
+        r.kind = "refused";
+        r.note = absl::StrCat("floor ", core::MinimumBudget(*model, net.batch));
+        emit(r);
+        continue;
+      }
+      absl::StatusOr<int64_t> measured = Measure(net, *model, *plan);
+      if (!measured.ok()) return measured.status();
+      r.predicted = plan->predicted_peak_bytes();
+      r.measured = *measured;
+      r.plan_ms = plan->plan_ms;
+      r.fidelity = plan->fidelity;
+      r.converted = plan->converted_layers();
+      std::printf("  %3d%%: predicted %.2f MiB, measured %.2f MiB (%+.2f%%), %d/%d XConv, fidelity %.3f, plan %.2f ms%s\n",
+                  percent, r.predicted / 1048576.0, r.measured / 1048576.0, 100 * Error(r), r.converted, r.layers,
+                  r.fidelity, r.plan_ms, r.measured > r.budget ? "  OVER BUDGET" : "");
+      std::fflush(stdout);
+      emit(r);
+    }
+    // The largest batch the exact peak at this batch holds: exact against XConv (paper's SqueezeNet table).
+    const int64_t exact_batch = core::LargestBatch(*model, exact, {}, 0, /*exact_only=*/true);
+    const int64_t xconv_batch = core::LargestBatch(*model, exact);
+    Record r = MakeRecord(net.name, "largest_batch", xconv_batch, exact, exact, 1.0, model_ms, model->layers().size());
+    absl::StatusOr<Plan> plan = core::MakePlan(*model, exact, xconv_batch);
+    if (plan.ok()) {
+      absl::StatusOr<int64_t> measured = Measure(net, *model, *plan);
+      if (!measured.ok()) return measured.status();
+      r.predicted = plan->predicted_peak_bytes();
+      r.measured = *measured;
+      r.plan_ms = plan->plan_ms;
+      r.fidelity = plan->fidelity;
+      r.converted = plan->converted_layers();
+    }
+    r.note = absl::StrFormat("exact largest batch %d; xconv/exact %.2f", exact_batch,
+                             exact_batch > 0 ? static_cast<double>(xconv_batch) / exact_batch : 0.0);
+    std::printf("  budget %.1f MiB holds batch %ld exact, %ld XConv (%.2fx); measured %.1f MiB at batch %ld\n",
+                exact / 1048576.0, exact_batch, xconv_batch,
+                exact_batch > 0 ? static_cast<double>(xconv_batch) / exact_batch : 0.0, r.measured / 1048576.0,
+                xconv_batch);
+    emit(r);
+  }
+
+  // Summary: planner error over every measured plan, and overruns.
+  std::vector<double> errors;
+  int overruns = 0;
+  for (const Record& r : records) {
+    if ((r.kind == "sweep" || r.kind == "largest_batch" || r.kind == "exact") && r.measured > 0) {
+      errors.push_back(std::abs(Error(r)));
+      if (r.kind != "exact" && r.measured > r.budget) ++overruns;
+    }
+  }
+  std::sort(errors.begin(), errors.end());
+  const double median = errors.empty() ? 0 : errors[errors.size() / 2];
+  const double worst = errors.empty() ? 0 : errors.back();
+  std::printf("planner |error|: median %.3f%%, max %.3f%% over %zu measured steps; %d budget overruns\n",
+              100 * median, 100 * worst, errors.size(), overruns);
+
+  if (!options.markdown_path.empty()) {
+    std::ofstream md(options.markdown_path, std::ios::trunc);
+    if (!md) return absl::InvalidArgumentError(absl::StrCat("cannot write ", options.markdown_path));
+    md << "# Memory planner: predicted against measured peaks (CPU meter, " << options.threads
+       << " threads)\n\n"
+       << absl::StrFormat("Planner |error| median %.3f%%, max %.3f%% over %zu measured steps; %d budget overruns.\n\n",
+                          100 * median, 100 * worst, errors.size(), overruns)
+       << "| net | kind | batch | budget | budget MiB | predicted MiB | measured MiB | error | XConv layers | "
+          "fidelity | plan ms | note |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
+    for (const Record& r : records) {
+      md << absl::StrFormat("| %s | %s | %d | %.0f%% | %.2f | %.2f | %.2f | %+.2f%% | %d/%d | %.3f | %.2f | %s |\n",
+                            r.net, r.kind, r.batch, 100 * r.fraction, r.budget / 1048576.0, r.predicted / 1048576.0,
+                            r.measured / 1048576.0, 100 * Error(r), r.converted, r.layers, r.fidelity, r.plan_ms,
+                            r.note);
+    }
+  }
+  if (overruns > 0) return absl::InternalError(absl::StrCat(overruns, " planned steps ran over their budget"));
+  return absl::OkStatus();
+}
+
+}  // namespace xtrain::bench
