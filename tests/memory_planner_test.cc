@@ -174,6 +174,56 @@ TEST(Planner, LargestBatchFitsAndXConvFitsMore) {
   EXPECT_FALSE(MakePlan(*model, budget, xconv_batch + 1).ok());
 }
 
+// A minimum fidelity lowers the largest batch, and the plan there meets it.
+TEST(Planner, LargestBatchHonoursMinimumFidelity) {
+  at::set_num_threads(2);
+  const TestNet net = MemoryTestNets()[0];
+  absl::StatusOr<MemoryModel> model = MemoryModel::Build(net.factory, net.forward, StepFor(net));
+  ASSERT_TRUE(model.ok()) << model.status();
+  const int64_t budget = model->PredictPeak(model->ExactChoices(), kBatch);
+  const int64_t any = LargestBatch(*model, budget);
+  const int64_t faithful = LargestBatch(*model, budget, {}, 0.9);
+  EXPECT_LT(faithful, any);
+  ASSERT_GT(faithful, 0);
+  absl::StatusOr<Plan> plan = MakePlan(*model, budget, faithful);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_GE(plan->fidelity, 0.9);
+  absl::StatusOr<Plan> next = MakePlan(*model, budget, faithful + 1);
+  EXPECT_TRUE(!next.ok() || next->fidelity < 0.9);
+}
+
+// The per-layer table: exact layers keep their input, XConv layers their sketch and means, mask
+// ReLUs one bit per element; every conv has a working set.
+TEST(MemoryModel, TableExplainsThePlan) {
+  at::set_num_threads(2);
+  const TestNet net = MemoryTestNets()[0];
+  absl::StatusOr<MemoryModel> model = MemoryModel::Build(net.factory, net.forward, StepFor(net));
+  ASSERT_TRUE(model.ok()) << model.status();
+  std::vector<LayerChoice> choices = model->ExactChoices();
+  choices[1] = {true, 8, ProbeMode::kIndependent};
+  int convs = 0, relus = 0;
+  for (const MemoryRow& row : model->Table(choices, kBatch)) {
+    if (row.kind == "conv" || row.kind == "xconv") {
+      ++convs;
+      EXPECT_GT(row.transient_bytes, 0) << row.name;
+      const int64_t in_channels = row.name == "0" ? 3 : 32;
+      EXPECT_EQ(row.exact_kept_bytes, kBatch * in_channels * 32 * 32 * 4) << row.name;
+      if (row.kind == "xconv") {
+        EXPECT_EQ(row.kept_bytes, kBatch * in_channels * (8 + 1) * 4) << row.name;  // C_in (r + 1)
+      } else {
+        EXPECT_EQ(row.kept_bytes, row.exact_kept_bytes);
+      }
+    }
+    if (row.kind == "mask-relu") {
+      ++relus;
+      EXPECT_EQ(row.kept_bytes, kBatch * 32 * 32 * 32 / 8);
+    }
+  }
+  EXPECT_EQ(convs, 8);
+  EXPECT_EQ(relus, 8);
+  EXPECT_EQ(model->layers()[1].path, "2");
+}
+
 TEST(Planner, RejectsBadArguments) {
   at::set_num_threads(2);
   const TestNet net = MemoryTestNets()[0];

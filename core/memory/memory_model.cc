@@ -627,6 +627,14 @@ absl::StatusOr<MemoryModel> MemoryModel::Build(const ModelFactory& factory, cons
     if (!exact.known) model.unknown_nodes_.push_back(exact.type);
   }
 
+  // Layers in forward order (they were found in backward order).
+  std::reverse(model.layers_.begin(), model.layers_.end());
+  std::reverse(model.layer_node_.begin(), model.layer_node_.end());
+  const int layer_count = static_cast<int>(model.layers_.size());
+  for (Node& node : model.nodes_) {
+    if (node.layer >= 0) node.layer = layer_count - 1 - node.layer;
+  }
+
   // The forward op by op, in every configuration.
   for (const auto* run : {&*exact2, &*masks1, &*masks2}) {
     if (run->forward_nodes != exact1->forward_nodes) {

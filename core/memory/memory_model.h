@@ -134,6 +134,7 @@ class MemoryModel {
                                            const TrainingStep& step,
                                            const MemoryModelOptions& options = {});
 
+  // Convertible convolutions in forward order; plans index their choices the same way.
   const std::vector<ConvLayer>& layers() const { return layers_; }
   const TrainingStep& step() const { return step_; }
   const MemoryModelOptions& options() const { return options_; }
