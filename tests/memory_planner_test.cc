@@ -224,6 +224,32 @@ TEST(MemoryModel, TableExplainsThePlan) {
   EXPECT_EQ(model->layers()[1].path, "2");
 }
 
+// Both probe modes allowed and a layer pinned exact: the plan honours both and still fits.
+TEST(Planner, HonoursModesAndKeepExact) {
+  at::set_num_threads(2);
+  const TestNet net = MemoryTestNets()[0];
+  MemoryModelOptions model_options;
+  model_options.modes = {ProbeMode::kIndependent, ProbeMode::kMultiChannel};
+  absl::StatusOr<MemoryModel> model = MemoryModel::Build(net.factory, net.forward, StepFor(net), model_options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  PlannerOptions options;
+  options.modes = model_options.modes;
+  options.keep_exact = {"0"};
+  const int64_t budget = MinimumBudget(*model, kBatch, options) * 11 / 10;
+  absl::StatusOr<Plan> plan = MakePlan(*model, budget, kBatch, options);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_FALSE(plan->choices[0].xconv);
+  EXPECT_GT(plan->converted_layers(), 0);
+  absl::StatusOr<int64_t> measured = MeasurePlan(net, *model, *plan);
+  ASSERT_TRUE(measured.ok()) << measured.status();
+  EXPECT_LE(*measured, budget);
+  EXPECT_LE(std::abs(RelativeError(plan->predicted_peak_bytes(), *measured)), 0.03) << plan->Table();
+  // Multichannel keeps B*r per layer instead of B*C_in*r, so the floor with it is lower.
+  PlannerOptions independent_only = options;
+  independent_only.modes = {ProbeMode::kIndependent};
+  EXPECT_LT(MinimumBudget(*model, kBatch, options), MinimumBudget(*model, kBatch, independent_only));
+}
+
 TEST(Planner, RejectsBadArguments) {
   at::set_num_threads(2);
   const TestNet net = MemoryTestNets()[0];
