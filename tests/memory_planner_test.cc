@@ -221,6 +221,17 @@ TEST(MemoryModel, TableExplainsThePlan) {
   }
   EXPECT_EQ(convs, 8);
   EXPECT_EQ(relus, 8);
+  // The residual net's BatchNorms keep their inputs (conv outputs) whatever the plan.
+  const TestNet residual = MemoryTestNets()[1];
+  absl::StatusOr<MemoryModel> bn_model = MemoryModel::Build(residual.factory, residual.forward, StepFor(residual));
+  ASSERT_TRUE(bn_model.ok()) << bn_model.status();
+  int batchnorms = 0;
+  for (const MemoryRow& row : bn_model->Table(bn_model->ExactChoices(), kBatch)) {
+    if (row.kind != "batchnorm") continue;
+    ++batchnorms;
+    EXPECT_GE(row.kept_bytes, kBatch * 16 * 16 * 16 * 4) << row.name;  // at least C=16 at 16x16
+  }
+  EXPECT_EQ(batchnorms, 1 + 2 * 4 + 1);  // stem, two per block, one shortcut
   EXPECT_EQ(model->layers()[1].path, "2");
 }
 

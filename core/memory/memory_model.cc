@@ -686,6 +686,23 @@ absl::StatusOr<MemoryModel> MemoryModel::Build(const ModelFactory& factory, cons
     model.storages_.back().death = LastReader(*exact1, model.node_forward_, site.producer, site.output_nr);
   }
 
+  // What each node keeps (for the table): storages counted once, parameters and the batch left out.
+  auto saved_per_node = [&](const StepRecord& run) {
+    std::vector<int64_t> bytes(count, 0);
+    std::unordered_set<const void*> seen;
+    for (size_t n = 0; n < count; ++n) {
+      for (const SavedStorage& saved : run.nodes[n].saved) {
+        if (saved.key != nullptr && !run.fixed.count(saved.key) && seen.insert(saved.key).second) {
+          bytes[n] += saved.bytes;
+        }
+      }
+    }
+    return bytes;
+  };
+  const std::vector<int64_t> saved1 = saved_per_node(*exact1);
+  const std::vector<int64_t> saved2 = saved_per_node(*exact2);
+  for (size_t n = 0; n < count; ++n) model.nodes_[n].saved = Affine::Through(b1, saved1[n], b2, saved2[n]);
+
   // Per node: live bytes the plan does not change, and transients per configuration.
   std::vector<LayerChoice> exact_choices = model.ExactChoices();
   auto tracked_exact = [&](int64_t batch, size_t n) { return model.LiveTracked(exact_choices, batch, n); };
@@ -1030,7 +1047,13 @@ std::vector<MemoryRow> MemoryModel::Table(const std::vector<LayerChoice>& choice
       row.kept_bytes = any_xconv ? (batch * node.relu_numel_per_sample + 7) / 8 : row.exact_kept_bytes;
     } else {
       row.name = node.type;
-      row.kind = "other";
+      row.exact_kept_bytes = row.kept_bytes = node.saved.At(batch);
+      const std::string& t = node.type;
+      row.kind = t.find("BatchNorm") != std::string::npos ? "batchnorm"
+                 : t.find("Pool") != std::string::npos    ? "pool"
+                 : t.find("Loss") != std::string::npos || t.find("Softmax") != std::string::npos ? "loss"
+                 : row.kept_bytes > 0                       ? "saved"
+                                                            : "other";
     }
     rows.push_back(row);
   }

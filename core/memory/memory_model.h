@@ -171,6 +171,7 @@ class MemoryModel {
     bool relu = false;       // a ReLU that Convert turns into a mask ReLU
     int64_t relu_numel_per_sample = 0;
     Affine other;              // live bytes before it that the plan does not change
+    Affine saved;              // what it keeps, exact configuration (storages counted once)
     PhaseLines transient_exact;  // working set, exact configuration
     PhaseLines transient_masks;  // working set, exact convolutions with mask ReLUs
     // [mode][calibration point]: working set in the converted configuration.

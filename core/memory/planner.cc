@@ -202,6 +202,9 @@ std::string Plan::Table() const {
                            static_cast<double>(l.kept_bytes) / std::max<int64_t>(l.exact_kept_bytes, 1),
                            l.fidelity);
   }
+  out << absl::StrFormat("parameters %d, gradients %d, optimizer state %d, kept for backward %d bytes\n",
+                         prediction.parameter_bytes, prediction.gradient_bytes, prediction.optimizer_state_bytes,
+                         prediction.kept_bytes);
   out << absl::StrFormat("peak %d bytes (%s%s%s), budget %d, exact %d, fidelity %.4f\n",
                          prediction.peak_bytes, prediction.phase, prediction.at.empty() ? "" : " at ",
                          prediction.at, budget_bytes, exact_peak_bytes, fidelity);
