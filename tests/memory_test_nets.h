@@ -1,6 +1,7 @@
 #pragma once
 
 #include <memory>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,9 @@ struct TestNet {
   std::vector<int64_t> sample_sizes;
   LossKind loss = LossKind::kCrossEntropy;
 };
+
+// gtest (and so CTest's test names) print a net by its name.
+inline void PrintTo(const TestNet& net, std::ostream* os) { *os << net.name; }
 
 // Plain conv-ReLU stack; residual net with BatchNorm; U-Net with skips and a transposed conv;
 // a 3-D net; a net with strided, grouped and depthwise convs. Seeded, deterministic.
