@@ -6,7 +6,7 @@ CMAKE_FLAGS ?=
 # ccache must accept precompiled headers.
 export CCACHE_SLOPPINESS := pch_defines,time_macros,include_file_mtime,include_file_ctime
 
-.PHONY: all deps configure build test demo bench bench-quick sanitize clean
+.PHONY: all deps configure build test demo demo-layer bench bench-quick sanitize clean
 
 all: build
 
@@ -24,7 +24,13 @@ build: configure
 test: build
 	bash scripts/run-tests.sh $(BUILD_DIR)
 
+# The main job end to end: plan a ResNet into 85% of its exact memory, train on Fashion-MNIST, evaluate.
 demo: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target train-demo
+	$(BUILD_DIR)/examples/train-demo
+
+# The operator alone on a ResNet-18 stage-1 layer: bytes kept, time and gradient error per r.
+demo-layer: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS) --target xconv-demo
 	$(BUILD_DIR)/examples/xconv-demo
 
@@ -34,7 +40,7 @@ BENCH_THREADS ?= 1
 BENCH_DATE := $(shell date +%F)
 BENCH_TOOL := $(BUILD_DIR)/bench/xtrain-bench
 
-.PHONY: bench-tool bench-layer bench-memory
+.PHONY: bench-tool bench-layer bench-memory bench-accuracy
 bench-tool: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS) --target xtrain-bench
 
@@ -47,11 +53,17 @@ bench-memory: bench-tool
 	$(BENCH_TOOL) memory --threads 2 --json bench/results/memory-cpu-$(BENCH_DATE).jsonl --markdown bench/results/memory-cpu-$(BENCH_DATE).md
 	/usr/bin/python3 bench/plot_memory.py bench/results/memory-cpu-$(BENCH_DATE).jsonl bench/results/memory-cpu-$(BENCH_DATE).png
 
-bench: bench-layer bench-memory
+# Fashion-MNIST, small CNN: exact against planned XConv and the probes x batch grid (about 20 minutes).
+bench-accuracy: bench-tool
+	$(BENCH_TOOL) accuracy --threads 2 --json bench/results/accuracy-cpu-$(BENCH_DATE).jsonl --markdown bench/results/accuracy-cpu-$(BENCH_DATE).md --curves bench/results/accuracy-cpu-$(BENCH_DATE)-curves.jsonl
+	/usr/bin/python3 bench/plot_accuracy.py bench/results/accuracy-cpu-$(BENCH_DATE)-curves.jsonl bench/results/accuracy-cpu-$(BENCH_DATE).png
+
+bench: bench-layer bench-memory bench-accuracy
 
 bench-quick: bench-tool
 	$(BENCH_TOOL) layer --quick --json $(BUILD_DIR)/layer-quick.jsonl --markdown $(BUILD_DIR)/layer-quick.md
 	$(BENCH_TOOL) memory --quick --json $(BUILD_DIR)/memory-quick.jsonl --markdown $(BUILD_DIR)/memory-quick.md
+	$(BENCH_TOOL) accuracy --quick --json $(BUILD_DIR)/accuracy-quick.jsonl --markdown $(BUILD_DIR)/accuracy-quick.md
 
 # ASan/UBSan (with leak checks) build of the tests in its own tree. The Python op test is left
 # out: an ASan-built library cannot load into a Python without the ASan runtime.

@@ -6,9 +6,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#ifdef XTRAIN_HAVE_ACCURACY_BENCH
 #include "bench/accuracy_bench.h"
-#endif
 #include "bench/layer_bench.h"
 #include "bench/memory_bench.h"
 
@@ -23,9 +21,7 @@ struct Subcommand {
 const Subcommand kSubcommands[] = {
     {"layer", "time and memory of one conv layer: exact against XConv", &xtrain::bench::RunLayerBench},
     {"memory", "planned peaks against measured over budgets; largest batch per budget", &xtrain::bench::RunMemoryBench},
-#ifdef XTRAIN_HAVE_ACCURACY_BENCH
     {"accuracy", "Fashion-MNIST test accuracy: exact against planned XConv", &xtrain::bench::RunAccuracyBench},
-#endif
 };
 
 void PrintUsage(std::FILE* out) {

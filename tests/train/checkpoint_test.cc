@@ -1,0 +1,258 @@
+// Checkpoints: the file format round trip, the directory, weights files, and the promise that a
+// stopped and resumed job ends bit for bit where an uninterrupted one does.
+#include "core/train/checkpoint.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+
+#include "core/models/model_zoo.h"
+#include "core/train/checkpoint_store.h"
+#include "core/train/trainer.h"
+#include "tests/train/train_test_util.h"
+
+namespace xtrain::core {
+namespace {
+
+using ::testing::HasSubstr;
+using namespace ::xtrain::core::testing;
+
+struct ResumeCase {
+  std::string name;
+  TrainOptions options;
+  int64_t stop_after = 0;   // steps of the first leg
+  bool stop_by_cancel = false;
+};
+
+void PrintTo(const ResumeCase& c, std::ostream* os) { *os << c.name; }
+
+// Exact small_cnn with SGD momentum, weight decay and a step schedule, stopped mid-epoch.
+ResumeCase ExactCnn() {
+  ResumeCase c{"exact_small_cnn", SmallCnnOptions(41), 5};
+  c.options.data.train = Classification(96, 0, {16, 16}, 4, 41).train;
+  c.options.optimizer = {.kind = OptimizerKind::kSgdMomentum, .lr = 0.05, .weight_decay = 1e-4};
+  c.options.schedule = {.kind = ScheduleKind::kStep, .warmup_steps = 2, .step_size = 4, .gamma = 0.5};
+  return c;
+}
+
+// A planned XConv U-Net with BatchNorm on segmentation: Adam, cosine schedule, clipping and
+// fidelity telemetry on; stopped exactly at an epoch's end.
+ResumeCase PlannedUNet() {
+  ResumeCase c{"planned_unet_batchnorm", {}, 6};
+  TrainOptions& o = c.options;
+  o.model = {.name = "unet", .in_channels = 1, .out_channels = 3, .width = 4, .depth = 2, .seed = 43};
+  o.task.kind = TaskKind::kSegmentation;
+  o.data.train = Segmentation(48, 0, {16, 16}, 3, 43).train;
+  o.batch_size = 8;
+  o.epochs = 2;
+  o.seed = 43;
+  o.optimizer = {.kind = OptimizerKind::kAdam, .lr = 0.01};
+  o.schedule = {.kind = ScheduleKind::kCosine, .warmup_steps = 3};
+  o.clip_grad_norm = 1.0;
+  o.fidelity_interval = 2;
+  o.memory.budget_bytes = 0;  // set from the exact prediction in the test
+  o.threads = kTestThreads;
+  return c;
+}
+
+// SqueezeNet (dropout: the global generator) with fixed probes and AdamW, stopped by cancellation.
+ResumeCase DropoutSqueezeNet() {
+  ResumeCase c{"squeezenet_dropout_cancelled", SmallCnnOptions(47), 4, true};
+  c.options.model = {.name = "squeezenet1_1", .in_channels = 1, .classes = 4, .width = 8, .seed = 47};
+  {
+    const Split data = Classification(64, 16, {32, 32}, 4, 47);
+    c.options.data.train = data.train;
+    c.options.data.validation = data.validation;
+  }
+  c.options.batch_size = 8;
+  c.options.memory.fixed_probes = 4;
+  c.options.optimizer.kind = OptimizerKind::kAdamW;
+  return c;
+}
+
+class ResumeTest : public ::testing::TestWithParam<ResumeCase> {};
+
+TEST_P(ResumeTest, ResumedJobMatchesUninterruptedBitForBit) {
+  ResumeCase c = GetParam();
+  if (c.name == "planned_unet_batchnorm") {
+    TrainOptions exact = c.options;
+    exact.memory.predict = true;
+    absl::StatusOr<std::unique_ptr<Trainer>> probe = Trainer::Create(exact);
+    ASSERT_TRUE(probe.ok()) << probe.status();
+    // Halfway between the smallest plan and the exact model: some layers XConv, some exact.
+    const MemoryModel& memory = *(*probe)->memory_model();
+    const int64_t exact_peak = (*probe)->predicted_peak_bytes();
+    const int64_t loader = exact_peak - memory.PredictPeak(memory.ExactChoices(), c.options.batch_size);
+    c.options.memory.budget_bytes = (MinimumBudget(memory, c.options.batch_size) + loader + exact_peak) / 2;
+  }
+  // Uninterrupted.
+  absl::StatusOr<std::unique_ptr<Trainer>> straight = Trainer::Create(c.options);
+  ASSERT_TRUE(straight.ok()) << straight.status();
+  EventLog straight_log;
+  ASSERT_TRUE((*straight)->Run(straight_log.Callback()).ok());
+  if (c.options.memory.budget_bytes > 0) {
+    ASSERT_GT((*straight)->plan()->converted_layers(), 0);
+    EXPECT_FALSE(straight_log.Of(TrainEventKind::kStep)[1].fidelity->layers.empty());
+  }
+
+  // Stopped after `stop_after` steps with a checkpoint...
+  TrainOptions first = c.options;
+  first.checkpoint.dir = FreshDir(c.name);
+  std::atomic<bool> cancel{false};
+  EventLog first_log;
+  {
+    if (!c.stop_by_cancel) first.max_steps = c.stop_after;
+    absl::StatusOr<std::unique_ptr<Trainer>> trainer = Trainer::Create(first);
+    ASSERT_TRUE(trainer.ok()) << trainer.status();
+    const EventCallback record = first_log.Callback();
+    const absl::Status status = (*trainer)->Run(
+        [&](const TrainEvent& e) {
+          record(e);
+          if (c.stop_by_cancel && e.kind == TrainEventKind::kStep && e.step == c.stop_after) cancel = true;
+        },
+        &cancel);
+    ASSERT_EQ(status.ok(), !c.stop_by_cancel) << status;
+    ASSERT_EQ((*trainer)->step(), c.stop_after);
+  }
+  // ...and a fresh trainer continues from the checkpoint to the end.
+  absl::StatusOr<std::string> latest = CheckpointStore::Latest(first.checkpoint.dir);
+  ASSERT_TRUE(latest.ok()) << latest.status();
+  TrainOptions second = c.options;
+  second.checkpoint.resume_from = *latest;
+  absl::StatusOr<std::unique_ptr<Trainer>> resumed = Trainer::Create(second);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ((*resumed)->step(), c.stop_after);
+  EventLog resumed_log;
+  ASSERT_TRUE((*resumed)->Run(resumed_log.Callback()).ok());
+  EXPECT_EQ((*resumed)->step(), (*straight)->step());
+  EXPECT_EQ((*resumed)->layer_probes(), (*straight)->layer_probes());
+
+  const auto expected = Snapshot(*(*straight)->model());
+  const auto actual = Snapshot(*(*resumed)->model());
+  ASSERT_EQ(expected.size(), actual.size());
+  for (size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_EQ(expected[i].first, actual[i].first);
+    EXPECT_TRUE(torch::equal(expected[i].second, actual[i].second)) << expected[i].first;
+  }
+  // The step losses of the second leg repeat the uninterrupted run's exactly.
+  const std::vector<double> all = straight_log.StepLosses();
+  const std::vector<double> tail = resumed_log.StepLosses();
+  ASSERT_EQ(tail.size(), all.size() - static_cast<size_t>(c.stop_after));
+  for (size_t i = 0; i < tail.size(); ++i) EXPECT_EQ(tail[i], all[i + c.stop_after]) << "step " << i;
+}
+
+INSTANTIATE_TEST_SUITE_P(Jobs, ResumeTest, ::testing::Values(ExactCnn(), PlannedUNet(), DropoutSqueezeNet()),
+                         [](const ::testing::TestParamInfo<ResumeCase>& info) { return info.param.name; });
+
+TEST(Checkpoint, WritesAtomicallyAndReadsBack) {
+  absl::StatusOr<std::shared_ptr<NetworkImpl>> model = BuildModel({.name = "small_cnn", .width = 4});
+  ASSERT_TRUE(model.ok());
+  torch::optim::SGD optimizer((*model)->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
+  CheckpointState state;
+  state.model_name = "small_cnn";
+  state.step = 17;
+  state.position = {2, 3};
+  state.epoch_loss_sum = 1.25;
+  state.epoch_loss_count = 3;
+  state.lr = 0.01;
+  state.global_generator_state = at::make_generator<at::CPUGeneratorImpl>(1).get_state();
+  state.task_generator_state = at::make_generator<at::CPUGeneratorImpl>(2).get_state();
+  state.convert_relu = true;
+  XConvSettings settings;
+  settings.probes = 12;
+  settings.distribution = ProbeDistribution::kGaussian;
+  state.xconv_layers = {{"features.0", settings}, {"features.3", XConvSettings{}}};
+  const std::string dir = FreshDir("atomic");
+  const std::string path = dir + "/one.pt";
+  ASSERT_TRUE(Checkpoint::Write(path, **model, optimizer, state).ok());
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+
+  absl::StatusOr<Checkpoint> read = Checkpoint::Read(path);
+  ASSERT_TRUE(read.ok()) << read.status();
+  const CheckpointState& back = read->state();
+  EXPECT_EQ(back.model_name, "small_cnn");
+  EXPECT_EQ(back.step, 17);
+  EXPECT_EQ(back.position, (LoaderPosition{2, 3}));
+  EXPECT_EQ(back.epoch_loss_sum, 1.25);
+  EXPECT_EQ(back.epoch_loss_count, 3);
+  EXPECT_TRUE(torch::equal(back.global_generator_state, state.global_generator_state));
+  EXPECT_TRUE(torch::equal(back.task_generator_state, state.task_generator_state));
+  EXPECT_TRUE(back.convert_relu);
+  ASSERT_EQ(back.xconv_layers.size(), 2u);
+  EXPECT_EQ(back.xconv_layers[0].path, "features.0");
+  EXPECT_EQ(back.xconv_layers[0].settings.probes, 12);
+  EXPECT_EQ(back.xconv_layers[0].settings.distribution, ProbeDistribution::kGaussian);
+  EXPECT_EQ(back.xconv_layers[1].settings.probes, XConvSettings{}.probes);
+
+  absl::StatusOr<std::shared_ptr<NetworkImpl>> other = BuildModel({.name = "small_cnn", .width = 4, .seed = 9});
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE(read->LoadModel(**other).ok());
+  for (const auto& p : (*model)->named_parameters()) {
+    EXPECT_TRUE(torch::equal(p.value(), (*other)->named_parameters()[p.key()])) << p.key();
+  }
+}
+
+TEST(Checkpoint, ReadRejectsMissingAndForeignFiles) {
+  EXPECT_EQ(Checkpoint::Read("/nonexistent/ckpt.pt").status().code(), absl::StatusCode::kNotFound);
+  const std::string text = FreshDir("foreign") + "/notes.txt";
+  std::ofstream(text) << "not a checkpoint";
+  EXPECT_EQ(Checkpoint::Read(text).status().code(), absl::StatusCode::kInvalidArgument);
+  // A LibTorch archive, but not ours.
+  const std::string weights = FreshDir("foreign_weights") + "/w.pt";
+  absl::StatusOr<std::shared_ptr<NetworkImpl>> model = BuildModel({.name = "small_cnn", .width = 4});
+  ASSERT_TRUE(model.ok());
+  torch::save(*model, weights);
+  const absl::StatusOr<Checkpoint> read = Checkpoint::Read(weights);
+  EXPECT_EQ(read.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(read.status().message(), HasSubstr("not an xtrain checkpoint"));
+}
+
+TEST(CheckpointStore, KeepsTheNewestAndFindsTheLatest) {
+  const std::string dir = FreshDir("store");
+  absl::StatusOr<CheckpointStore> store = CheckpointStore::Open(dir, 2);
+  ASSERT_TRUE(store.ok());
+  absl::StatusOr<std::shared_ptr<NetworkImpl>> model = BuildModel({.name = "small_cnn", .width = 4});
+  ASSERT_TRUE(model.ok());
+  torch::optim::SGD optimizer((*model)->parameters(), 0.1);
+  CheckpointState state;
+  state.model_name = "small_cnn";
+  state.global_generator_state = at::make_generator<at::CPUGeneratorImpl>(1).get_state();
+  state.task_generator_state = state.global_generator_state;
+  for (int64_t step : {3, 6, 9, 12}) {
+    state.step = step;
+    ASSERT_TRUE(store->Save(**model, optimizer, state).ok());
+  }
+  const std::vector<std::string> files = CheckpointStore::List(dir);
+  ASSERT_EQ(files.size(), 2u);
+  EXPECT_EQ(files[0], store->PathFor(9));
+  EXPECT_EQ(*CheckpointStore::Latest(dir), store->PathFor(12));
+  EXPECT_EQ(CheckpointStore::Latest(FreshDir("empty")).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(CheckpointStore::Open(dir, 0).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(LoadWeights, StrictNamesTheMismatchAndNonStrictSkipsIt) {
+  absl::StatusOr<std::shared_ptr<NetworkImpl>> ten = BuildModel({.name = "small_cnn", .classes = 10, .width = 4});
+  absl::StatusOr<std::shared_ptr<NetworkImpl>> five =
+      BuildModel({.name = "small_cnn", .classes = 5, .width = 4, .seed = 3});
+  ASSERT_TRUE(ten.ok() && five.ok());
+  const std::string weights = FreshDir("weights") + "/ten.pt";
+  torch::save(*ten, weights);
+
+  const absl::StatusOr<WeightsLoadReport> strict = LoadWeights(weights, **five, /*strict=*/true);
+  EXPECT_EQ(strict.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(strict.status().message(), HasSubstr("head.2.weight"));
+
+  const torch::Tensor head_before = (*five)->named_parameters()["head.2.weight"].clone();
+  const absl::StatusOr<WeightsLoadReport> loose = LoadWeights(weights, **five, /*strict=*/false);
+  ASSERT_TRUE(loose.ok()) << loose.status();
+  EXPECT_THAT(loose->skipped, ::testing::UnorderedElementsAre("head.2.weight", "head.2.bias"));
+  EXPECT_TRUE(torch::equal((*five)->named_parameters()["features.0.weight"],
+                           (*ten)->named_parameters()["features.0.weight"]));
+  EXPECT_TRUE(torch::equal((*five)->named_parameters()["head.2.weight"], head_before));
+}
+
+}  // namespace
+}  // namespace xtrain::core
