@@ -166,6 +166,19 @@ struct Config {
   const ConvertOptions* plan = nullptr;  // per-layer conversion instead of `settings` everywhere
 };
 
+// Moves a module to the job's device and casts its floating parameters and buffers to `dtype`;
+// integer buffers (XConv's seed and step counters, BatchNorm's batch count) keep their type.
+void ToJob(torch::nn::Module& module, const torch::Device& device, torch::ScalarType dtype) {
+  module.to(device);
+  torch::NoGradGuard no_grad;
+  for (auto& p : module.parameters()) {
+    if (p.is_floating_point() && p.scalar_type() != dtype) p.set_data(p.data().to(dtype));
+  }
+  for (auto& b : module.buffers()) {
+    if (b.is_floating_point() && b.scalar_type() != dtype) b.set_data(b.to(dtype));
+  }
+}
+
 // The meter of the job's device.
 absl::StatusOr<std::unique_ptr<MemoryMeter>> MeterFor(const torch::Device& device) {
   if (device.is_cpu()) {
@@ -221,7 +234,7 @@ absl::StatusOr<StepRecord> RunStep(const ModelFactory& factory, const ForwardFn&
       if (!converted.ok()) return converted.status();
       model = converted->module;
     }
-    model->to(step.device, step.dtype);
+    ToJob(*model, step.device, step.dtype);
     model->train();
     std::unique_ptr<torch::optim::Optimizer> optimizer =
         MakeOptimizer(step.optimizer, model->parameters(), 1e-4);
@@ -686,6 +699,17 @@ absl::StatusOr<MemoryModel> MemoryModel::Build(const ModelFactory& factory, cons
     model.storages_.back().death = LastReader(*exact1, model.node_forward_, site.producer, site.output_nr);
   }
 
+  // A layer's input is freeable when a tracked storage it keeps has only convertible keepers.
+  model.input_freeable_.assign(model.layers_.size(), false);
+  for (const Storage& storage : model.storages_) {
+    const bool all_convertible = std::all_of(storage.keepers.begin(), storage.keepers.end(), [&](int k) {
+      return model.nodes_[k].layer >= 0 || model.nodes_[k].relu;
+    });
+    for (int k : storage.keepers) {
+      if (model.nodes_[k].layer >= 0 && all_convertible) model.input_freeable_[model.nodes_[k].layer] = true;
+    }
+  }
+
   // What each node keeps (for the table): storages counted once, parameters and the batch left out.
   auto saved_per_node = [&](const StepRecord& run) {
     std::vector<int64_t> bytes(count, 0);
@@ -771,7 +795,7 @@ absl::StatusOr<int64_t> MeasureTrainingPeak(const ModelFactory& factory, const F
       if (!made.ok()) return made.status();
       model = *std::move(made);
     }
-    model->to(step.device, step.dtype);
+    ToJob(*model, step.device, step.dtype);
     model->train();
     std::unique_ptr<torch::optim::Optimizer> optimizer =
         MakeOptimizer(step.optimizer, model->parameters(), 1e-4);

@@ -151,6 +151,9 @@ class MemoryModel {
   int64_t SketchBytes(size_t layer, const LayerChoice& choice, int64_t batch) const;
   // The saved input of layer i at `batch` (what exact keeps, unless another node keeps it too).
   int64_t InputBytes(size_t layer, int64_t batch) const;
+  // Whether converting layer i can free its input: false when the input is the batch or a node no
+  // plan converts (max pooling, BatchNorm) keeps it too. Converting such a layer only adds a sketch.
+  bool InputFreeable(size_t layer) const { return input_freeable_[layer]; }
   // Per-layer and per-node table for a plan (DESIGN.md: explainable).
   std::vector<MemoryRow> Table(const std::vector<LayerChoice>& choices, int64_t batch) const;
   // Largest relative error of the model on its own XConv calibration runs, extrapolated to the
@@ -208,6 +211,7 @@ class MemoryModel {
   MemoryModelOptions options_;
   std::vector<ConvLayer> layers_;
   std::vector<int> layer_node_;  // node index of each layer
+  std::vector<bool> input_freeable_;  // per layer, see InputFreeable
   std::vector<Node> nodes_;
   std::vector<Storage> storages_;
   std::vector<ForwardStep> forward_;

@@ -106,7 +106,10 @@ Chain BuildChain(const MemoryModel& model, const PlannerOptions& options) {
                        ? measured->second
                        : static_cast<double>(layers[l].parameters()) / std::max(total, 1.0);
     state.c_independent = VariancePerProbe(layers[l], ProbeMode::kIndependent);
-    if (!options.keep_exact.count(layers[l].path)) state.ladder = Ladder(model, l, state.weight, options);
+    // A layer whose input stays alive anyway is left exact: converting it would only add a sketch.
+    if (!options.keep_exact.count(layers[l].path) && model.InputFreeable(l)) {
+      state.ladder = Ladder(model, l, state.weight, options);
+    }
     chain.layers.push_back(std::move(state));
   }
   using Item = std::tuple<double, int, int>;  // (variance per byte, -layer, next rung)
