@@ -343,6 +343,10 @@ class AtLeastTwoThreads {
   int saved_;
 };
 
+bool AnyXConv(const std::vector<LayerChoice>& choices) {
+  return std::any_of(choices.begin(), choices.end(), [](const LayerChoice& c) { return c.xconv; });
+}
+
 bool IsXConvNode(const std::string& type) { return type.find("XConvFunction") != std::string::npos; }
 bool IsMaskReluNode(const std::string& type) { return type.find("MaskRelu") != std::string::npos; }
 
@@ -843,7 +847,7 @@ void MemoryModel::DebugCompare(const ModelFactory& factory, const ForwardFn& for
     std::fprintf(stderr, "debug run failed: %s\n", std::string(run.status().message()).c_str());
     return;
   }
-  const bool any_xconv = std::any_of(choices.begin(), choices.end(), [](const LayerChoice& c) { return c.xconv; });
+  const bool any_xconv = AnyXConv(choices);
   std::fprintf(stderr, "forward peak meas %ld end meas %ld; optimizer meas %ld pred %ld\n", run->forward_peak,
                run->forward_end, run->optimizer_peak, phase_.optimizer_peak.At(batch));
   for (size_t n = 0; n < nodes_.size() && n < run->nodes.size(); ++n) {
@@ -883,7 +887,7 @@ int64_t MemoryModel::InputBytes(size_t layer, int64_t batch) const {
 int64_t MemoryModel::LiveTracked(const std::vector<LayerChoice>& choices, int64_t batch,
                                  size_t node) const {
   const bool any_xconv =
-      std::any_of(choices.begin(), choices.end(), [](const LayerChoice& c) { return c.xconv; });
+      AnyXConv(choices);
   auto active = [&](int k) {
     const Node& keeper = nodes_[k];
     if (keeper.layer >= 0) return !choices[keeper.layer].xconv;
@@ -911,11 +915,12 @@ int64_t MemoryModel::LiveTracked(const std::vector<LayerChoice>& choices, int64_
   return live;
 }
 
-int64_t MemoryModel::Transient(const Node& node, const std::vector<LayerChoice>& choices,
-                               bool any_xconv, int64_t batch) const {
+int64_t MemoryModel::WorkingSet(const Node& node, const PhaseLines& exact, const PhaseLines& masks,
+                                const std::vector<std::vector<PhaseLines>>& converted,
+                                const std::vector<LayerChoice>& choices, bool any_xconv, int64_t batch) const {
   if (node.layer >= 0 && choices[node.layer].xconv) {
     const LayerChoice& c = choices[node.layer];
-    const auto& per_point = node.transient_converted[std::max(ModeIndex(c.mode), 0)];
+    const auto& per_point = converted[std::max(ModeIndex(c.mode), 0)];
     const std::vector<int64_t>& points = options_.calibration_probes;
     // The segment around r (the first or last one beyond the calibrated range).
     size_t i = 1;
@@ -924,30 +929,25 @@ int64_t MemoryModel::Transient(const Node& node, const std::vector<LayerChoice>&
                      static_cast<double>(points[i] - points[i - 1]);
     return PhaseLines::Interpolate(per_point[i - 1], per_point[i], t, batch);
   }
-  if (node.relu && any_xconv) return node.transient_converted[0][0].At(batch);
-  return any_xconv ? node.transient_masks.At(batch) : node.transient_exact.At(batch);
+  if (node.relu && any_xconv) return converted[0][0].At(batch);
+  return any_xconv ? masks.At(batch) : exact.At(batch);
+}
+
+int64_t MemoryModel::Transient(const Node& node, const std::vector<LayerChoice>& choices,
+                               bool any_xconv, int64_t batch) const {
+  return WorkingSet(node, node.transient_exact, node.transient_masks, node.transient_converted, choices,
+                    any_xconv, batch);
 }
 
 int64_t MemoryModel::ForwardTransient(const ForwardStep& step, const std::vector<LayerChoice>& choices,
                                       bool any_xconv, int64_t batch) const {
-  const Node& node = nodes_[step.node];
-  if (node.layer >= 0 && choices[node.layer].xconv) {
-    const LayerChoice& c = choices[node.layer];
-    const auto& per_point = step.transient_converted[std::max(ModeIndex(c.mode), 0)];
-    const std::vector<int64_t>& points = options_.calibration_probes;
-    size_t i = 1;
-    while (i + 1 < points.size() && points[i] < c.probes) ++i;
-    const double t = static_cast<double>(c.probes - points[i - 1]) /
-                     static_cast<double>(points[i] - points[i - 1]);
-    return PhaseLines::Interpolate(per_point[i - 1], per_point[i], t, batch);
-  }
-  if (node.relu && any_xconv) return step.transient_converted[0][0].At(batch);
-  return any_xconv ? step.transient_masks.At(batch) : step.transient_exact.At(batch);
+  return WorkingSet(nodes_[step.node], step.transient_exact, step.transient_masks, step.transient_converted,
+                    choices, any_xconv, batch);
 }
 
 int64_t MemoryModel::ForwardPeak(const std::vector<LayerChoice>& choices, int64_t batch) const {
   const bool any_xconv =
-      std::any_of(choices.begin(), choices.end(), [](const LayerChoice& c) { return c.xconv; });
+      AnyXConv(choices);
   const size_t steps = forward_.size();
   // Changes against the exact forward, by the step from which they hold: storages the plan frees
   // after their last reader, sketches and masks after the op that makes them.
@@ -986,7 +986,7 @@ MemoryPrediction MemoryModel::Predict(const std::vector<LayerChoice>& choices, i
   p.gradient_bytes = parameter_bytes_;
   p.optimizer_state_bytes = optimizer_state_bytes_;
   const bool any_xconv =
-      std::any_of(choices.begin(), choices.end(), [](const LayerChoice& c) { return c.xconv; });
+      AnyXConv(choices);
 
   // Live tracked bytes before every node in one pass: each storage is live from the start of the
   // backward until its last active keeper has run.
@@ -1053,7 +1053,7 @@ MemoryPrediction MemoryModel::Predict(const std::vector<LayerChoice>& choices, i
 std::vector<MemoryRow> MemoryModel::Table(const std::vector<LayerChoice>& choices, int64_t batch) const {
   std::vector<MemoryRow> rows;
   const bool any_xconv =
-      std::any_of(choices.begin(), choices.end(), [](const LayerChoice& c) { return c.xconv; });
+      AnyXConv(choices);
   for (size_t n = 0; n < nodes_.size(); ++n) {
     const Node& node = nodes_[n];
     MemoryRow row;

@@ -202,6 +202,10 @@ class MemoryModel {
   int ModeIndex(ProbeMode mode) const;
   int64_t Transient(const Node& node, const std::vector<LayerChoice>& choices, bool any_xconv,
                     int64_t batch) const;
+  // The working set of `node` from its calibrations (exact, mask-only, converted per mode and r).
+  int64_t WorkingSet(const Node& node, const PhaseLines& exact, const PhaseLines& masks,
+                     const std::vector<std::vector<PhaseLines>>& converted,
+                     const std::vector<LayerChoice>& choices, bool any_xconv, int64_t batch) const;
   int64_t ForwardTransient(const ForwardStep& step, const std::vector<LayerChoice>& choices,
                            bool any_xconv, int64_t batch) const;
   // The forward's peak for a plan, op by op.
