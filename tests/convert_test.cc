@@ -54,7 +54,7 @@ TEST(Convert, PerLayerSettingsKeepExactAndRelus) {
   ConvertOptions options = Exactly(4);
   options.per_layer["2"].probes = 16;
   options.keep_exact = {"4"};
-  options.convert_relu = false;
+  options.lean_layers = false;
   auto result = Convert(net.ptr(), options);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_THAT(result->converted, ::testing::ElementsAre("0", "2"));

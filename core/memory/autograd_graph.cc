@@ -39,6 +39,20 @@ Extractor Fields(Members... members) {
   };
 }
 
+// Max pooling keeps its input and the indices (shaped like its output).
+template <typename T>
+Extractor MaxPool() {
+  return [](ag::Node& node, const std::shared_ptr<ag::Node>& self, GraphNode& out) {
+    auto& pool = static_cast<T&>(node);
+    Add(pool.self_, self, out);
+    Add(pool.result1_, self, out);
+    try {
+      out.output_numel = pool.result1_.unpack(self).numel();
+    } catch (const c10::Error&) {
+    }
+  };
+}
+
 const std::unordered_map<std::string, Extractor>& Extractors() {
   static const auto* table = new std::unordered_map<std::string, Extractor>{
       {"ConvolutionBackward0",
@@ -91,12 +105,8 @@ const std::unordered_map<std::string, Extractor>& Extractors() {
            &gen::NativeLayerNormBackward0::input_, &gen::NativeLayerNormBackward0::weight_,
            &gen::NativeLayerNormBackward0::bias_, &gen::NativeLayerNormBackward0::result1_,
            &gen::NativeLayerNormBackward0::result2_)},
-      {"MaxPool2DWithIndicesBackward0",
-       Fields<gen::MaxPool2DWithIndicesBackward0>(&gen::MaxPool2DWithIndicesBackward0::self_,
-                                                  &gen::MaxPool2DWithIndicesBackward0::result1_)},
-      {"MaxPool3DWithIndicesBackward0",
-       Fields<gen::MaxPool3DWithIndicesBackward0>(&gen::MaxPool3DWithIndicesBackward0::self_,
-                                                  &gen::MaxPool3DWithIndicesBackward0::result1_)},
+      {"MaxPool2DWithIndicesBackward0", MaxPool<gen::MaxPool2DWithIndicesBackward0>()},
+      {"MaxPool3DWithIndicesBackward0", MaxPool<gen::MaxPool3DWithIndicesBackward0>()},
       {"AvgPool2DBackward0", Fields<gen::AvgPool2DBackward0>(&gen::AvgPool2DBackward0::self_)},
       {"AvgPool3DBackward0", Fields<gen::AvgPool3DBackward0>(&gen::AvgPool3DBackward0::self_)},
       {"AdaptiveAvgPool2DBackward0",
@@ -192,7 +202,8 @@ std::vector<GraphNode> CollectGraph(const torch::Tensor& root) {
     if (auto it = extractors.find(entry.type); it != extractors.end()) {
       it->second(*node, node, entry);
     } else if (!KeepsNothing(entry.type) && entry.type.find("XConvFunction") == std::string::npos &&
-               entry.type.find("MaskRelu") == std::string::npos) {
+               entry.type.find("MaskRelu") == std::string::npos &&
+               entry.type.find("IndexMaxPool") == std::string::npos) {
       entry.known = false;  // our own functions are modelled analytically, not read
     }
     for (const ag::Edge& edge : node->next_edges()) {

@@ -34,7 +34,7 @@ struct GraphNode {
   int64_t groups = 1;              // convolution nodes
   std::vector<int64_t> input_sizes;   // convolution nodes: the saved input's shape
   std::vector<int64_t> weight_sizes;  // convolution nodes
-  int64_t output_numel = 0;        // ReLU nodes: elements of the saved output
+  int64_t output_numel = 0;        // ReLU and max-pool nodes: elements of the output
 };
 
 // Every node reachable from `root`'s grad_fn (root included), in discovery order. Saved tensors

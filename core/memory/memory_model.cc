@@ -349,6 +349,10 @@ bool AnyXConv(const std::vector<LayerChoice>& choices) {
 
 bool IsXConvNode(const std::string& type) { return type.find("XConvFunction") != std::string::npos; }
 bool IsMaskReluNode(const std::string& type) { return type.find("MaskRelu") != std::string::npos; }
+bool IsIndexMaxPoolNode(const std::string& type) { return type.find("IndexMaxPool") != std::string::npos; }
+bool IsMaxPoolNode(const std::string& type) {
+  return type == "MaxPool2DWithIndicesBackward0" || type == "MaxPool3DWithIndicesBackward0";
+}
 
 // Storages kept by a convertible node, identified across runs by (first keeper, slot in its list).
 struct StorageSite {
@@ -633,10 +637,12 @@ absl::StatusOr<MemoryModel> MemoryModel::Build(const ModelFactory& factory, cons
       node.layer = static_cast<int>(model.layers_.size());
       model.layers_.push_back(layer);
       model.layer_node_.push_back(static_cast<int>(n));
-    } else if (exact.type == "ReluBackward0" && IsMaskReluNode(other)) {
+    } else if ((exact.type == "ReluBackward0" && IsMaskReluNode(other)) ||
+               (IsMaxPoolNode(exact.type) && IsIndexMaxPoolNode(other))) {
       convertible[n] = true;
-      node.relu = true;
-      node.relu_numel_per_sample = exact.output_numel / b1;
+      node.lean = true;
+      node.lean_numel_per_sample = exact.output_numel / b1;
+      node.lean_bits = exact.type == "ReluBackward0" ? 1 : 8;  // a mask bit; a window offset byte
     } else if (exact.type != other) {
       return absl::InternalError(absl::StrCat("memory model: backward node ", n, " is ", exact.type,
                                               " exact but ", other, " converted"));
@@ -707,7 +713,7 @@ absl::StatusOr<MemoryModel> MemoryModel::Build(const ModelFactory& factory, cons
   model.input_freeable_.assign(model.layers_.size(), false);
   for (const Storage& storage : model.storages_) {
     const bool all_convertible = std::all_of(storage.keepers.begin(), storage.keepers.end(), [&](int k) {
-      return model.nodes_[k].layer >= 0 || model.nodes_[k].relu;
+      return model.nodes_[k].layer >= 0 || model.nodes_[k].lean;
     });
     for (int k : storage.keepers) {
       if (model.nodes_[k].layer >= 0 && all_convertible) model.input_freeable_[model.nodes_[k].layer] = true;
@@ -884,21 +890,25 @@ int64_t MemoryModel::InputBytes(size_t layer, int64_t batch) const {
 
 // Bytes of the tracked storages plus sketches and masks live before node `node` (node =
 // nodes_.size() stands for the end of the forward, when every keeper is still pending: use 0).
+bool MemoryModel::KeeperActive(int k, const std::vector<LayerChoice>& choices, bool any_xconv) const {
+  const Node& keeper = nodes_[k];
+  if (keeper.layer >= 0) return !choices[keeper.layer].xconv;
+  if (keeper.lean) return !any_xconv;
+  return true;
+}
+
+int64_t MemoryModel::LeanBytes(const Node& node, int64_t batch) {
+  return (batch * node.lean_numel_per_sample * node.lean_bits + 7) / 8;
+}
+
 int64_t MemoryModel::LiveTracked(const std::vector<LayerChoice>& choices, int64_t batch,
                                  size_t node) const {
-  const bool any_xconv =
-      AnyXConv(choices);
-  auto active = [&](int k) {
-    const Node& keeper = nodes_[k];
-    if (keeper.layer >= 0) return !choices[keeper.layer].xconv;
-    if (keeper.relu) return !any_xconv;
-    return true;
-  };
+  const bool any_xconv = AnyXConv(choices);
   int64_t live = 0;
   for (const Storage& s : storages_) {
     for (auto it = s.keepers.rbegin(); it != s.keepers.rend(); ++it) {
       if (*it < static_cast<int>(node)) break;
-      if (active(*it)) {
+      if (KeeperActive(*it, choices, any_xconv)) {
         live += s.bytes.At(batch);
         break;
       }
@@ -909,7 +919,7 @@ int64_t MemoryModel::LiveTracked(const std::vector<LayerChoice>& choices, int64_
   }
   if (any_xconv) {
     for (size_t n = node; n < nodes_.size(); ++n) {
-      if (nodes_[n].relu) live += (batch * nodes_[n].relu_numel_per_sample + 7) / 8;
+      if (nodes_[n].lean) live += LeanBytes(nodes_[n], batch);
     }
   }
   return live;
@@ -929,7 +939,7 @@ int64_t MemoryModel::WorkingSet(const Node& node, const PhaseLines& exact, const
                      static_cast<double>(points[i] - points[i - 1]);
     return PhaseLines::Interpolate(per_point[i - 1], per_point[i], t, batch);
   }
-  if (node.relu && any_xconv) return converted[0][0].At(batch);
+  if (node.lean && any_xconv) return converted[0][0].At(batch);
   return any_xconv ? masks.At(batch) : exact.At(batch);
 }
 
@@ -946,18 +956,14 @@ int64_t MemoryModel::ForwardTransient(const ForwardStep& step, const std::vector
 }
 
 int64_t MemoryModel::ForwardPeak(const std::vector<LayerChoice>& choices, int64_t batch) const {
-  const bool any_xconv =
-      AnyXConv(choices);
+  const bool any_xconv = AnyXConv(choices);
   const size_t steps = forward_.size();
   // Changes against the exact forward, by the step from which they hold: storages the plan frees
   // after their last reader, sketches and masks after the op that makes them.
   std::vector<int64_t> delta(steps + 1, 0);
   for (const Storage& s : storages_) {
-    bool kept = false;
-    for (int k : s.keepers) {
-      const Node& keeper = nodes_[k];
-      kept = kept || (keeper.layer >= 0 ? !choices[keeper.layer].xconv : keeper.relu ? !any_xconv : true);
-    }
+    const bool kept = std::any_of(s.keepers.begin(), s.keepers.end(),
+                                  [&](int k) { return KeeperActive(k, choices, any_xconv); });
     if (!kept && s.death != INT_MAX) delta[std::min<size_t>(s.death + 1, steps)] -= s.bytes.At(batch);
   }
   for (size_t l = 0; l < layers_.size(); ++l) {
@@ -966,9 +972,7 @@ int64_t MemoryModel::ForwardPeak(const std::vector<LayerChoice>& choices, int64_
   }
   if (any_xconv) {
     for (size_t n = 0; n < nodes_.size(); ++n) {
-      if (nodes_[n].relu && node_forward_[n] >= 0) {
-        delta[node_forward_[n] + 1] += (batch * nodes_[n].relu_numel_per_sample + 7) / 8;
-      }
+      if (nodes_[n].lean && node_forward_[n] >= 0) delta[node_forward_[n] + 1] += LeanBytes(nodes_[n], batch);
     }
   }
   int64_t change = 0, peak = 0;
@@ -985,8 +989,7 @@ MemoryPrediction MemoryModel::Predict(const std::vector<LayerChoice>& choices, i
   p.parameter_bytes = parameter_bytes_;
   p.gradient_bytes = parameter_bytes_;
   p.optimizer_state_bytes = optimizer_state_bytes_;
-  const bool any_xconv =
-      AnyXConv(choices);
+  const bool any_xconv = AnyXConv(choices);
 
   // Live tracked bytes before every node in one pass: each storage is live from the start of the
   // backward until its last active keeper has run.
@@ -1000,9 +1003,7 @@ MemoryPrediction MemoryModel::Predict(const std::vector<LayerChoice>& choices, i
   for (const Storage& s : storages_) {
     int last = -1;
     for (auto it = s.keepers.rbegin(); it != s.keepers.rend(); ++it) {
-      const Node& keeper = nodes_[*it];
-      const bool active = keeper.layer >= 0 ? !choices[keeper.layer].xconv : keeper.relu ? !any_xconv : true;
-      if (active) {
+      if (KeeperActive(*it, choices, any_xconv)) {
         last = *it;
         break;
       }
@@ -1017,8 +1018,8 @@ MemoryPrediction MemoryModel::Predict(const std::vector<LayerChoice>& choices, i
   }
   if (any_xconv) {
     for (size_t n = 0; n < count; ++n) {
-      if (!nodes_[n].relu) continue;
-      const int64_t bytes = (batch * nodes_[n].relu_numel_per_sample + 7) / 8;
+      if (!nodes_[n].lean) continue;
+      const int64_t bytes = LeanBytes(nodes_[n], batch);
       compressed += bytes;
       live_until(static_cast<int>(n), bytes);
     }
@@ -1052,8 +1053,7 @@ MemoryPrediction MemoryModel::Predict(const std::vector<LayerChoice>& choices, i
 
 std::vector<MemoryRow> MemoryModel::Table(const std::vector<LayerChoice>& choices, int64_t batch) const {
   std::vector<MemoryRow> rows;
-  const bool any_xconv =
-      AnyXConv(choices);
+  const bool any_xconv = AnyXConv(choices);
   for (size_t n = 0; n < nodes_.size(); ++n) {
     const Node& node = nodes_[n];
     MemoryRow row;
@@ -1064,11 +1064,15 @@ std::vector<MemoryRow> MemoryModel::Table(const std::vector<LayerChoice>& choice
       row.kind = c.xconv ? "xconv" : "conv";
       row.exact_kept_bytes = InputBytes(node.layer, batch);
       row.kept_bytes = c.xconv ? SketchBytes(node.layer, c, batch) : row.exact_kept_bytes;
-    } else if (node.relu) {
+    } else if (node.lean) {
+      const bool relu = node.type == "ReluBackward0";
       row.name = node.type;
-      row.kind = any_xconv ? "mask-relu" : "relu";
-      row.exact_kept_bytes = batch * node.relu_numel_per_sample * element_bytes();
-      row.kept_bytes = any_xconv ? (batch * node.relu_numel_per_sample + 7) / 8 : row.exact_kept_bytes;
+      row.kind = relu ? (any_xconv ? "mask-relu" : "relu") : (any_xconv ? "index-pool" : "pool");
+      // Exact: a ReLU keeps its output; a max pool its input and int64 indices (storages shared
+      // with a later node are counted at the first node of the backward that keeps them).
+      row.exact_kept_bytes =
+          relu ? batch * node.lean_numel_per_sample * element_bytes() : node.saved.At(batch);
+      row.kept_bytes = any_xconv ? LeanBytes(node, batch) : row.exact_kept_bytes;
     } else {
       row.name = node.type;
       row.exact_kept_bytes = row.kept_bytes = node.saved.At(batch);

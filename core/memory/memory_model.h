@@ -104,7 +104,7 @@ struct LayerChoice {
 // One row of the per-layer memory table.
 struct MemoryRow {
   std::string name;          // layer path or autograd node type
-  std::string kind;          // "conv", "xconv", "relu", "mask-relu", "saved", "other"
+  std::string kind;  // "conv", "xconv", "relu", "mask-relu", "pool", "index-pool", "batchnorm", "loss", "saved", "other"
   int64_t kept_bytes = 0;    // kept for backward in this plan (shared storages counted once)
   int64_t exact_kept_bytes = 0;
   int64_t transient_bytes = 0;  // working set of its backward above what was live before it
@@ -123,7 +123,8 @@ struct MemoryPrediction {
 
 // Byte-exact memory model of one training step (DESIGN.md §2), built from the real module tree.
 // Build runs short training steps at two small batches (nothing at full size) in three configurations:
-// exact, and every convertible conv as XConv at each calibration probe count (with mask ReLUs). A
+// exact, exact convs with lean layers (mask ReLUs, index max pools), and every convertible conv as
+// XConv at each calibration probe count (with lean layers). A
 // hook on every autograd node records the bytes live before it and its peak, so library work
 // spaces are measured, not guessed. The saved storages and their keepers come from the autograd
 // graph; a plan changes which keepers remain, so the model re-derives what is live at every node
@@ -152,7 +153,7 @@ class MemoryModel {
   // The saved input of layer i at `batch` (what exact keeps, unless another node keeps it too).
   int64_t InputBytes(size_t layer, int64_t batch) const;
   // Whether converting layer i can free its input: false when the input is the batch or a node no
-  // plan converts (max pooling, BatchNorm) keeps it too. Converting such a layer only adds a sketch.
+  // plan converts (BatchNorm, average pooling) keeps it too. Converting such a layer only adds a sketch.
   bool InputFreeable(size_t layer) const { return input_freeable_[layer]; }
   // Per-layer and per-node table for a plan (DESIGN.md: explainable).
   std::vector<MemoryRow> Table(const std::vector<LayerChoice>& choices, int64_t batch) const;
@@ -171,8 +172,11 @@ class MemoryModel {
   struct Node {
     std::string type;
     int layer = -1;          // conv layer index, if a convertible conv
-    bool relu = false;       // a ReLU that Convert turns into a mask ReLU
-    int64_t relu_numel_per_sample = 0;
+    // A ReLU or max pool that Convert swaps for its lean form (mask ReLU, index max pool) when
+    // anything is converted; the lean form keeps lean_bits per element of lean_numel.
+    bool lean = false;
+    int64_t lean_numel_per_sample = 0;
+    int lean_bits = 0;
     Affine other;              // live bytes before it that the plan does not change
     Affine saved;              // what it keeps, exact configuration (storages counted once)
     PhaseLines transient_exact;  // working set, exact configuration
@@ -198,6 +202,10 @@ class MemoryModel {
   };
 
   MemoryModel() = default;
+  // Whether node `k`, a keeper of a tracked storage, still keeps it under `choices`.
+  bool KeeperActive(int k, const std::vector<LayerChoice>& choices, bool any_xconv) const;
+  // Bytes a lean node's lean form keeps at `batch`.
+  static int64_t LeanBytes(const Node& node, int64_t batch);
   int64_t LiveTracked(const std::vector<LayerChoice>& choices, int64_t batch, size_t node) const;
   int ModeIndex(ProbeMode mode) const;
   int64_t Transient(const Node& node, const std::vector<LayerChoice>& choices, bool any_xconv,

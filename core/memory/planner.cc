@@ -303,7 +303,7 @@ int64_t LargestBatch(const MemoryModel& model, int64_t budget_bytes, const Plann
 ConvertOptions PlanConvertOptions(const Plan& plan, const MemoryModel& model, uint64_t seed) {
   ConvertOptions convert;
   convert.seed = seed;
-  convert.convert_relu = plan.converted_layers() > 0;
+  convert.lean_layers = plan.converted_layers() > 0;
   for (size_t l = 0; l < plan.choices.size(); ++l) {
     const LayerChoice& c = plan.choices[l];
     const std::string& path = model.layers()[l].path;

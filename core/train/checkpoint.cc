@@ -226,7 +226,7 @@ absl::Status Checkpoint::Write(const std::string& path, const torch::nn::Module&
     archive.write("lr", c10::IValue(state.lr));
     archive.write("global_generator_state", state.global_generator_state);
     archive.write("task_generator_state", state.task_generator_state);
-    archive.write("convert_relu", c10::IValue(state.convert_relu));
+    archive.write("lean_layers", c10::IValue(state.lean_layers));
     std::vector<std::string> paths;
     for (const XConvLayerRecord& layer : state.xconv_layers) paths.push_back(layer.path);
     archive.write("xconv_paths", c10::IValue(absl::StrJoin(paths, "\n")));
@@ -271,8 +271,8 @@ absl::StatusOr<Checkpoint> Checkpoint::Read(const std::string& path) {
     state.lr = v.toDouble();
     a.read("global_generator_state", state.global_generator_state);
     a.read("task_generator_state", state.task_generator_state);
-    a.read("convert_relu", v);
-    state.convert_relu = v.toBool();
+    a.read("lean_layers", v);
+    state.lean_layers = v.toBool();
     a.read("xconv_paths", v);
     const std::string paths = v.toStringRef();
     torch::Tensor table;

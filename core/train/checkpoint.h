@@ -31,7 +31,7 @@ struct CheckpointState {
   double lr = 0;                 // the last step's rate (the schedule itself is a function of step)
   torch::Tensor global_generator_state;  // LibTorch's default CPU generator (dropout)
   torch::Tensor task_generator_state;    // the task adapter's generator (holes, noise, timesteps)
-  bool convert_relu = false;             // ReLUs are mask ReLUs
+  bool lean_layers = false;              // ReLUs are mask ReLUs, max pools index max pools
   std::vector<XConvLayerRecord> xconv_layers;  // the plan as applied; empty for an exact model
 };
 

@@ -528,7 +528,7 @@ absl::Status Trainer::ConvertModel(const std::optional<Checkpoint>& resume) {
     if (!state.xconv_layers.empty()) {
       convert.emplace();
       convert->seed = seed;
-      convert->convert_relu = state.convert_relu;
+      convert->lean_layers = state.lean_layers;
       std::set<std::string> listed;
       for (const XConvLayerRecord& layer : state.xconv_layers) {
         convert->per_layer[layer.path] = layer.settings;
@@ -568,8 +568,9 @@ absl::Status Trainer::ConvertModel(const std::optional<Checkpoint>& resume) {
     } else if (const XConvSettings* settings = XConvSettingsOf(*item.value())) {
       probes_.emplace_back(item.key(), settings->probes);
       xconv_layers_.push_back({item.key(), *settings});
-    } else if (dynamic_cast<MaskReLUImpl*>(item.value().get()) != nullptr) {
-      convert_relu_ = true;
+    } else if (dynamic_cast<MaskReLUImpl*>(item.value().get()) != nullptr ||
+               dynamic_cast<IndexMaxPoolImpl*>(item.value().get()) != nullptr) {
+      lean_layers_ = true;
     }
   }
   if (memory_model_) {
@@ -833,7 +834,7 @@ absl::StatusOr<std::string> Trainer::WriteCheckpoint() {
     state.global_generator_state = global_generator_state_;
   }
   state.task_generator_state = GeneratorState(task_generator_);
-  state.convert_relu = convert_relu_;
+  state.lean_layers = lean_layers_;
   state.xconv_layers = xconv_layers_;
   absl::StatusOr<std::string> path = store_->Save(*model_, *optimizer_, state);
   if (path.ok()) last_checkpoint_ = *path;

@@ -120,7 +120,7 @@ class Trainer {
   torch::Tensor global_generator_state_;  // installed at Run start, saved at its end
   std::vector<std::pair<std::string, int64_t>> probes_;
   std::vector<XConvLayerRecord> xconv_layers_;
-  bool convert_relu_ = false;
+  bool lean_layers_ = false;  // the model runs mask ReLUs and index max pools
   int64_t predicted_peak_bytes_ = 0;
   int64_t fidelity_micro_batch_ = 0;
 

@@ -72,6 +72,21 @@ struct Walker {
     return std::make_shared<XImpl>(x, conv.weight, o.bias() ? conv.bias : torch::Tensor());
   }
 
+  // An IndexMaxPool for a torch max pool, or nullptr to keep it (windows over 256 elements).
+  template <size_t D, typename PoolOptions>
+  ModulePtr SwapPool(const PoolOptions& o) {
+    PoolGeometry g;
+    g.kernel = std::vector<int64_t>(o.kernel_size()->begin(), o.kernel_size()->end());
+    g.stride = std::vector<int64_t>(o.stride()->begin(), o.stride()->end());
+    g.padding = std::vector<int64_t>(o.padding()->begin(), o.padding()->end());
+    g.dilation = std::vector<int64_t>(o.dilation()->begin(), o.dilation()->end());
+    g.ceil_mode = o.ceil_mode();
+    int64_t window = 1;
+    for (int64_t k : g.kernel) window *= k;
+    if (window > 256) return nullptr;
+    return std::make_shared<IndexMaxPoolImpl>(std::move(g));
+  }
+
   // The replacement for `module`, or nullptr to keep it (after converting its children).
   absl::StatusOr<ModulePtr> Visit(const ModulePtr& module, const std::string& path) {
     if (!options.keep_exact.count(path)) {
@@ -81,8 +96,16 @@ struct Walker {
       if (auto* conv = dynamic_cast<torch::nn::Conv3dImpl*>(module.get())) {
         return Swapped(SwapConv<3, torch::nn::Conv3dImpl, XConv3dImpl>(*conv, path), path);
       }
-      if (options.convert_relu && dynamic_cast<torch::nn::ReLUImpl*>(module.get())) {
+      if (options.lean_layers && dynamic_cast<torch::nn::ReLUImpl*>(module.get())) {
         return Swapped(ModulePtr(std::make_shared<MaskReLUImpl>()), path);
+      }
+      if (options.lean_layers) {
+        if (auto* pool = dynamic_cast<torch::nn::MaxPool2dImpl*>(module.get())) {
+          return Swapped(SwapPool<2>(pool->options), path);
+        }
+        if (auto* pool = dynamic_cast<torch::nn::MaxPool3dImpl*>(module.get())) {
+          return Swapped(SwapPool<3>(pool->options), path);
+        }
       }
     }
     return VisitChildren(module, path);
@@ -119,6 +142,8 @@ struct Walker {
           rebuilt->push_back(children[i].first, torch::nn::AnyModule(x3));
         } else if (auto relu = std::dynamic_pointer_cast<MaskReLUImpl>(child)) {
           rebuilt->push_back(children[i].first, torch::nn::AnyModule(relu));
+        } else if (auto pool = std::dynamic_pointer_cast<IndexMaxPoolImpl>(child)) {
+          rebuilt->push_back(children[i].first, torch::nn::AnyModule(pool));
         } else {
           return absl::InvalidArgumentError(absl::StrCat(
               "convert: cannot place the converted ", path, ".", children[i].first,

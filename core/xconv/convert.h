@@ -20,7 +20,9 @@ struct ConvertOptions {
   XConvSettings settings;                            // for every converted conv without an override
   std::map<std::string, XConvSettings> per_layer;    // overrides by module path ("features.3")
   std::set<std::string> keep_exact;                  // paths left as torch convolutions
-  bool convert_relu = true;                          // swap ReLU for MaskReLU
+  // Swap the exact layers that keep more than they need for ones with the same output and
+  // gradients: ReLU -> MaskReLU (1 bit per element), MaxPool -> IndexMaxPool (1 byte per output).
+  bool lean_layers = true;
   uint64_t seed = 0;                                 // layer i's seed stream starts at MixSeed(seed, i)
 };
 
@@ -31,7 +33,7 @@ struct ConvertResult {
 };
 
 // Walks `root` and swaps Conv2d/Conv3d for XConv2d/XConv3d (keeping the same weight and bias
-// tensors) and ReLU for MaskReLU. Sequential, ModuleList and ModuleDict are rebuilt in place of
+// tensors), and with lean_layers ReLU for MaskReLU and MaxPool2d/3d for IndexMaxPool. Sequential, ModuleList and ModuleDict are rebuilt in place of
 // the old containers; other parents get Module::replace_module, so a custom module must reach
 // its children through the registry (named_children / a container), not a member holder taken
 // before the swap. InvalidArgument for convolutions XConv cannot run (non-zero padding modes,

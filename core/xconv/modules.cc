@@ -116,6 +116,21 @@ void XConvNdImpl<D, Derived>::pretty_print(std::ostream& stream) const {
 
 torch::Tensor MaskReLUImpl::forward(const torch::Tensor& input) { return MaskRelu(input); }
 
+torch::Tensor IndexMaxPoolImpl::forward(const torch::Tensor& input) {
+  // Like torch's pooling modules, accept an unbatched (C, spatial...) input.
+  if (input.dim() == static_cast<int64_t>(geometry_.kernel.size()) + 1) {
+    return core::IndexMaxPooling(input.unsqueeze(0), geometry_).squeeze(0);
+  }
+  return core::IndexMaxPooling(input, geometry_);
+}
+
+void IndexMaxPoolImpl::pretty_print(std::ostream& stream) const {
+  stream << "xtrain::IndexMaxPool" << geometry_.kernel.size() << "d(kernel_size=" << c10::IntArrayRef(geometry_.kernel)
+         << ", stride=" << c10::IntArrayRef(geometry_.stride) << ", padding=" << c10::IntArrayRef(geometry_.padding);
+  if (geometry_.ceil_mode) stream << ", ceil_mode=true";
+  stream << ")";
+}
+
 template class XConvNdImpl<2, XConv2dImpl>;
 template class XConvNdImpl<3, XConv3dImpl>;
 

@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include "core/xconv/conv_geometry.h"
+#include "core/xconv/index_max_pool.h"
 #include "core/xconv/xconv_options.h"
 
 namespace xtrain::core {
@@ -87,6 +88,20 @@ class MaskReLUImpl : public torch::nn::Cloneable<MaskReLUImpl> {
   void pretty_print(std::ostream& stream) const override { stream << "xtrain::MaskReLU()"; }
 };
 TORCH_MODULE(MaskReLU);
+
+// Max pooling that keeps one byte per output for backward (see index_max_pool.h).
+class IndexMaxPoolImpl : public torch::nn::Cloneable<IndexMaxPoolImpl> {
+ public:
+  explicit IndexMaxPoolImpl(PoolGeometry geometry) : geometry_(std::move(geometry)) {}
+  void reset() override {}
+  torch::Tensor forward(const torch::Tensor& input);
+  const PoolGeometry& geometry() const { return geometry_; }
+  void pretty_print(std::ostream& stream) const override;
+
+ private:
+  PoolGeometry geometry_;
+};
+TORCH_MODULE(IndexMaxPool);
 
 extern template class XConvNdImpl<2, XConv2dImpl>;
 extern template class XConvNdImpl<3, XConv3dImpl>;

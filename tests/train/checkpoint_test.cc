@@ -160,7 +160,7 @@ TEST(Checkpoint, WritesAtomicallyAndReadsBack) {
   state.lr = 0.01;
   state.global_generator_state = at::make_generator<at::CPUGeneratorImpl>(1).get_state();
   state.task_generator_state = at::make_generator<at::CPUGeneratorImpl>(2).get_state();
-  state.convert_relu = true;
+  state.lean_layers = true;
   XConvSettings settings;
   settings.probes = 12;
   settings.distribution = ProbeDistribution::kGaussian;
@@ -180,7 +180,7 @@ TEST(Checkpoint, WritesAtomicallyAndReadsBack) {
   EXPECT_EQ(back.epoch_loss_count, 3);
   EXPECT_TRUE(torch::equal(back.global_generator_state, state.global_generator_state));
   EXPECT_TRUE(torch::equal(back.task_generator_state, state.task_generator_state));
-  EXPECT_TRUE(back.convert_relu);
+  EXPECT_TRUE(back.lean_layers);
   ASSERT_EQ(back.xconv_layers.size(), 2u);
   EXPECT_EQ(back.xconv_layers[0].path, "features.0");
   EXPECT_EQ(back.xconv_layers[0].settings.probes, 12);
