@@ -290,9 +290,10 @@ std::string Markdown(const Setup& setup, const std::vector<RunResult>& results, 
       " epoch(s), test on ", setup.test->size(), " test images · Adam lr ", absl::StrFormat("%g", f.lr), ", cosine · float32\n\n",
       "Budgets at batch ", kBudgetBatch, ": the exact job's predicted peak is ",
       FormatBytes(fixed_bytes + activation_bytes), ", of which ", FormatBytes(fixed_bytes),
-      " parameters, gradients and Adam state and ", FormatBytes(activation_bytes),
-      " activations, work space, the batch and the loader's 2 prefetched batches; budget = fixed + fraction x "
-      "activations. Exact and budget rows: ", f.seeds,
+      " fixed (parameters, gradients, Adam state and the loader's 2 prefetched batches, which no plan "
+      "changes) and ", FormatBytes(activation_bytes),
+      " activations (kept for backward, gradients of activations, work space, the batch in use); budget = fixed "
+      "+ fraction x activations. Exact and budget rows: ", f.seeds,
       " seed(s), mean ± sample std. The grid (fixed probes r on every conv) ran one seed. Fidelity: mean over "
       "telemetry steps (every ", f.fidelity_interval,
       ") of sum V_x / sum V_sgd (XConv gradient variance over the minibatch noise); below 1 means probe noise "
@@ -485,12 +486,14 @@ absl::Status RunAccuracyBench(const std::vector<std::string>& args) {
   const core::MemoryPrediction prediction = memory.Predict(memory.ExactChoices(), kBudgetBatch);
   const int64_t exact_peak = (*exact)->predicted_peak_bytes();
   const int64_t loader_bytes = exact_peak - prediction.peak_bytes;
-  const int64_t fixed_bytes = prediction.parameter_bytes + prediction.gradient_bytes + prediction.optimizer_state_bytes;
+  // Fixed: what no plan changes (the model's state and the loader's prefetched input batches).
+  const int64_t fixed_bytes =
+      prediction.parameter_bytes + prediction.gradient_bytes + prediction.optimizer_state_bytes + loader_bytes;
   const int64_t activation_bytes = exact_peak - fixed_bytes;
   const int64_t minimum = core::MinimumBudget(memory, kBudgetBatch) + loader_bytes;
   const double minimum_fraction =
       static_cast<double>(minimum - fixed_bytes) / static_cast<double>(activation_bytes);
-  std::fprintf(stderr, "exact job peak at batch %lld: %s = %s fixed + %s activations, batch and prefetched batches; "
+  std::fprintf(stderr, "exact job peak at batch %lld: %s = %s fixed (state, prefetched batches) + %s activations; "
                "smallest plan %s (%.0f%%)\n",
                static_cast<long long>(kBudgetBatch), FormatBytes(exact_peak).c_str(),
                FormatBytes(fixed_bytes).c_str(), FormatBytes(activation_bytes).c_str(),

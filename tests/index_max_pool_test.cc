@@ -1,6 +1,9 @@
 // IndexMaxPool: torch's max pooling forward and gradients, keeping one byte per output.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <limits>
+
 #include "core/memory/cpu_memory_meter.h"
 #include "core/xconv/convert.h"
 #include "core/xconv/index_max_pool.h"
@@ -56,6 +59,26 @@ TEST_P(IndexMaxPoolGeometry, OutputAndGradientEqualTorch) {
   }
 }
 
+// Ties, NaNs and all -inf windows (with padding): the same element as torch's, so the same gradient.
+TEST(IndexMaxPool, TiesNanAndInfinityPickTorchsElement) {
+  const PoolGeometry g = Geometry(2, 3, 2, 1, 1, true);
+  torch::Tensor base = torch::randint(0, 3, {2, 3, 9, 9}).to(torch::kFloat);  // many ties
+  base.index_put_({0, 0, 0, 0}, std::nan(""));
+  base.index_put_({0, 1, 4, 5}, std::nan(""));
+  base.index_put_({0, 1, 4, 6}, std::nan(""));
+  base.index_put_({1, 2}, -std::numeric_limits<float>::infinity());
+  torch::Tensor a = base.clone().requires_grad_(true);
+  torch::Tensor b = base.clone().requires_grad_(true);
+  const torch::Tensor ya = IndexMaxPooling(a, g);
+  const torch::Tensor yb = TorchPool(b, g);
+  EXPECT_TRUE(torch::equal(ya.isnan(), yb.isnan()));
+  EXPECT_TRUE(torch::equal(ya.nan_to_num(0), yb.nan_to_num(0)));
+  const torch::Tensor grad = torch::randn(yb.sizes());
+  ya.backward(grad);
+  yb.backward(grad);
+  EXPECT_TRUE(torch::equal(a.grad(), b.grad()));
+}
+
 // The tensor-op path (what a GPU runs) gives the CPU loop's gradient.
 TEST_P(IndexMaxPoolGeometry, GenericBackwardEqualsTheCpuLoop) {
   const Case c = GetParam();
@@ -73,8 +96,9 @@ TEST_P(IndexMaxPoolGeometry, GenericBackwardEqualsTheCpuLoop) {
   EXPECT_EQ(offsets.scalar_type(), torch::kUInt8);
   EXPECT_EQ(offsets.sizes(), output.sizes());
   const torch::Tensor grad = torch::randn(output.sizes(), torch::kDouble);
-  const torch::Tensor loop = IndexMaxPoolBackward(grad, offsets, x.sizes(), g, /*generic=*/false);
-  const torch::Tensor ops = IndexMaxPoolBackward(grad, offsets, x.sizes(), g, /*generic=*/true);
+  const torch::Tensor packed = PackOffsets(offsets, OffsetBits(g));
+  const torch::Tensor loop = IndexMaxPoolBackward(grad, packed, x.sizes(), g, /*generic=*/false);
+  const torch::Tensor ops = IndexMaxPoolBackward(grad, packed, x.sizes(), g, /*generic=*/true);
   EXPECT_TRUE(torch::allclose(loop, ops, 1e-12, 1e-12));
 }
 
@@ -100,8 +124,26 @@ TEST(IndexMaxPool, KeepsOneBytePerOutput) {
   };
   const int64_t lean = kept([&](const torch::Tensor& t) { return IndexMaxPooling(t, g); });
   const int64_t exact = kept([&](const torch::Tensor& t) { return TorchPool(t, g); });
-  EXPECT_EQ(lean, outputs);                       // uint8 window offsets
+  EXPECT_EQ(lean, outputs * 2 / 8);               // 2-bit window offsets (2 x 2 windows)
   EXPECT_EQ(exact, x.numel() * 4 + outputs * 8);  // the input and int64 indices
+}
+
+TEST(IndexMaxPool, OffsetsPackToTheirBits) {
+  EXPECT_EQ(OffsetBits(2), 1);
+  EXPECT_EQ(OffsetBits(4), 2);
+  EXPECT_EQ(OffsetBits(9), 4);
+  EXPECT_EQ(OffsetBits(27), 8);
+  for (int bits : {1, 2, 4, 8}) {
+    const torch::Tensor offsets = torch::randint(0, 1 << bits, {3, 37}).to(torch::kUInt8);
+    const torch::Tensor packed = PackOffsets(offsets, bits);
+    EXPECT_EQ(packed.numel(), (3 * 37 * bits + 7) / 8) << bits;
+    const uint8_t* p = packed.data_ptr<uint8_t>();
+    const torch::Tensor flat = offsets.reshape({-1});
+    for (int64_t i = 0; i < flat.numel(); ++i) {
+      const int per_byte = 8 / bits;
+      ASSERT_EQ((p[i / per_byte] >> ((i % per_byte) * bits)) & ((1 << bits) - 1), flat[i].item<int>()) << bits << " " << i;
+    }
+  }
 }
 
 TEST(IndexMaxPool, NoGradKeepsNothingAndUnbatchedInputWorks) {

@@ -17,7 +17,10 @@ namespace gen = torch::autograd::generated;
 
 using Extractor = std::function<void(ag::Node&, const std::shared_ptr<ag::Node>&, GraphNode&)>;
 
-void Add(const ag::SavedVariable& saved, const std::shared_ptr<ag::Node>& self, GraphNode& out) {
+// `own_output` >= 0: the saved tensor is that output of `self` and has no gradient (max pooling's
+// indices), so no grad_fn names its producer.
+void Add(const ag::SavedVariable& saved, const std::shared_ptr<ag::Node>& self, GraphNode& out,
+         int own_output = -1) {
   torch::Tensor t;
   try {
     t = saved.unpack(self);
@@ -26,8 +29,10 @@ void Add(const ag::SavedVariable& saved, const std::shared_ptr<ag::Node>& self, 
   }
   if (!t.defined() || !t.has_storage()) return;
   out.saved.push_back({StorageKey(t), static_cast<int64_t>(t.storage().nbytes()),
-                       t.grad_fn() ? static_cast<const void*>(t.grad_fn().get()) : nullptr,
-                       static_cast<uint32_t>(t.output_nr())});
+                       own_output >= 0 ? static_cast<const void*>(self.get())
+                       : t.grad_fn()   ? static_cast<const void*>(t.grad_fn().get())
+                                       : nullptr,
+                       static_cast<uint32_t>(own_output >= 0 ? own_output : t.output_nr())});
 }
 
 // Reads the listed SavedVariable members of generated node type T.
@@ -45,7 +50,9 @@ Extractor MaxPool() {
   return [](ag::Node& node, const std::shared_ptr<ag::Node>& self, GraphNode& out) {
     auto& pool = static_cast<T&>(node);
     Add(pool.self_, self, out);
-    Add(pool.result1_, self, out);
+    Add(pool.result1_, self, out, /*own_output=*/1);
+    out.pool_window = 1;
+    for (int64_t k : pool.kernel_size) out.pool_window *= k;
     try {
       out.output_numel = pool.result1_.unpack(self).numel();
     } catch (const c10::Error&) {
@@ -203,7 +210,8 @@ std::vector<GraphNode> CollectGraph(const torch::Tensor& root) {
       it->second(*node, node, entry);
     } else if (!KeepsNothing(entry.type) && entry.type.find("XConvFunction") == std::string::npos &&
                entry.type.find("MaskRelu") == std::string::npos &&
-               entry.type.find("IndexMaxPool") == std::string::npos) {
+               entry.type.find("IndexMaxPool") == std::string::npos &&
+               entry.type.find("WeightOnlyConv") == std::string::npos) {
       entry.known = false;  // our own functions are modelled analytically, not read
     }
     for (const ag::Edge& edge : node->next_edges()) {

@@ -35,6 +35,7 @@ struct GraphNode {
   std::vector<int64_t> input_sizes;   // convolution nodes: the saved input's shape
   std::vector<int64_t> weight_sizes;  // convolution nodes
   int64_t output_numel = 0;        // ReLU and max-pool nodes: elements of the output
+  int64_t pool_window = 0;         // max-pool nodes: elements per window
 };
 
 // Every node reachable from `root`'s grad_fn (root included), in discovery order. Saved tensors

@@ -24,6 +24,7 @@
 #include "core/memory/cuda_memory_meter.h"
 #endif
 #include "core/xconv/convert.h"
+#include "core/xconv/index_max_pool.h"
 
 namespace xtrain::core {
 namespace {
@@ -389,7 +390,8 @@ std::map<std::pair<int, int>, StorageSite> TrackedStorages(const StepRecord& run
 }
 
 // The last forward step that reads the output `output_nr` of `producer` (directly or through
-// views); INT_MAX if a reader has no forward step (then the storage is never assumed dead).
+// views), or the producer's step if nothing reads it; INT_MAX if a reader or the producer has no
+// forward step (then the storage is never assumed dead).
 int LastReader(const StepRecord& run, const std::vector<int>& node_forward, const void* producer,
                uint32_t output_nr) {
   if (producer == nullptr) return INT_MAX;
@@ -410,7 +412,13 @@ int LastReader(const StepRecord& run, const std::vector<int>& node_forward, cons
       }
     }
   }
-  return last < 0 ? INT_MAX : last;
+  if (last >= 0) return last;
+  // Read by no forward op (max pooling's indices): dead, under a plan that drops its keepers,
+  // from the op that makes it.
+  for (size_t n = 0; n < run.nodes.size(); ++n) {
+    if (run.nodes[n].self == producer && node_forward[n] >= 0) return node_forward[n];
+  }
+  return INT_MAX;
 }
 
 std::string ModuleOfParameter(const std::string& name) {
@@ -642,7 +650,8 @@ absl::StatusOr<MemoryModel> MemoryModel::Build(const ModelFactory& factory, cons
       convertible[n] = true;
       node.lean = true;
       node.lean_numel_per_sample = exact.output_numel / b1;
-      node.lean_bits = exact.type == "ReluBackward0" ? 1 : 8;  // a mask bit; a window offset byte
+      // A mask bit per element; a window offset per pooled element.
+      node.lean_bits = exact.type == "ReluBackward0" ? 1 : OffsetBits(exact.pool_window);
     } else if (exact.type != other) {
       return absl::InternalError(absl::StrCat("memory model: backward node ", n, " is ", exact.type,
                                               " exact but ", other, " converted"));

@@ -307,11 +307,13 @@ ConvertOptions PlanConvertOptions(const Plan& plan, const MemoryModel& model, ui
   for (size_t l = 0; l < plan.choices.size(); ++l) {
     const LayerChoice& c = plan.choices[l];
     const std::string& path = model.layers()[l].path;
+    XConvSettings settings;
     if (!c.xconv) {
-      convert.keep_exact.insert(path);
+      // Exact as XConv with r = 0, as calibrated (its backward may take the lean weight-only kernel).
+      settings.probes = 0;
+      convert.per_layer[path] = settings;
       continue;
     }
-    XConvSettings settings;
     settings.probes = c.probes;
     settings.mode = c.mode;
     settings.center = model.options().center;

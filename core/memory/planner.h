@@ -71,8 +71,9 @@ int64_t MinimumBudget(const MemoryModel& model, int64_t batch, const PlannerOpti
 int64_t LargestBatch(const MemoryModel& model, int64_t budget_bytes, const PlannerOptions& options = {},
                      double min_fidelity = 0, bool exact_only = false);
 
-// Convert options that realise a plan (per-layer settings, exact layers kept, mask ReLUs if any
-// layer is converted). The route is pinned to the one the model was calibrated with.
+// Convert options that realise a plan: per-layer settings, exact layers as XConv with r = 0 (what
+// the model calibrated for a mixed plan), lean layers (mask ReLUs, index max pools) if any layer is
+// converted. The route is pinned to the one the model was calibrated with.
 ConvertOptions PlanConvertOptions(const Plan& plan, const MemoryModel& model, uint64_t seed);
 
 // Converts `root` as the plan says (nothing changes for an all-exact plan).

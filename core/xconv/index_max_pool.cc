@@ -1,7 +1,11 @@
 #include "core/xconv/index_max_pool.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+
+#include <cmath>
+#include <limits>
 
 #include "core/memory/memory_phase.h"
 
@@ -51,20 +55,79 @@ torch::Tensor As5d(const torch::Tensor& t, const Geometry3& g, bool input) {
   return t.reshape({t.size(0), t.size(1), sizes[0], sizes[1], sizes[2]});
 }
 
+// 2-D CPU max pooling that writes the window offsets directly (no int64 indices, which are twice
+// the output's size in float32). The window walk and the comparison are LibTorch's (cpu_max_pool):
+// the first maximum wins, a NaN replaces it, so outputs and chosen elements are the same.
+std::pair<torch::Tensor, torch::Tensor> MaxPool2dWithOffsets(const torch::Tensor& input, const PoolGeometry& geometry) {
+  // The output shape from LibTorch (ceil mode and its last-window rule), without computing it.
+  const torch::Tensor probe = at::max_pool2d(torch::empty({1, 1, input.size(2), input.size(3)}, input.options()),
+                                             geometry.kernel, geometry.stride, geometry.padding,
+                                             geometry.dilation, geometry.ceil_mode);
+  torch::Tensor output = torch::empty({input.size(0), input.size(1), probe.size(2), probe.size(3)}, input.options());
+  torch::Tensor offsets = torch::empty(output.sizes(), input.options().dtype(torch::kUInt8));
+  const Geometry3 g = Normalize(input.sizes(), output.sizes(), geometry);
+  const int64_t in_volume = g.in_volume(), out_volume = g.out_volume();
+  const int64_t planes = input.size(0) * input.size(1);
+  uint8_t* offset_data = offsets.data_ptr<uint8_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "index_max_pool_forward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* in_data = input.data_ptr<scalar_t>();
+    scalar_t* out_data = output.data_ptr<scalar_t>();
+    at::parallel_for(0, planes, Grain(out_volume), [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const scalar_t* in = in_data + plane * in_volume;
+        scalar_t* out = out_data + plane * out_volume;
+        uint8_t* off = offset_data + plane * out_volume;
+        for (int64_t oh = 0; oh < g.out[1]; ++oh) {
+          const int64_t h0 = oh * g.s[1] - g.p[1];
+          const int64_t h1 = std::min(h0 + (g.k[1] - 1) * g.d[1] + 1, g.in[1]);
+          int64_t hs = h0;
+          while (hs < 0) hs += g.d[1];
+          for (int64_t ow = 0; ow < g.out[2]; ++ow) {
+            const int64_t w0 = ow * g.s[2] - g.p[2];
+            const int64_t w1 = std::min(w0 + (g.k[2] - 1) * g.d[2] + 1, g.in[2]);
+            int64_t ws = w0;
+            while (ws < 0) ws += g.d[2];
+            int64_t best_h = hs, best_w = ws;
+            acc_t best = -std::numeric_limits<acc_t>::infinity();
+            for (int64_t ih = hs; ih < h1; ih += g.d[1]) {
+              for (int64_t iw = ws; iw < w1; iw += g.d[2]) {
+                const acc_t value = static_cast<acc_t>(in[ih * g.in[2] + iw]);
+                if (value > best || std::isnan(value)) {
+                  best = value;
+                  best_h = ih;
+                  best_w = iw;
+                }
+              }
+            }
+            const int64_t o = oh * g.out[2] + ow;
+            out[o] = static_cast<scalar_t>(best);
+            off[o] = static_cast<uint8_t>((best_h - h0) / g.d[1] * g.k[2] + (best_w - w0) / g.d[2]);
+          }
+        }
+      }
+    });
+  });
+  return {output, offsets};
+}
+
 class IndexMaxPoolFunction : public torch::autograd::Function<IndexMaxPoolFunction> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& input, const PoolGeometry& geometry) {
-    torch::Tensor output, indices;
-    if (geometry.kernel.size() == 2) {
-      std::tie(output, indices) = at::max_pool2d_with_indices(input, geometry.kernel, geometry.stride,
-                                                              geometry.padding, geometry.dilation,
-                                                              geometry.ceil_mode);
+    torch::Tensor output, offsets;
+    if (geometry.kernel.size() == 2 && input.device().is_cpu() && input.scalar_type() != torch::kHalf) {
+      std::tie(output, offsets) = MaxPool2dWithOffsets(input, geometry);
     } else {
-      std::tie(output, indices) = at::max_pool3d_with_indices(input, geometry.kernel, geometry.stride,
-                                                              geometry.padding, geometry.dilation,
-                                                              geometry.ceil_mode);
+      torch::Tensor indices;
+      std::tie(output, indices) =
+          geometry.kernel.size() == 2
+              ? at::max_pool2d_with_indices(input, geometry.kernel, geometry.stride, geometry.padding,
+                                            geometry.dilation, geometry.ceil_mode)
+              : at::max_pool3d_with_indices(input, geometry.kernel, geometry.stride, geometry.padding,
+                                            geometry.dilation, geometry.ceil_mode);
+      offsets = WindowOffsets(indices, input.sizes(), geometry);
     }
-    ctx->save_for_backward({WindowOffsets(indices, input.sizes(), geometry)});
+    ctx->save_for_backward({PackOffsets(offsets, OffsetBits(geometry))});
     ctx->saved_data["input_sizes"] = input.sizes().vec();
     ctx->saved_data["kernel"] = geometry.kernel;
     ctx->saved_data["stride"] = geometry.stride;
@@ -84,6 +147,62 @@ class IndexMaxPoolFunction : public torch::autograd::Function<IndexMaxPoolFuncti
             torch::Tensor()};
   }
 };
+
+}  // namespace
+
+int OffsetBits(int64_t window) { return window <= 2 ? 1 : window <= 4 ? 2 : window <= 16 ? 4 : 8; }
+
+int OffsetBits(const PoolGeometry& geometry) {
+  int64_t window = 1;
+  for (int64_t k : geometry.kernel) window *= k;
+  return OffsetBits(window);
+}
+
+torch::Tensor PackOffsets(const torch::Tensor& offsets, int bits) {
+  const int64_t per_byte = 8 / bits;
+  const int64_t numel = offsets.numel();
+  const int64_t bytes = (numel + per_byte - 1) / per_byte;
+  const torch::Tensor flat = offsets.reshape({-1});
+  if (bits == 8) return flat.clone();
+  if (!offsets.device().is_cpu()) {
+    const torch::Tensor padded = torch::constant_pad_nd(flat, {0, bytes * per_byte - numel}).reshape({bytes, per_byte});
+    const torch::Tensor shifts = torch::arange(per_byte, offsets.options().dtype(torch::kLong)).mul(bits);
+    return padded.to(torch::kLong).bitwise_left_shift(shifts).sum(1).to(torch::kUInt8);
+  }
+  const torch::Tensor in = flat.contiguous();
+  torch::Tensor packed = torch::empty({bytes}, offsets.options());
+  const uint8_t* src = in.data_ptr<uint8_t>();
+  uint8_t* dst = packed.data_ptr<uint8_t>();
+  at::parallel_for(0, bytes, kGrainElements, [&](int64_t begin, int64_t end) {
+    for (int64_t byte = begin; byte < end; ++byte) {
+      uint8_t value = 0;
+      for (int64_t j = 0; j < per_byte && byte * per_byte + j < numel; ++j) {
+        value |= static_cast<uint8_t>(src[byte * per_byte + j] << (j * bits));
+      }
+      dst[byte] = value;
+    }
+  });
+  return packed;
+}
+
+namespace {
+
+// The offsets back as uint8 shaped `sizes` (tensor ops; the CPU backward reads the bits in place).
+torch::Tensor UnpackOffsets(const torch::Tensor& packed, int bits, torch::IntArrayRef sizes) {
+  int64_t numel = 1;
+  for (int64_t s : sizes) numel *= s;
+  if (bits == 8) return packed.reshape(sizes);
+  const int64_t per_byte = 8 / bits;
+  const torch::Tensor shifts = torch::arange(per_byte, packed.options().dtype(torch::kLong)).mul(bits);
+  return packed.to(torch::kLong)
+      .unsqueeze(1)
+      .bitwise_right_shift(shifts)
+      .bitwise_and((1 << bits) - 1)
+      .reshape({-1})
+      .slice(0, 0, numel)
+      .to(torch::kUInt8)
+      .reshape(sizes);
+}
 
 }  // namespace
 
@@ -131,13 +250,14 @@ torch::Tensor WindowOffsets(const torch::Tensor& indices, torch::IntArrayRef inp
   return offsets;
 }
 
-torch::Tensor IndexMaxPoolBackward(const torch::Tensor& grad_output, const torch::Tensor& offsets,
+torch::Tensor IndexMaxPoolBackward(const torch::Tensor& grad_output, const torch::Tensor& packed,
                                    torch::IntArrayRef input_sizes, const PoolGeometry& geometry,
                                    bool generic) {
-  const Geometry3 g = Normalize(input_sizes, offsets.sizes(), geometry);
+  const Geometry3 g = Normalize(input_sizes, grad_output.sizes(), geometry);
+  const int bits = OffsetBits(geometry);
   if (generic || !grad_output.device().is_cpu()) {
-    const auto o = offsets.options().dtype(torch::kLong);
-    const torch::Tensor off = As5d(offsets, g, false).to(torch::kLong);
+    const auto o = packed.options().dtype(torch::kLong);
+    const torch::Tensor off = As5d(UnpackOffsets(packed, bits, grad_output.sizes()), g, false).to(torch::kLong);
     const torch::Tensor kw = off.remainder(g.k[2]);
     const torch::Tensor kh = off.div(g.k[2], "floor").remainder(g.k[1]);
     const torch::Tensor kd = off.div(g.k[1] * g.k[2], "floor");
@@ -150,25 +270,26 @@ torch::Tensor IndexMaxPoolBackward(const torch::Tensor& grad_output, const torch
     return grad_input.view(input_sizes);
   }
   const torch::Tensor grad = grad_output.contiguous();
-  const torch::Tensor off = offsets.contiguous();
+  const int64_t per_byte = 8 / bits;
+  const int mask = (1 << bits) - 1;
   torch::Tensor grad_input = torch::zeros(input_sizes, grad.options());
   const int64_t out_volume = g.out_volume();
   const int64_t in_volume = g.in_volume();
   const int64_t planes = out_volume == 0 ? 0 : grad.numel() / out_volume;
-  const uint8_t* offset_data = off.data_ptr<uint8_t>();
+  const uint8_t* offset_data = packed.data_ptr<uint8_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "index_max_pool_backward", [&] {
     const scalar_t* go_data = grad.data_ptr<scalar_t>();
     scalar_t* gi_data = grad_input.data_ptr<scalar_t>();
     at::parallel_for(0, planes, Grain(out_volume), [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
         const scalar_t* go = go_data + plane * out_volume;
-        const uint8_t* offs = offset_data + plane * out_volume;
         scalar_t* gi = gi_data + plane * in_volume;
         int64_t o = 0;
         for (int64_t od = 0; od < g.out[0]; ++od) {
           for (int64_t oh = 0; oh < g.out[1]; ++oh) {
             for (int64_t ow = 0; ow < g.out[2]; ++ow, ++o) {
-              const int64_t k = offs[o];
+              const int64_t i = plane * out_volume + o;
+              const int64_t k = (offset_data[i / per_byte] >> ((i % per_byte) * bits)) & mask;
               const int64_t kw = k % g.k[2];
               const int64_t kh = (k / g.k[2]) % g.k[1];
               const int64_t kd = k / (g.k[1] * g.k[2]);

@@ -140,6 +140,50 @@ class XConvFunction : public torch::autograd::Function<XConvFunction> {
   }
 };
 
+std::vector<int64_t> KernelSizes(const torch::Tensor& weight) {
+  return std::vector<int64_t>(weight.sizes().begin() + 2, weight.sizes().end());
+}
+
+// An exact convolution whose input needs no gradient (the first layer): its backward computes only
+// dW, which LibTorch's default CPU kernel gets by reordering a copy of G (as large as the layer's
+// output), and its forward writes a blocked copy of the output. The unfolded-input kernels need
+// C_in*K/C_out of that instead, so they run when that is smaller (same output bit for bit; dW
+// summed in another order).
+class WeightOnlyConvFunction : public torch::autograd::Function<WeightOnlyConvFunction> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& input, const torch::Tensor& weight,
+                               const c10::optional<torch::Tensor>& bias, const SavedCall& call) {
+    ctx->save_for_backward({input, weight});
+    Save(call, ctx);
+    // The unfolded-input kernel here too: the default one writes a blocked copy of the output.
+    return at::_slow_conv2d_forward(input, weight, KernelSizes(weight), bias, call.geometry.stride,
+                                    call.geometry.padding);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const SavedCall call = Load(ctx);
+    const variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor& weight = saved[1];
+    auto [grad_input, grad_weight, grad_bias] =
+        at::_slow_conv2d_backward(grad_outputs[0], saved[0], weight, KernelSizes(weight), call.geometry.stride,
+                                  call.geometry.padding, {false, ctx->needs_input_grad(1),
+                                                          call.has_bias && ctx->needs_input_grad(2)});
+    return {torch::Tensor(), grad_weight, grad_bias, torch::Tensor()};
+  }
+};
+
+// Whether an exact convolution runs WeightOnlyConvFunction: a CPU float 2-D convolution without
+// groups or dilation, whose weight but not input needs a gradient, with C_in*K < C_out.
+bool WeightOnlyApplies(const torch::Tensor& input, const torch::Tensor& weight, const ConvGeometry& g) {
+  if (!torch::GradMode::is_enabled() || !weight.requires_grad() || input.requires_grad()) return false;
+  if (!input.device().is_cpu() || input.dim() != 4 || g.groups != 1) return false;
+  if (input.scalar_type() != torch::kFloat && input.scalar_type() != torch::kDouble) return false;
+  for (int64_t d : g.dilation) {
+    if (d != 1) return false;
+  }
+  return weight[0].numel() < weight.size(0);
+}
+
 std::string Join(const std::vector<int64_t>& values) { return absl::StrJoin(values, ", "); }
 
 }  // namespace
@@ -246,16 +290,21 @@ torch::Tensor XConvNd(int64_t dims, const torch::Tensor& input, const torch::Ten
   TORCH_CHECK(status.ok(), std::string(status.message()));
   const ConvGeometry g = ExpandGeometry(geometry, dims);
   const std::vector<int64_t> no_output_padding(dims, 0);
-  if (settings.probes == 0) {
-    return at::convolution(input, weight, bias, g.stride, g.padding, g.dilation,
-                           /*transposed=*/false, no_output_padding, g.groups);
-  }
   SavedCall call{g, settings, seed, input.sizes().vec(), bias.defined()};
-  // The sketch is needed only if the weight gradient will be asked for.
-  const bool keep_sketch = torch::GradMode::is_enabled() && weight.requires_grad();
   // Bias travels as an optional: autograd skips an absent one.
   const c10::optional<torch::Tensor> maybe_bias =
       bias.defined() ? c10::optional<torch::Tensor>(bias) : c10::nullopt;
+  if (settings.probes == 0) {
+    if (WeightOnlyApplies(input, weight, g)) {
+      torch::Tensor output = WeightOnlyConvFunction::apply(input, weight, maybe_bias, call);
+      MarkForwardOutput(output);
+      return output;
+    }
+    return at::convolution(input, weight, bias, g.stride, g.padding, g.dilation,
+                           /*transposed=*/false, no_output_padding, g.groups);
+  }
+  // The sketch is needed only if the weight gradient will be asked for.
+  const bool keep_sketch = torch::GradMode::is_enabled() && weight.requires_grad();
   torch::Tensor output = XConvFunction::apply(input, weight, maybe_bias, call, keep_sketch);
   MarkForwardOutput(output);
   return output;
