@@ -55,7 +55,7 @@ bench-memory: bench-tool
 
 # Fashion-MNIST, small CNN: exact against planned XConv and the probes x batch grid (about 20 minutes).
 bench-accuracy: bench-tool
-	$(BENCH_TOOL) accuracy --threads 2 --json bench/results/accuracy-cpu-$(BENCH_DATE).jsonl --markdown bench/results/accuracy-cpu-$(BENCH_DATE).md --curves bench/results/accuracy-cpu-$(BENCH_DATE)-curves.jsonl
+	$(BENCH_TOOL) accuracy --threads 1 --json bench/results/accuracy-cpu-$(BENCH_DATE).jsonl --markdown bench/results/accuracy-cpu-$(BENCH_DATE).md --curves bench/results/accuracy-cpu-$(BENCH_DATE)-curves.jsonl
 	/usr/bin/python3 bench/plot_accuracy.py bench/results/accuracy-cpu-$(BENCH_DATE)-curves.jsonl bench/results/accuracy-cpu-$(BENCH_DATE).png
 
 bench: bench-layer bench-memory bench-accuracy

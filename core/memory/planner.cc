@@ -162,6 +162,12 @@ int64_t Select(const std::vector<int64_t>& peaks, int64_t usable) {
   return -1;
 }
 
+// The smallest budget whose usable part holds the lowest peak along the chain.
+int64_t MinimumOf(const std::vector<int64_t>& peaks, const PlannerOptions& options) {
+  const int64_t floor = *std::min_element(peaks.begin(), peaks.end());
+  return static_cast<int64_t>(std::ceil(static_cast<double>(floor) / (1.0 - options.margin)));
+}
+
 int64_t Usable(int64_t budget, const PlannerOptions& options) {
   return static_cast<int64_t>(std::floor(static_cast<double>(budget) * (1.0 - options.margin)));
 }
@@ -223,11 +229,11 @@ absl::StatusOr<Plan> MakePlan(const MemoryModel& model, int64_t budget_bytes, in
   const int64_t usable = Usable(budget_bytes, options);
   const int64_t k = Select(peaks, usable);
   if (k < 0) {
-    const int64_t minimum = MinimumBudget(model, batch, options);
+    const int64_t minimum = MinimumOf(peaks, options);
     const int64_t largest = LargestBatch(model, budget_bytes, options);
     return absl::ResourceExhaustedError(absl::StrCat(
         "planner: no plan fits ", budget_bytes, " bytes at batch ", batch, ": the smallest plan (every ",
-        "convertible layer at ", options.min_probes, " probes) needs ", peaks[0], " bytes plus the ",
+        "layer whose input it frees at ", options.min_probes, " probes) needs ", peaks[0], " bytes plus the ",
         options.margin * 100, "% margin, so raise the budget to at least ", minimum, " bytes, or ",
         largest > 0 ? absl::StrCat("lower the batch to ", largest, " or less")
                     : std::string("no batch fits this budget (the model alone does not)")));
@@ -268,18 +274,15 @@ absl::StatusOr<Plan> MakePlan(const MemoryModel& model, int64_t budget_bytes, in
 }
 
 int64_t MinimumBudget(const MemoryModel& model, int64_t batch, const PlannerOptions& options) {
-  const Chain chain = BuildChain(model, options);
-  std::vector<int64_t> peaks = ChainPeaks(model, chain, batch);
-  const int64_t floor = *std::min_element(peaks.begin(), peaks.end());
-  return static_cast<int64_t>(std::ceil(static_cast<double>(floor) / (1.0 - options.margin)));
+  return MinimumOf(ChainPeaks(model, BuildChain(model, options), batch), options);
 }
 
 int64_t LargestBatch(const MemoryModel& model, int64_t budget_bytes, const PlannerOptions& options,
                      double min_fidelity, bool exact_only) {
   const int64_t usable = Usable(budget_bytes, options);
+  const Chain chain = BuildChain(model, options);  // the same order at every batch
   auto fits = [&](int64_t batch) {
     if (exact_only) return model.PredictPeak(model.ExactChoices(), batch) <= usable;
-    const Chain chain = BuildChain(model, options);
     const std::vector<int64_t> peaks = ChainPeaks(model, chain, batch);
     const int64_t k = Select(peaks, usable);
     if (k < 0) return false;

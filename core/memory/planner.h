@@ -63,7 +63,7 @@ struct Plan {
 absl::StatusOr<Plan> MakePlan(const MemoryModel& model, int64_t budget_bytes, int64_t batch,
                               const PlannerOptions& options = {});
 
-// The smallest budget any plan fits at `batch` (every convertible layer at its fewest probes).
+// The smallest budget any plan fits at `batch` (the lowest peak along the chain, plus the margin).
 int64_t MinimumBudget(const MemoryModel& model, int64_t batch, const PlannerOptions& options = {});
 
 // The largest batch with a plan under `budget_bytes` whose fidelity is at least `min_fidelity`;

@@ -43,6 +43,23 @@ constexpr int64_t kGrainElements = 1 << 14;
 
 int64_t Grain(int64_t per_plane) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(per_plane, 1)); }
 
+// Calls f(i, plane, od, oh, ow) for every output element, i its flat index, planes in parallel
+// (one thread owns a plane, so writes into that plane's input gradient do not race).
+template <typename F>
+void ForEachOutput(const Geometry3& g, int64_t planes, const F& f) {
+  const int64_t volume = g.out_volume();
+  at::parallel_for(0, planes, Grain(volume), [&](int64_t begin, int64_t end) {
+    for (int64_t plane = begin; plane < end; ++plane) {
+      int64_t i = plane * volume;
+      for (int64_t od = 0; od < g.out[0]; ++od) {
+        for (int64_t oh = 0; oh < g.out[1]; ++oh) {
+          for (int64_t ow = 0; ow < g.out[2]; ++ow, ++i) f(i, plane, od, oh, ow);
+        }
+      }
+    }
+  });
+}
+
 // Window positions of the outputs along each axis, shaped to broadcast over (N, C, D, H, W).
 torch::Tensor Origins(const Geometry3& g, int axis, const torch::TensorOptions& options) {
   std::vector<int64_t> shape = {1, 1, 1, 1, 1};
@@ -226,26 +243,15 @@ torch::Tensor WindowOffsets(const torch::Tensor& indices, torch::IntArrayRef inp
   const int64_t planes = volume == 0 ? 0 : idx.numel() / volume;
   const int64_t* in = idx.data_ptr<int64_t>();
   uint8_t* out = offsets.data_ptr<uint8_t>();
-  at::parallel_for(0, planes, Grain(volume), [&](int64_t begin, int64_t end) {
-    for (int64_t plane = begin; plane < end; ++plane) {
-      const int64_t* ix = in + plane * volume;
-      uint8_t* off = out + plane * volume;
-      int64_t o = 0;
-      for (int64_t od = 0; od < g.out[0]; ++od) {
-        for (int64_t oh = 0; oh < g.out[1]; ++oh) {
-          for (int64_t ow = 0; ow < g.out[2]; ++ow, ++o) {
-            const int64_t flat = ix[o];
-            const int64_t iw = flat % g.in[2];
-            const int64_t ih = (flat / g.in[2]) % g.in[1];
-            const int64_t id = flat / (g.in[1] * g.in[2]);
-            const int64_t kd = (id - (od * g.s[0] - g.p[0])) / g.d[0];
-            const int64_t kh = (ih - (oh * g.s[1] - g.p[1])) / g.d[1];
-            const int64_t kw = (iw - (ow * g.s[2] - g.p[2])) / g.d[2];
-            off[o] = static_cast<uint8_t>((kd * g.k[1] + kh) * g.k[2] + kw);
-          }
-        }
-      }
-    }
+  ForEachOutput(g, planes, [&](int64_t i, int64_t, int64_t od, int64_t oh, int64_t ow) {
+    const int64_t flat = in[i];
+    const int64_t iw = flat % g.in[2];
+    const int64_t ih = (flat / g.in[2]) % g.in[1];
+    const int64_t id = flat / (g.in[1] * g.in[2]);
+    const int64_t kd = (id - (od * g.s[0] - g.p[0])) / g.d[0];
+    const int64_t kh = (ih - (oh * g.s[1] - g.p[1])) / g.d[1];
+    const int64_t kw = (iw - (ow * g.s[2] - g.p[2])) / g.d[2];
+    out[i] = static_cast<uint8_t>((kd * g.k[1] + kh) * g.k[2] + kw);
   });
   return offsets;
 }
@@ -278,29 +284,17 @@ torch::Tensor IndexMaxPoolBackward(const torch::Tensor& grad_output, const torch
   const int64_t planes = out_volume == 0 ? 0 : grad.numel() / out_volume;
   const uint8_t* offset_data = packed.data_ptr<uint8_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "index_max_pool_backward", [&] {
-    const scalar_t* go_data = grad.data_ptr<scalar_t>();
+    const scalar_t* go = grad.data_ptr<scalar_t>();
     scalar_t* gi_data = grad_input.data_ptr<scalar_t>();
-    at::parallel_for(0, planes, Grain(out_volume), [&](int64_t begin, int64_t end) {
-      for (int64_t plane = begin; plane < end; ++plane) {
-        const scalar_t* go = go_data + plane * out_volume;
-        scalar_t* gi = gi_data + plane * in_volume;
-        int64_t o = 0;
-        for (int64_t od = 0; od < g.out[0]; ++od) {
-          for (int64_t oh = 0; oh < g.out[1]; ++oh) {
-            for (int64_t ow = 0; ow < g.out[2]; ++ow, ++o) {
-              const int64_t i = plane * out_volume + o;
-              const int64_t k = (offset_data[i / per_byte] >> ((i % per_byte) * bits)) & mask;
-              const int64_t kw = k % g.k[2];
-              const int64_t kh = (k / g.k[2]) % g.k[1];
-              const int64_t kd = k / (g.k[1] * g.k[2]);
-              const int64_t id = od * g.s[0] - g.p[0] + kd * g.d[0];
-              const int64_t ih = oh * g.s[1] - g.p[1] + kh * g.d[1];
-              const int64_t iw = ow * g.s[2] - g.p[2] + kw * g.d[2];
-              gi[(id * g.in[1] + ih) * g.in[2] + iw] += go[o];
-            }
-          }
-        }
-      }
+    ForEachOutput(g, planes, [&](int64_t i, int64_t plane, int64_t od, int64_t oh, int64_t ow) {
+      const int64_t k = (offset_data[i / per_byte] >> ((i % per_byte) * bits)) & mask;
+      const int64_t kw = k % g.k[2];
+      const int64_t kh = (k / g.k[2]) % g.k[1];
+      const int64_t kd = k / (g.k[1] * g.k[2]);
+      const int64_t id = od * g.s[0] - g.p[0] + kd * g.d[0];
+      const int64_t ih = oh * g.s[1] - g.p[1] + kh * g.d[1];
+      const int64_t iw = ow * g.s[2] - g.p[2] + kw * g.d[2];
+      gi_data[plane * in_volume + (id * g.in[1] + ih) * g.in[2] + iw] += go[i];
     });
   });
   return grad_input;

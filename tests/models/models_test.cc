@@ -75,6 +75,8 @@ struct LayerCount {
   int transposed_convs = 0;
   int relus = 0;
   int mask_relus = 0;
+  int max_pools = 0;
+  int index_max_pools = 0;
 };
 
 LayerCount CountLayers(nn::Module& root) {
@@ -86,6 +88,8 @@ LayerCount CountLayers(nn::Module& root) {
         module->as<nn::ConvTranspose2dImpl>() != nullptr || module->as<nn::ConvTranspose3dImpl>() != nullptr;
     count.relus += module->as<nn::ReLUImpl>() != nullptr;
     count.mask_relus += module->as<MaskReLUImpl>() != nullptr;
+    count.max_pools += module->as<nn::MaxPool2dImpl>() != nullptr || module->as<nn::MaxPool3dImpl>() != nullptr;
+    count.index_max_pools += module->as<IndexMaxPoolImpl>() != nullptr;
   }
   return count;
 }
@@ -146,13 +150,15 @@ TEST_P(ZooModel, ConvertSwapsEveryConvAndKeepsTheOutput) {
   EXPECT_EQ(result->module, net);  // the root is a custom module: converted in place
   std::shared_ptr<NetworkImpl> converted = std::dynamic_pointer_cast<NetworkImpl>(result->module);
   ASSERT_TRUE(converted);
-  EXPECT_EQ(static_cast<int>(result->converted.size()), before.torch_convs + before.relus);
+  EXPECT_EQ(static_cast<int>(result->converted.size()), before.torch_convs + before.relus + before.max_pools);
 
   const LayerCount after = CountLayers(*converted);
   EXPECT_EQ(after.torch_convs, 0);
   EXPECT_EQ(after.xconvs, before.torch_convs);
   EXPECT_EQ(after.relus, 0);
   EXPECT_EQ(after.mask_relus, before.relus);
+  EXPECT_EQ(after.max_pools, 0);
+  EXPECT_EQ(after.index_max_pools, before.max_pools);
   EXPECT_EQ(after.transposed_convs, before.transposed_convs);
 
   const std::vector<torch::Tensor> converted_parameters = converted->parameters();
