@@ -693,6 +693,7 @@ absl::StatusOr<MemoryModel> MemoryModel::Build(const ModelFactory& factory, cons
     fs.node = exact1->forward_nodes[f];
     model.node_forward_[fs.node] = static_cast<int>(f);
     fs.live_before = Affine::Through(b1, live_before(*exact1, f), b2, live_before(*exact2, f));
+    fs.live_before_masks = Affine::Through(b1, live_before(*masks1, f), b2, live_before(*masks2, f));
     fs.transient_exact = forward_lines(*exact1, *exact2, f);
     fs.transient_masks = forward_lines(*masks1, *masks2, f);
     for (const auto& runs : converted) {
@@ -967,27 +968,31 @@ int64_t MemoryModel::ForwardTransient(const ForwardStep& step, const std::vector
 int64_t MemoryModel::ForwardPeak(const std::vector<LayerChoice>& choices, int64_t batch) const {
   const bool any_xconv = AnyXConv(choices);
   const size_t steps = forward_.size();
-  // Changes against the exact forward, by the step from which they hold: storages the plan frees
-  // after their last reader, sketches and masks after the op that makes them.
+  // A plan with converted layers runs lean layers: it starts from the forward measured with them
+  // (exact convolutions), whose storages and masks are already counted. Changes against that, by
+  // the step from which they hold: storages only converted convolutions kept die after their last
+  // reader; sketches appear after the op that makes them.
   std::vector<int64_t> delta(steps + 1, 0);
-  for (const Storage& s : storages_) {
-    const bool kept = std::any_of(s.keepers.begin(), s.keepers.end(),
-                                  [&](int k) { return KeeperActive(k, choices, any_xconv); });
-    if (!kept && s.death != INT_MAX) delta[std::min<size_t>(s.death + 1, steps)] -= s.bytes.At(batch);
-  }
-  for (size_t l = 0; l < layers_.size(); ++l) {
-    const int f = node_forward_[layer_node_[l]];
-    if (choices[l].xconv && f >= 0) delta[f + 1] += SketchBytes(l, choices[l], batch);
-  }
   if (any_xconv) {
-    for (size_t n = 0; n < nodes_.size(); ++n) {
-      if (nodes_[n].lean && node_forward_[n] >= 0) delta[node_forward_[n] + 1] += LeanBytes(nodes_[n], batch);
+    const std::vector<LayerChoice> exact = ExactChoices();
+    for (const Storage& s : storages_) {
+      auto kept_under = [&](const std::vector<LayerChoice>& c) {
+        return std::any_of(s.keepers.begin(), s.keepers.end(), [&](int k) { return KeeperActive(k, c, true); });
+      };
+      if (s.death != INT_MAX && kept_under(exact) && !kept_under(choices)) {
+        delta[std::min<size_t>(s.death + 1, steps)] -= s.bytes.At(batch);
+      }
+    }
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      const int f = node_forward_[layer_node_[l]];
+      if (choices[l].xconv && f >= 0) delta[f + 1] += SketchBytes(l, choices[l], batch);
     }
   }
   int64_t change = 0, peak = 0;
   for (size_t f = 0; f < steps; ++f) {
     change += delta[f];
-    const int64_t before = forward_[f].live_before.At(batch) + change;
+    const Affine& base = any_xconv ? forward_[f].live_before_masks : forward_[f].live_before;
+    const int64_t before = base.At(batch) + change;
     peak = std::max(peak, before + ForwardTransient(forward_[f], choices, any_xconv, batch));
   }
   return peak;

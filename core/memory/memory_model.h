@@ -194,6 +194,9 @@ class MemoryModel {
   struct ForwardStep {
     int node = -1;          // index into nodes_
     Affine live_before;     // live bytes before the op, exact configuration
+    // The same with lean layers (measured: the caller's own references, such as a U-Net's skips,
+    // keep a tensor alive past its last reader however the layers keep it).
+    Affine live_before_masks;
     PhaseLines transient_exact, transient_masks;
     std::vector<std::vector<PhaseLines>> transient_converted;  // [mode][calibration point]
   };
