@@ -1,7 +1,9 @@
 // Exact limit (r = S with orthogonal probes), exact forward/dX/db, and agreement of the two routes.
 #include <gtest/gtest.h>
 
+#include "core/memory/cpu_memory_meter.h"
 #include "core/xconv/weight_gradient.h"
+#include "core/xconv/xconv_op.h"
 #include "tests/xconv_test_util.h"
 
 namespace xtrain::core {
@@ -114,6 +116,59 @@ TEST(XConvExact, ZeroProbesIsTheExactConvolution) {
   const auto exact = ExactGrads(c, tensors);
   const auto est = XConvGrads(c, tensors, settings, 1);
   EXPECT_LT(RelativeError(est.weight, exact.weight), 1e-14);
+}
+
+// A first layer (input without gradient, C_in*K < C_out) runs the unfolded-input kernels: the same
+// output bit for bit, dW and db to rounding, no input gradient, and less work space than mkldnn's
+// blocked copies of the output and of G.
+TEST(XConvExact, FirstLayerRunsTheWeightOnlyKernels) {
+  CpuMemoryMeter& meter = CpuMemoryMeter::Install();
+  torch::manual_seed(5);
+  const ConvGeometry g{{1}, {1}, {1}, 1};
+  const torch::Tensor x = torch::randn({32, 1, 28, 28});
+  const torch::Tensor grad = torch::randn({32, 32, 28, 28});
+  XConvSettings exact;
+  exact.probes = 0;
+  // Two threads, as jobs and the memory model's calibration run (LibTorch picks kernels by threads).
+  struct Threads {
+    int saved = at::get_num_threads();
+    Threads() { at::set_num_threads(2); }
+    ~Threads() { at::set_num_threads(saved); }
+  } threads;
+  for (bool with_bias : {true, false}) {
+    torch::Tensor w1 = torch::randn({32, 1, 3, 3}).requires_grad_(true);
+    torch::Tensor w2 = w1.detach().clone().requires_grad_(true);
+    torch::Tensor b1 = with_bias ? torch::randn({32}).requires_grad_(true) : torch::Tensor();
+    torch::Tensor b2 = with_bias ? b1.detach().clone().requires_grad_(true) : torch::Tensor();
+    int64_t lean_peak = 0, torch_peak = 0;
+    torch::Tensor y;
+    {
+      CpuMemoryMeter::Scope scope(meter);
+      y = XConvNd(2, x, w1, b1, g, exact, 0);
+      y.backward(grad);
+      lean_peak = scope.peak_delta();
+    }
+    ASSERT_TRUE(y.grad_fn());
+    EXPECT_NE(y.grad_fn()->name().find("WeightOnlyConv"), std::string::npos) << y.grad_fn()->name();
+    EXPECT_TRUE(torch::equal(y, torch::conv2d(x, w2, b2, 1, 1)));
+    {
+      CpuMemoryMeter::Scope scope(meter);
+      torch::conv2d(x, w2, b2, 1, 1).backward(grad);
+      torch_peak = scope.peak_delta();
+    }
+    EXPECT_LT(RelativeError(w1.grad(), w2.grad()), 1e-5);
+    if (with_bias) {
+      EXPECT_LT(RelativeError(b1.grad(), b2.grad()), 1e-5);
+    }
+    EXPECT_LT(lean_peak, torch_peak) << "weight-only " << lean_peak << " bytes, mkldnn " << torch_peak;
+  }
+  // An input that needs a gradient takes LibTorch's kernel (dX is computed).
+  const torch::Tensor xg = x.clone().requires_grad_(true);
+  const torch::Tensor w = torch::randn({32, 1, 3, 3}).requires_grad_(true);
+  torch::Tensor y = XConvNd(2, xg, w, torch::Tensor(), g, exact, 0);
+  EXPECT_EQ(y.grad_fn()->name().find("WeightOnlyConv"), std::string::npos);
+  y.backward(grad);
+  EXPECT_TRUE(xg.grad().defined());
 }
 
 // float32 and bfloat16 run; bfloat16 keeps a bf16 sketch but accumulates in fp32.
