@@ -17,6 +17,7 @@
 
 #include <torch/torch.h>
 
+#include "bench/bench_util.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -85,55 +86,6 @@ struct RunResult {
   std::string probes;              // per conv layer, "features.0:exact features.3:r8"
 };
 
-// Builds one JSON object by hand; strings are escaped, non-finite numbers become null.
-class JsonObject {
- public:
-  JsonObject& String(absl::string_view key, absl::string_view value) { return Raw(key, Quote(value)); }
-  JsonObject& Int(absl::string_view key, int64_t value) { return Raw(key, absl::StrCat(value)); }
-  JsonObject& Number(absl::string_view key, double value) {
-    return Raw(key, std::isfinite(value) ? absl::StrFormat("%.6g", value) : "null");
-  }
-  JsonObject& Bool(absl::string_view key, bool value) { return Raw(key, value ? "true" : "false"); }
-  JsonObject& Object(absl::string_view key, const JsonObject& value) { return Raw(key, value.Text()); }
-  std::string Text() const { return absl::StrCat("{", body_, "}"); }
-
- private:
-  JsonObject& Raw(absl::string_view key, absl::string_view value) {
-    absl::StrAppend(&body_, body_.empty() ? "" : ", ", Quote(key), ": ", value);
-    return *this;
-  }
-  static std::string Quote(absl::string_view text) {
-    std::string out = "\"";
-    for (char c : text) {
-      if (c == '"' || c == '\\') {
-        out += '\\';
-        out += c;
-      } else if (static_cast<unsigned char>(c) < 0x20) {
-        out += absl::StrFormat("\\u%04x", static_cast<int>(c));
-      } else {
-        out += c;
-      }
-    }
-    return out + "\"";
-  }
-
-  std::string body_;
-};
-
-std::string FormatBytes(int64_t bytes) {
-  const double b = static_cast<double>(bytes);
-  if (b >= 1024.0 * 1024.0) return absl::StrFormat("%.2f MiB", b / (1024.0 * 1024.0));
-  return absl::StrFormat("%.1f KiB", b / 1024.0);
-}
-
-std::string Now(const char* format) {
-  const std::time_t now = std::time(nullptr);
-  std::tm local{};
-  localtime_r(&now, &local);
-  char text[64];
-  std::strftime(text, sizeof(text), format, &local);
-  return text;
-}
 
 // The settings a run is made of, with presets resolved.
 struct Setup {
@@ -360,16 +312,7 @@ std::string Markdown(const Setup& setup, const std::vector<RunResult>& results, 
   return md;
 }
 
-constexpr absl::string_view kValueFlags[] = {"--threads", "--epochs", "--train-subset", "--test-subset", "--seeds",
-                                             "--fidelity-interval", "--lr", "--data", "--json", "--markdown", "--curves"};
 
-absl::StatusOr<int64_t> ParseInt(absl::string_view flag, absl::string_view value, int64_t min) {
-  int64_t n = 0;
-  if (!absl::SimpleAtoi(value, &n) || n < min) {
-    return absl::InvalidArgumentError(absl::StrCat(flag, " needs an integer >= ", min, ", got '", value, "'"));
-  }
-  return n;
-}
 
 }  // namespace
 
@@ -390,49 +333,39 @@ std::string AccuracyBenchUsage() {
 }
 
 absl::StatusOr<AccuracyBenchOptions> ParseAccuracyBenchFlags(const std::vector<std::string>& args) {
+  absl::StatusOr<std::vector<Flag>> flags = SplitFlags(
+      args, {"--quick", "--help", "-h"},
+      {"--threads", "--epochs", "--train-subset", "--test-subset", "--seeds", "--fidelity-interval", "--lr", "--data",
+       "--json", "--markdown", "--curves"},
+      "accuracy");
+  if (!flags.ok()) return flags.status();
   AccuracyBenchOptions options;
-  for (size_t i = 0; i < args.size(); ++i) {
-    std::string flag = args[i];
-    std::optional<std::string> value;
-    if (const size_t eq = flag.find('='); eq != std::string::npos) {
-      value = flag.substr(eq + 1);
-      flag = flag.substr(0, eq);
-    }
-    if (flag == "--quick" || flag == "--help" || flag == "-h") {
-      if (value) return absl::InvalidArgumentError(absl::StrCat(flag, " takes no value"));
-      (flag == "--quick" ? options.quick : options.help) = true;
-      continue;
-    }
-    if (std::find(std::begin(kValueFlags), std::end(kValueFlags), flag) == std::end(kValueFlags)) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown flag '", flag, "'; see `xtrain-bench accuracy --help`"));
-    }
-    if (!value) {
-      if (i + 1 >= args.size()) {
-        return absl::InvalidArgumentError(absl::StrCat(flag, " needs a value; see `accuracy --help`"));
-      }
-      value = args[++i];
-    }
+  for (const auto& [flag, value] : *flags) {
     absl::StatusOr<int64_t> n = int64_t{0};
     if (flag == "--threads" || flag == "--epochs" || flag == "--train-subset" || flag == "--test-subset" ||
         flag == "--seeds") {
-      n = ParseInt(flag, *value, 1);
+      n = ParseInt(flag, value, 1);
     } else if (flag == "--fidelity-interval") {
-      n = ParseInt(flag, *value, 0);
+      n = ParseInt(flag, value, 0);
     }
     if (!n.ok()) return n.status();
+    if (flag == "--quick") options.quick = true;
+    if (flag == "--help" || flag == "-h") options.help = true;
     if (flag == "--threads") options.threads = static_cast<int>(*n);
     if (flag == "--epochs") options.epochs = *n;
     if (flag == "--train-subset") options.train_subset = *n;
     if (flag == "--test-subset") options.test_subset = *n;
     if (flag == "--seeds") options.seeds = static_cast<int>(*n);
     if (flag == "--fidelity-interval") options.fidelity_interval = *n;
-    if (flag == "--data") options.data_dir = *value;
-    if (flag == "--lr" && (!absl::SimpleAtod(*value, &options.lr) || !(options.lr > 0))) {
-      return absl::InvalidArgumentError(absl::StrCat("--lr needs a positive number, got '", *value, "'"));
+    if (flag == "--data") options.data_dir = value;
+    if (flag == "--lr") {
+      absl::StatusOr<double> lr = ParsePositive(flag, value);
+      if (!lr.ok()) return lr.status();
+      options.lr = *lr;
     }
-    if (flag == "--json") options.json_path = *value;
-    if (flag == "--markdown") options.markdown_path = *value;
-    if (flag == "--curves") options.curves_path = *value;
+    if (flag == "--json") options.json_path = value;
+    if (flag == "--markdown") options.markdown_path = value;
+    if (flag == "--curves") options.curves_path = value;
   }
   return options;
 }

@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
+#include "bench/bench_util.h"
 #include "core/memory/cpu_memory_meter.h"
 #include "core/xconv/conv_geometry.h"
 #include "core/xconv/weight_gradient.h"
@@ -321,41 +322,6 @@ LayerResult MeasureXConv(const LayerCase& layer, const ExactRun& exact,
   return result;
 }
 
-// Builds one JSON object by hand; keys and strings are escaped, non-finite numbers become null.
-class JsonObject {
- public:
-  JsonObject& String(absl::string_view key, absl::string_view value) {
-    return Raw(key, Quote(value));
-  }
-  JsonObject& Int(absl::string_view key, int64_t value) { return Raw(key, absl::StrCat(value)); }
-  JsonObject& Number(absl::string_view key, double value) {
-    return Raw(key, std::isfinite(value) ? absl::StrFormat("%.6g", value) : "null");
-  }
-  JsonObject& Bool(absl::string_view key, bool value) { return Raw(key, value ? "true" : "false"); }
-  std::string Text() const { return absl::StrCat("{", body_, "}"); }
-
- private:
-  JsonObject& Raw(absl::string_view key, absl::string_view value) {
-    absl::StrAppend(&body_, body_.empty() ? "" : ", ", Quote(key), ": ", value);
-    return *this;
-  }
-  static std::string Quote(absl::string_view text) {
-    std::string out = "\"";
-    for (char c : text) {
-      if (c == '"' || c == '\\') {
-        out += '\\';
-        out += c;
-      } else if (static_cast<unsigned char>(c) < 0x20) {
-        out += absl::StrFormat("\\u%04x", static_cast<int>(c));
-      } else {
-        out += c;
-      }
-    }
-    return out + "\"";
-  }
-
-  std::string body_;
-};
 
 std::string ResultJson(const LayerResult& r) {
   const LayerShape& s = r.layer.shape;
@@ -387,21 +353,6 @@ std::string ResultJson(const LayerResult& r) {
       .Text();
 }
 
-std::string FormatBytes(int64_t bytes) {
-  const double b = static_cast<double>(bytes);
-  if (b >= kGiB) return absl::StrFormat("%.2f GiB", b / kGiB);
-  if (b >= 1024.0 * 1024.0) return absl::StrFormat("%.1f MiB", b / (1024.0 * 1024.0));
-  return absl::StrFormat("%.1f KiB", b / 1024.0);
-}
-
-std::string Now(const char* format) {
-  const std::time_t now = std::time(nullptr);
-  std::tm local{};
-  localtime_r(&now, &local);
-  char text[64];
-  std::strftime(text, sizeof(text), format, &local);
-  return text;
-}
 
 std::string ResultsMarkdown(const std::vector<LayerResult>& results, int threads,
                             const LayerBenchOptions& options, const std::string& date) {
@@ -459,18 +410,7 @@ void PrintResult(const LayerResult& r) {
                r.auto_matches_route ? "" : "  (auto's dW differs from its route's!)");
 }
 
-// The flags of ParseLayerBenchFlags that take a value.
-constexpr absl::string_view kValueFlags[] = {"--threads", "--reps",     "--seed",  "--max-input-gib",
-                                             "--json",    "--markdown", "--filter"};
 
-absl::StatusOr<int64_t> ParseInt(absl::string_view flag, absl::string_view value, int64_t min) {
-  int64_t parsed = 0;
-  if (!absl::SimpleAtoi(value, &parsed) || parsed < min) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag, " needs an integer >= ", min, ", got '", value, "'"));
-  }
-  return parsed;
-}
 
 }  // namespace
 
@@ -488,59 +428,30 @@ std::string LayerBenchUsage() {
 }
 
 absl::StatusOr<LayerBenchOptions> ParseLayerBenchFlags(const std::vector<std::string>& args) {
+  absl::StatusOr<std::vector<Flag>> flags =
+      SplitFlags(args, {"--quick", "--no-input-grad", "--help", "-h"},
+                 {"--threads", "--reps", "--seed", "--max-input-gib", "--json", "--markdown", "--filter"}, "layer");
+  if (!flags.ok()) return flags.status();
   LayerBenchOptions options;
-  for (size_t i = 0; i < args.size(); ++i) {
-    std::string flag = args[i];
-    std::optional<std::string> value;
-    if (const size_t eq = flag.find('='); eq != std::string::npos) {
-      value = flag.substr(eq + 1);
-      flag = flag.substr(0, eq);
+  for (const auto& [flag, value] : *flags) {
+    absl::StatusOr<int64_t> n = int64_t{0};
+    if (flag == "--threads" || flag == "--reps") n = ParseInt(flag, value, 1);
+    if (flag == "--seed") n = ParseInt(flag, value, 0);
+    if (!n.ok()) return n.status();
+    if (flag == "--quick") options.quick = true;
+    if (flag == "--no-input-grad") options.input_grad = false;
+    if (flag == "--help" || flag == "-h") options.help = true;
+    if (flag == "--threads") options.threads = static_cast<int>(*n);
+    if (flag == "--reps") options.reps = static_cast<int>(*n);
+    if (flag == "--seed") options.seed = static_cast<uint64_t>(*n);
+    if (flag == "--max-input-gib") {
+      absl::StatusOr<double> gib = ParsePositive(flag, value);
+      if (!gib.ok()) return gib.status();
+      options.max_input_gib = *gib;
     }
-    if (flag == "--quick" || flag == "--no-input-grad" || flag == "--help" || flag == "-h") {
-      if (value) return absl::InvalidArgumentError(absl::StrCat(flag, " takes no value"));
-      if (flag == "--quick") {
-        options.quick = true;
-      } else if (flag == "--no-input-grad") {
-        options.input_grad = false;
-      } else {
-        options.help = true;
-      }
-      continue;
-    }
-    if (std::find(std::begin(kValueFlags), std::end(kValueFlags), flag) == std::end(kValueFlags)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unknown flag '", flag, "'; see `xtrain-bench layer --help`"));
-    }
-    if (!value) {
-      if (i + 1 >= args.size()) {
-        return absl::InvalidArgumentError(absl::StrCat(flag, " needs a value; see `layer --help`"));
-      }
-      value = args[++i];
-    }
-    if (flag == "--threads") {
-      absl::StatusOr<int64_t> n = ParseInt(flag, *value, 1);
-      if (!n.ok()) return n.status();
-      options.threads = static_cast<int>(*n);
-    } else if (flag == "--reps") {
-      absl::StatusOr<int64_t> n = ParseInt(flag, *value, 1);
-      if (!n.ok()) return n.status();
-      options.reps = static_cast<int>(*n);
-    } else if (flag == "--seed") {
-      absl::StatusOr<int64_t> n = ParseInt(flag, *value, 0);
-      if (!n.ok()) return n.status();
-      options.seed = static_cast<uint64_t>(*n);
-    } else if (flag == "--max-input-gib") {
-      if (!absl::SimpleAtod(*value, &options.max_input_gib) || !(options.max_input_gib > 0)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("--max-input-gib needs a positive number, got '", *value, "'"));
-      }
-    } else if (flag == "--json") {
-      options.json_path = *value;
-    } else if (flag == "--markdown") {
-      options.markdown_path = *value;
-    } else {
-      options.filter = *value;
-    }
+    if (flag == "--json") options.json_path = value;
+    if (flag == "--markdown") options.markdown_path = value;
+    if (flag == "--filter") options.filter = value;
   }
   return options;
 }

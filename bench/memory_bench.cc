@@ -9,6 +9,7 @@
 
 #include <torch/torch.h>
 
+#include "bench/bench_util.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -142,42 +143,21 @@ double Error(const Record& r) {
 }
 
 absl::StatusOr<Options> ParseFlags(const std::vector<std::string>& args) {
+  absl::StatusOr<std::vector<Flag>> flags =
+      SplitFlags(args, {"--quick", "--help", "-h"}, {"--threads", "--json", "--markdown", "--filter"}, "memory");
+  if (!flags.ok()) return flags.status();
   Options options;
-  for (size_t i = 0; i < args.size(); ++i) {
-    std::string flag = args[i];
-    std::optional<std::string> value;
-    if (const size_t eq = flag.find('='); eq != std::string::npos) {
-      value = flag.substr(eq + 1);
-      flag = flag.substr(0, eq);
-    }
-    if (flag == "--quick") {
-      options.quick = true;
-      continue;
-    }
-    if (flag == "--help" || flag == "-h") {
-      options.help = true;
-      continue;
-    }
-    if (flag != "--threads" && flag != "--json" && flag != "--markdown" && flag != "--filter") {
-      return absl::InvalidArgumentError(absl::StrCat("unknown flag '", flag, "'; see `xtrain-bench memory --help`"));
-    }
-    if (!value) {
-      if (i + 1 >= args.size()) return absl::InvalidArgumentError(absl::StrCat(flag, " needs a value"));
-      value = args[++i];
-    }
+  for (const auto& [flag, value] : *flags) {
+    if (flag == "--quick") options.quick = true;
+    if (flag == "--help" || flag == "-h") options.help = true;
     if (flag == "--threads") {
-      int threads = 0;
-      if (!absl::SimpleAtoi(*value, &threads) || threads < 1) {
-        return absl::InvalidArgumentError(absl::StrCat("--threads needs an integer >= 1, got '", *value, "'"));
-      }
-      options.threads = threads;
-    } else if (flag == "--json") {
-      options.json_path = *value;
-    } else if (flag == "--markdown") {
-      options.markdown_path = *value;
-    } else {
-      options.filter = *value;
+      absl::StatusOr<int64_t> n = ParseInt(flag, value, 1);
+      if (!n.ok()) return n.status();
+      options.threads = static_cast<int>(*n);
     }
+    if (flag == "--json") options.json_path = value;
+    if (flag == "--markdown") options.markdown_path = value;
+    if (flag == "--filter") options.filter = value;
   }
   return options;
 }
