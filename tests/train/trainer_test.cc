@@ -39,6 +39,22 @@ void ExpectLossFalls(const EventLog& log, size_t window, double factor) {
       << ::testing::PrintToString(losses);
 }
 
+// A job of `kind` on `data` with Adam at `lr`, telemetry off, the tests' thread count.
+TrainOptions TaskJob(const ModelSpec& model, TaskKind kind, const Split& data, int64_t batch, int64_t epochs,
+                     double lr) {
+  TrainOptions options;
+  options.model = model;
+  options.task.kind = kind;
+  options.data.train = data.train;
+  options.data.validation = data.validation;
+  options.batch_size = batch;
+  options.epochs = epochs;
+  options.optimizer = {.kind = OptimizerKind::kAdam, .lr = lr};
+  options.fidelity_interval = 0;
+  options.threads = kTestThreads;
+  return options;
+}
+
 TEST(Trainer, ClassificationLossFallsAndAccuracyRises) {
   TrainOptions options = SmallCnnOptions();
   options.epochs = 12;  // Adam leaves the initial plateau after ~60 steps on this data
@@ -54,19 +70,9 @@ TEST(Trainer, ClassificationLossFallsAndAccuracyRises) {
 }
 
 TEST(Trainer, SegmentationLossFallsWithDiceAndIou) {
-  TrainOptions options;
-  options.model = {.name = "unet", .in_channels = 1, .out_channels = 3, .width = 4, .depth = 2, .seed = 3};
-  options.task.kind = TaskKind::kSegmentation;
-  {
-    const Split data = Segmentation(96, 32, {16, 16}, 3, 3);
-    options.data.train = data.train;
-    options.data.validation = data.validation;
-  }
-  options.batch_size = 8;
-  options.epochs = 2;
-  options.optimizer = {.kind = OptimizerKind::kAdam, .lr = 0.01};
-  options.fidelity_interval = 0;
-  options.threads = kTestThreads;
+  const TrainOptions options =
+      TaskJob({.name = "unet", .in_channels = 1, .out_channels = 3, .width = 4, .depth = 2, .seed = 3},
+              TaskKind::kSegmentation, Segmentation(96, 32, {16, 16}, 3, 3), 8, 2, 0.01);
   const EventLog log = Train(options);
   ExpectLossFalls(log, 4, 0.8);
   const TrainEvent last = log.Of(TrainEventKind::kEpoch).back();
@@ -77,21 +83,10 @@ TEST(Trainer, SegmentationLossFallsWithDiceAndIou) {
 }
 
 TEST(Trainer, SuperResolutionLossFallsWithPsnr) {
-  TrainOptions options;
-  options.model = {.name = "srnet", .in_channels = 1, .out_channels = 1, .width = 8, .depth = 2, .scale = 2,
-                   .seed = 5};
-  options.task.kind = TaskKind::kSuperResolution;
+  TrainOptions options = TaskJob(
+      {.name = "srnet", .in_channels = 1, .out_channels = 1, .width = 8, .depth = 2, .scale = 2, .seed = 5},
+      TaskKind::kSuperResolution, Images(96, 32, {16, 16}, 5), 8, 2, 0.003);
   options.task.options.scale = 2;
-  {
-    const Split data = Images(96, 32, {16, 16}, 5);
-    options.data.train = data.train;
-    options.data.validation = data.validation;
-  }
-  options.batch_size = 8;
-  options.epochs = 2;
-  options.optimizer = {.kind = OptimizerKind::kAdam, .lr = 0.003};
-  options.fidelity_interval = 0;
-  options.threads = kTestThreads;
   const EventLog log = Train(options);
   ExpectLossFalls(log, 4, 0.7);
   const TrainEvent last = log.Of(TrainEventKind::kEpoch).back();
@@ -100,19 +95,9 @@ TEST(Trainer, SuperResolutionLossFallsWithPsnr) {
 }
 
 TEST(Trainer, InpaintingLossFallsWithHolePsnr) {
-  TrainOptions options;
-  options.model = {.name = "unet", .in_channels = 2, .out_channels = 1, .width = 4, .depth = 2, .seed = 7};
-  options.task.kind = TaskKind::kInpainting;
-  {
-    const Split data = Images(96, 32, {16, 16}, 7);
-    options.data.train = data.train;
-    options.data.validation = data.validation;
-  }
-  options.batch_size = 8;
-  options.epochs = 2;
-  options.optimizer = {.kind = OptimizerKind::kAdam, .lr = 0.01};
-  options.fidelity_interval = 0;
-  options.threads = kTestThreads;
+  const TrainOptions options =
+      TaskJob({.name = "unet", .in_channels = 2, .out_channels = 1, .width = 4, .depth = 2, .seed = 7},
+              TaskKind::kInpainting, Images(96, 32, {16, 16}, 7), 8, 2, 0.01);
   const EventLog log = Train(options);
   ExpectLossFalls(log, 4, 0.7);
   EXPECT_EQ(log.Of(TrainEventKind::kEpoch).back().metric_name, "psnr");
@@ -120,20 +105,10 @@ TEST(Trainer, InpaintingLossFallsWithHolePsnr) {
 }
 
 TEST(Trainer, GenerativeLossFalls) {
-  TrainOptions options;
-  options.model = {.name = "ddpm_unet", .in_channels = 2, .out_channels = 1, .width = 4, .depth = 2, .seed = 9};
-  options.task.kind = TaskKind::kGenerative;
+  TrainOptions options =
+      TaskJob({.name = "ddpm_unet", .in_channels = 2, .out_channels = 1, .width = 4, .depth = 2, .seed = 9},
+              TaskKind::kGenerative, Images(128, 32, {16, 16}, 9), 16, 3, 0.01);
   options.task.options.timesteps = 100;
-  {
-    const Split data = Images(128, 32, {16, 16}, 9);
-    options.data.train = data.train;
-    options.data.validation = data.validation;
-  }
-  options.batch_size = 16;
-  options.epochs = 3;
-  options.optimizer = {.kind = OptimizerKind::kAdam, .lr = 0.01};
-  options.fidelity_interval = 0;
-  options.threads = kTestThreads;
   const EventLog log = Train(options);
   ExpectLossFalls(log, 12, 0.8);
   EXPECT_EQ(log.Of(TrainEventKind::kEpoch).back().metric_name, "val_loss");
