@@ -17,6 +17,7 @@
 #include "core/models/srnet.h"
 #include "core/models/strided_grouped.h"
 #include "core/models/unet.h"
+#include "core/util/generator_state.h"
 
 namespace xtrain::core {
 namespace {
@@ -30,21 +31,13 @@ ABSL_CONST_INIT absl::Mutex build_mutex(absl::kConstInit);
 // Seeds the global CPU generator and restores its full state (seed, offset, normal cache) on exit.
 class GlobalSeedGuard {
  public:
-  explicit GlobalSeedGuard(uint64_t seed) : generator_(at::detail::getDefaultCPUGenerator()) {
-    std::lock_guard<std::mutex> lock(generator_.mutex());
-    saved_ = generator_.get_state();
-    generator_.set_current_seed(seed);
+  explicit GlobalSeedGuard(uint64_t seed) {
+    std::lock_guard<std::mutex> lock(scope_.generator().mutex());
+    scope_.generator().set_current_seed(seed);
   }
-  ~GlobalSeedGuard() {
-    std::lock_guard<std::mutex> lock(generator_.mutex());
-    generator_.set_state(saved_);
-  }
-  GlobalSeedGuard(const GlobalSeedGuard&) = delete;
-  GlobalSeedGuard& operator=(const GlobalSeedGuard&) = delete;
 
  private:
-  at::Generator generator_;
-  torch::Tensor saved_;
+  GlobalGeneratorScope scope_;
 };
 
 enum class Kind { kClassifier, kDense };

@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "core/util/generator_state.h"
 #include "core/xconv/modules.h"
 #include "core/xconv/probes.h"
 
@@ -40,13 +41,11 @@ Batch Slice(const Batch& batch, int64_t start, int64_t length) {
 // generator. Runs on every exit, exceptions included.
 class StateGuard {
  public:
-  explicit StateGuard(torch::nn::Module& model) : generator_(at::detail::getDefaultCPUGenerator()) {
+  explicit StateGuard(torch::nn::Module& model) {
     torch::NoGradGuard no_grad;
     for (const torch::Tensor& buffer : model.buffers()) {
       if (buffer.defined()) buffers_.emplace_back(buffer, buffer.clone());
     }
-    std::lock_guard<std::mutex> lock(generator_.mutex());
-    generator_state_ = generator_.get_state();
   }
   void KeepSettings(torch::nn::Module* module, const XConvSettings& settings) {
     settings_.emplace_back(module, settings);
@@ -55,15 +54,12 @@ class StateGuard {
     torch::NoGradGuard no_grad;
     for (auto& [buffer, saved] : buffers_) buffer.copy_(saved);
     for (auto& [module, settings] : settings_) SetSettings(*module, settings);
-    std::lock_guard<std::mutex> lock(generator_.mutex());
-    generator_.set_state(generator_state_);
   }
   StateGuard(const StateGuard&) = delete;
   StateGuard& operator=(const StateGuard&) = delete;
 
  private:
-  at::Generator generator_;
-  torch::Tensor generator_state_;
+  GlobalGeneratorScope generator_;  // declared first: restored last
   std::vector<std::pair<torch::Tensor, torch::Tensor>> buffers_;
   std::vector<std::pair<torch::nn::Module*, XConvSettings>> settings_;
 };

@@ -17,6 +17,7 @@
 #include "core/memory/cpu_memory_meter.h"
 #include "core/models/model_zoo.h"
 #include "core/train/task_metrics.h"
+#include "core/util/generator_state.h"
 #include "core/xconv/convert.h"
 #include "core/xconv/modules.h"
 #include "core/xconv/probes.h"
@@ -162,6 +163,14 @@ int64_t MaxLabel(const TrainOptions& o) {
   return high;
 }
 
+// InvalidArgument unless `outputs` channels cover every label; `what` and `field` name them.
+absl::Status CheckLabels(const TrainOptions& o, int64_t outputs, absl::string_view what, absl::string_view field) {
+  const int64_t needed = MaxLabel(o) + 1;
+  if (outputs >= needed) return absl::OkStatus();
+  return Invalid(absl::StrCat(what, " up to ", needed - 1, " but ", field, " is ", outputs, "; set ", field,
+                              " to at least ", needed));
+}
+
 const XConvSettings* XConvSettingsOf(torch::nn::Module& module) {
   if (auto* x = dynamic_cast<XConv2dImpl*>(&module)) return &x->settings();
   if (auto* x = dynamic_cast<XConv3dImpl*>(&module)) return &x->settings();
@@ -183,14 +192,12 @@ class GlobalGeneratorSwap {
  public:
   explicit GlobalGeneratorSwap(torch::Tensor& job_state)
       : generator_(at::detail::getDefaultCPUGenerator()), job_state_(job_state) {
-    std::lock_guard<std::mutex> lock(generator_.mutex());
-    process_state_ = generator_.get_state();
-    generator_.set_state(job_state_);
+    process_state_ = GeneratorState(generator_);
+    SetGeneratorState(generator_, job_state_);
   }
   ~GlobalGeneratorSwap() {
-    std::lock_guard<std::mutex> lock(generator_.mutex());
-    job_state_ = generator_.get_state();
-    generator_.set_state(process_state_);
+    job_state_ = GeneratorState(generator_);
+    SetGeneratorState(generator_, process_state_);
   }
   GlobalGeneratorSwap(const GlobalGeneratorSwap&) = delete;
   GlobalGeneratorSwap& operator=(const GlobalGeneratorSwap&) = delete;
@@ -200,11 +207,6 @@ class GlobalGeneratorSwap {
   torch::Tensor& job_state_;
   torch::Tensor process_state_;
 };
-
-torch::Tensor GeneratorState(at::Generator& generator) {
-  std::lock_guard<std::mutex> lock(generator.mutex());
-  return generator.get_state();
-}
 
 // Puts the model back into training mode on scope exit.
 class EvalMode {
@@ -470,10 +472,8 @@ absl::Status Trainer::CheckModelFitsTask(NetworkImpl& model) {
                                     "logits, such as small_cnn or resnet18; model ",
                                     o.model.name, " outputs ", got, " per sample"));
       }
-      const int64_t needed = MaxLabel(o) + 1;
-      if (output.size(1) < needed) {
-        return Invalid(absl::StrCat("the data has labels up to ", needed - 1, " but model.classes is ",
-                                    output.size(1), "; set model.classes to at least ", needed));
+      if (absl::Status s = CheckLabels(o, output.size(1), "the data has labels", "model.classes"); !s.ok()) {
+        return s;
       }
       break;
     }
@@ -483,10 +483,9 @@ absl::Status Trainer::CheckModelFitsTask(NetworkImpl& model) {
                                     "input's spatial size, such as unet; model ",
                                     o.model.name, " outputs ", got, " per sample"));
       }
-      const int64_t needed = MaxLabel(o) + 1;
-      if (output.size(1) < needed) {
-        return Invalid(absl::StrCat("the masks have classes up to ", needed - 1, " but model.out_channels is ",
-                                    output.size(1), "; set model.out_channels to at least ", needed));
+      if (absl::Status s = CheckLabels(o, output.size(1), "the masks have classes", "model.out_channels");
+          !s.ok()) {
+        return s;
       }
       break;
     }

@@ -8,6 +8,9 @@
 #include <atomic>
 #include <cmath>
 #include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
 
 #include "core/memory/cpu_memory_meter.h"
 #include "tests/train/train_test_util.h"
@@ -179,54 +182,51 @@ void ExpectInvalid(const TrainOptions& options, const std::string& field) {
 }
 
 TEST(Trainer, BadOptionsNameTheField) {
+  // One change to a good job each, and what the error must name.
+  struct BadOption {
+    std::string field;
+    std::function<void(TrainOptions&)> change;
+  };
+  const std::vector<BadOption> cases = {
+      {"batch_size", [](TrainOptions& o) { o.batch_size = 0; }},
+      {"epochs", [](TrainOptions& o) { o.epochs = 0; }},
+      {"optimizer.lr", [](TrainOptions& o) { o.optimizer.lr = -0.1; }},
+      {"optimizer.lr", [](TrainOptions& o) { o.optimizer.lr = std::nan(""); }},
+      {"set model.in_channels to 1", [](TrainOptions& o) { o.model.in_channels = 3; }},
+      {"set model.classes to at least 4", [](TrainOptions& o) { o.model.classes = 2; }},
+      {"set model.dims to 2", [](TrainOptions& o) { o.model.dims = 3; }},
+      {"classification task needs a model that outputs (N, classes)",
+       [](TrainOptions& o) { o.model.name = "unet"; }},
+      {"memory.fixed_probes",
+       [](TrainOptions& o) {
+         o.memory.budget_bytes = 1 << 20;
+         o.memory.fixed_probes = 4;
+       }},
+      {"checkpoint.dir", [](TrainOptions& o) { o.checkpoint.every_steps = 5; }},
+      {"freeze prefix 'no_such_layer'", [](TrainOptions& o) { o.freeze = {"no_such_layer"}; }},
+      {"schedule.step_size",
+       [](TrainOptions& o) {
+         o.schedule.kind = ScheduleKind::kStep;
+         o.schedule.step_size = 0;
+       }},
+      {"hole_fraction",
+       [](TrainOptions& o) {
+         o.task.kind = TaskKind::kInpainting;
+         o.task.options.hole_fraction = 1.5;
+         o.model = {.name = "unet", .in_channels = 2, .out_channels = 1, .width = 4, .depth = 2};
+       }},
+      {"set model.scale to task.options.scale (2)",
+       [](TrainOptions& o) {
+         o.task.kind = TaskKind::kSuperResolution;
+         o.model = {.name = "srnet", .in_channels = 1, .out_channels = 1, .width = 4, .depth = 1, .scale = 4};
+       }},
+  };
   const TrainOptions good = SmallCnnOptions();
-  TrainOptions o = good;
-  o.batch_size = 0;
-  ExpectInvalid(o, "batch_size");
-  o = good;
-  o.epochs = 0;
-  ExpectInvalid(o, "epochs");
-  o = good;
-  o.optimizer.lr = -0.1;
-  ExpectInvalid(o, "optimizer.lr");
-  o = good;
-  o.optimizer.lr = std::nan("");
-  ExpectInvalid(o, "optimizer.lr");
-  o = good;
-  o.model.in_channels = 3;
-  ExpectInvalid(o, "set model.in_channels to 1");
-  o = good;
-  o.model.classes = 2;
-  ExpectInvalid(o, "set model.classes to at least 4");
-  o = good;
-  o.model.dims = 3;
-  ExpectInvalid(o, "set model.dims to 2");
-  o = good;
-  o.model.name = "unet";
-  ExpectInvalid(o, "classification task needs a model that outputs (N, classes)");
-  o = good;
-  o.memory.budget_bytes = 1 << 20;
-  o.memory.fixed_probes = 4;
-  ExpectInvalid(o, "memory.fixed_probes");
-  o = good;
-  o.checkpoint.every_steps = 5;
-  ExpectInvalid(o, "checkpoint.dir");
-  o = good;
-  o.freeze = {"no_such_layer"};
-  ExpectInvalid(o, "freeze prefix 'no_such_layer'");
-  o = good;
-  o.schedule.kind = ScheduleKind::kStep;
-  o.schedule.step_size = 0;
-  ExpectInvalid(o, "schedule.step_size");
-  o = good;
-  o.task.kind = TaskKind::kInpainting;
-  o.task.options.hole_fraction = 1.5;
-  o.model = {.name = "unet", .in_channels = 2, .out_channels = 1, .width = 4, .depth = 2};
-  ExpectInvalid(o, "hole_fraction");
-  o = good;
-  o.task.kind = TaskKind::kSuperResolution;
-  o.model = {.name = "srnet", .in_channels = 1, .out_channels = 1, .width = 4, .depth = 1, .scale = 4};
-  ExpectInvalid(o, "set model.scale to task.options.scale (2)");
+  for (const BadOption& bad : cases) {
+    TrainOptions o = good;
+    bad.change(o);
+    ExpectInvalid(o, bad.field);
+  }
 }
 
 TEST(Trainer, BadDataGetsAClearError) {
