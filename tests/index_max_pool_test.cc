@@ -105,6 +105,7 @@ TEST_P(IndexMaxPoolGeometry, GenericBackwardEqualsTheCpuLoop) {
 INSTANTIATE_TEST_SUITE_P(Shapes, IndexMaxPoolGeometry,
                          ::testing::Values(Case{2, 2, 2, 0, 1, false}, Case{2, 3, 2, 1, 1, true},
                                            Case{2, 3, 1, 1, 1, false}, Case{2, 2, 1, 0, 2, false},
+                                           Case{2, 2, 3, 1, 1, true},  // ceil mode drops a window in padding
                                            Case{3, 2, 2, 0, 1, false}, Case{3, 3, 2, 1, 1, true}));
 
 // What stays alive after the forward of relu -> pool: torch keeps the ReLU output and int64

@@ -974,12 +974,12 @@ int64_t MemoryModel::ForwardPeak(const std::vector<LayerChoice>& choices, int64_
   // reader; sketches appear after the op that makes them.
   std::vector<int64_t> delta(steps + 1, 0);
   if (any_xconv) {
-    const std::vector<LayerChoice> exact = ExactChoices();
     for (const Storage& s : storages_) {
-      auto kept_under = [&](const std::vector<LayerChoice>& c) {
-        return std::any_of(s.keepers.begin(), s.keepers.end(), [&](int k) { return KeeperActive(k, c, true); });
-      };
-      if (s.death != INT_MAX && kept_under(exact) && !kept_under(choices)) {
+      // Kept with lean layers and exact convolutions: some keeper is not a lean layer.
+      const bool kept_lean = std::any_of(s.keepers.begin(), s.keepers.end(), [&](int k) { return !nodes_[k].lean; });
+      const bool kept = std::any_of(s.keepers.begin(), s.keepers.end(),
+                                    [&](int k) { return KeeperActive(k, choices, true); });
+      if (s.death != INT_MAX && kept_lean && !kept) {
         delta[std::min<size_t>(s.death + 1, steps)] -= s.bytes.At(batch);
       }
     }

@@ -72,15 +72,23 @@ torch::Tensor As5d(const torch::Tensor& t, const Geometry3& g, bool input) {
   return t.reshape({t.size(0), t.size(1), sizes[0], sizes[1], sizes[2]});
 }
 
+// LibTorch's pooled size along `axis` (pooling_output_shape): with ceil_mode the last window must
+// start inside the input or its left padding.
+int64_t PooledSize(int64_t in, const PoolGeometry& g, size_t axis) {
+  const int64_t k = g.kernel[axis], s = g.stride[axis], p = g.padding[axis], d = g.dilation[axis];
+  const int64_t span = in + 2 * p - d * (k - 1) - 1 + (g.ceil_mode ? s - 1 : 0);
+  int64_t out = (span >= 0 ? span / s : -((-span + s - 1) / s)) + 1;
+  if (g.ceil_mode && (out - 1) * s >= in + p) --out;
+  return out;
+}
+
 // 2-D CPU max pooling that writes the window offsets directly (no int64 indices, which are twice
 // the output's size in float32). The window walk and the comparison are LibTorch's (cpu_max_pool):
 // the first maximum wins, a NaN replaces it, so outputs and chosen elements are the same.
 std::pair<torch::Tensor, torch::Tensor> MaxPool2dWithOffsets(const torch::Tensor& input, const PoolGeometry& geometry) {
-  // The output shape from LibTorch (ceil mode and its last-window rule), without computing it.
-  const torch::Tensor probe = at::max_pool2d(torch::empty({1, 1, input.size(2), input.size(3)}, input.options()),
-                                             geometry.kernel, geometry.stride, geometry.padding,
-                                             geometry.dilation, geometry.ceil_mode);
-  torch::Tensor output = torch::empty({input.size(0), input.size(1), probe.size(2), probe.size(3)}, input.options());
+  torch::Tensor output = torch::empty({input.size(0), input.size(1), PooledSize(input.size(2), geometry, 0),
+                                       PooledSize(input.size(3), geometry, 1)},
+                                      input.options());
   torch::Tensor offsets = torch::empty(output.sizes(), input.options().dtype(torch::kUInt8));
   const Geometry3 g = Normalize(input.sizes(), output.sizes(), geometry);
   const int64_t in_volume = g.in_volume(), out_volume = g.out_volume();
