@@ -5,6 +5,8 @@ BUILD_TYPE ?= Release
 CMAKE_FLAGS ?=
 # ccache must accept precompiled headers.
 export CCACHE_SLOPPINESS := pch_defines,time_macros,include_file_mtime,include_file_ctime
+# Paths under the checkout are hashed relative to it, so a clone in another folder (CI) hits the cache.
+export CCACHE_BASEDIR ?= $(CURDIR)
 
 .PHONY: all deps configure build test demo demo-layer bench bench-quick sanitize clean
 
