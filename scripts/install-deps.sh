@@ -13,6 +13,10 @@ packages=(
   zlib1g-dev              # gzipped IDX files
   libstb-dev              # PNG/JPEG decoding for image-folder datasets (header-only stb_image)
   dataset-fashion-mnist   # the real data set the tests and the accuracy benchmark use
+  # The service (server/, client/): gRPC and protobuf, Asio, the SQLite job store, logs, YAML config.
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libboost-dev libsqlite3-dev libspdlog-dev libyaml-cpp-dev
+  python3-grpcio python3-protobuf   # the Python client, generated from the same proto
 )
 
 missing=()
