@@ -1,0 +1,87 @@
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <boost/asio/io_context.hpp>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "xtrain/worker/v1/worker.pb.h"
+
+namespace xtrain::server {
+
+// How a worker process ended.
+struct WorkerExit {
+  bool finished = false;                       // it sent a Finished message before it ended
+  xtrain::worker::v1::Finished finished_message;
+  int exit_code = -1;                          // its exit status when it exited, else -1
+  int signal = 0;                              // the signal that killed it, else 0
+  // A sentence a person can act on: "exited with code 1", "killed by signal 9 (Killed)",
+  // "sent a malformed message", with the Finished message's text when there is one.
+  std::string reason;
+  std::string log_tail;                        // the last lines of its stderr
+};
+
+// Called on the supervisor's io_context, in the order things happened; on_exit once, last.
+struct WorkerHandlers {
+  std::function<void(const xtrain::worker::v1::WorkerMessage&)> on_message;
+  std::function<void(const WorkerExit&)> on_exit;
+};
+
+struct SupervisorOptions {
+  std::string worker_path;                     // the xtrain-worker executable
+  std::vector<std::string> worker_args;        // extra arguments for every worker
+  std::map<std::string, std::string> worker_env;  // added to the server's environment
+  int log_tail_lines = 20;                     // stderr lines kept for WorkerExit::log_tail
+  // Called with each stderr line of a worker (label, line); default: spdlog at info with the label.
+  std::function<void(const std::string& label, const std::string& line)> on_log;
+};
+
+using WorkerId = int64_t;
+
+// Starts and watches xtrain-worker processes (DESIGN.md §3): one per running job and per planning call.
+// Each worker gets a Unix socket pair end as fd 3 (length-prefixed protobuf frames, server/protocol),
+// its stderr piped back as its log, and dies with the server (PR_SET_PDEATHSIG and end of stream on
+// its socket). A worker that crashes, is killed or breaks the protocol ends only its own work: the
+// supervisor reports a WorkerExit and carries on. All methods and handlers run on `io`'s thread.
+class Supervisor {
+ public:
+  Supervisor(boost::asio::io_context& io, SupervisorOptions options);
+  ~Supervisor();  // kills every worker still running
+  Supervisor(const Supervisor&) = delete;
+  Supervisor& operator=(const Supervisor&) = delete;
+
+  // Spawns a worker and sends it `first`. `label` names it in logs (the job id). Unavailable when the
+  // process cannot be started (the sentence says why: missing binary, fork failure).
+  absl::StatusOr<WorkerId> Start(const std::string& label, const xtrain::worker::v1::WorkerRequest& first,
+                                 WorkerHandlers handlers);
+  // Sends a later request (a Control). NotFound for a worker that has ended.
+  absl::Status Send(WorkerId id, const xtrain::worker::v1::WorkerRequest& request);
+  // SIGKILL; its on_exit follows.
+  void Kill(WorkerId id);
+  void KillAll();
+  // The worker's process id; 0 for an ended worker.
+  pid_t pid(WorkerId id) const;
+  size_t running() const;
+
+ private:
+  class Worker;
+  void Reap();
+  void OnSigchld();
+
+  boost::asio::io_context& io_;
+  SupervisorOptions options_;
+  std::map<WorkerId, std::shared_ptr<Worker>> workers_;
+  WorkerId next_id_ = 1;
+  struct SignalWatch;
+  std::unique_ptr<SignalWatch> sigchld_;
+};
+
+}  // namespace xtrain::server
