@@ -15,7 +15,7 @@ packages=(
   dataset-fashion-mnist   # the real data set the tests and the accuracy benchmark use
   # The service (server/, client/): gRPC and protobuf, Asio, the SQLite job store, logs, YAML config.
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libboost-dev libsqlite3-dev libspdlog-dev libyaml-cpp-dev
+  libboost-dev libsqlite3-dev libspdlog-dev libyaml-cpp-dev libssl-dev
   python3-grpcio python3-protobuf   # the Python client, generated from the same proto
 )
 

@@ -1,0 +1,158 @@
+#include "server/api/server.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <future>
+
+#include <boost/asio/post.hpp>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_cat.h"
+#include "server/common/util.h"
+#include "spdlog/spdlog.h"
+
+namespace xtrain::server {
+namespace {
+
+// Half of the machine's physical memory: the default capacity of the "cpu" device.
+int64_t HalfOfMemory() {
+  const int64_t pages = sysconf(_SC_PHYS_PAGES);
+  const int64_t page = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? pages * page / 2 : int64_t{4} << 30;
+}
+
+std::string DefaultWorkerPath() {
+  std::error_code error;
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", error);
+  if (error) return "xtrain-worker";
+  for (const auto& candidate : {self.parent_path() / "xtrain-worker", self.parent_path() / "worker" / "xtrain-worker"}) {
+    if (std::filesystem::exists(candidate, error)) return candidate.string();
+  }
+  return (self.parent_path() / "xtrain-worker").string();
+}
+
+}  // namespace
+
+Server::Server(ServerOptions options) : options_(std::move(options)) {}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
+  std::unique_ptr<Server> server(new Server(std::move(options)));
+  if (absl::Status s = server->Initialize(); !s.ok()) return s;
+  return server;
+}
+
+absl::Status Server::Initialize() {
+  if (options_.devices.empty()) {
+    const int cores = std::max(1u, std::thread::hardware_concurrency());
+    options_.devices.push_back(DeviceState{"cpu", HalfOfMemory(), std::max(1, cores / 2)});
+  }
+  for (const DeviceState& device : options_.devices) {
+    if (device.capacity_bytes <= 0 || device.slots <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat("device ", device.name, " needs a positive capacity and slot count"));
+    }
+  }
+  if (options_.worker_path.empty()) options_.worker_path = DefaultWorkerPath();
+  if (absl::Status s = MakeDirs(options_.data_dir); !s.ok()) return s;
+  absl::StatusOr<std::unique_ptr<JobStore>> store = OpenSqliteJobStore(absl::StrCat(options_.data_dir, "/xtrain.db"));
+  if (!store.ok()) return store.status();
+  store_ = *std::move(store);
+
+  SupervisorOptions supervision;
+  supervision.worker_path = options_.worker_path;
+  supervisor_ = std::make_unique<Supervisor>(io_, supervision);
+  hub_ = std::make_unique<WatchHub>(*store_);
+  SchedulerOptions scheduling;
+  scheduling.devices = options_.devices;
+  scheduling.data_dir = options_.data_dir;
+  scheduling.data_roots = options_.data_roots;
+  scheduling.max_attempts = options_.max_attempts;
+  scheduling.max_concurrent_plans = options_.max_concurrent_plans;
+  scheduling.starvation_seconds = options_.starvation_seconds;
+  scheduling.default_checkpoint_seconds = options_.default_checkpoint_seconds;
+  scheduling.threads_per_job = options_.threads_per_job;
+  WatchHub* hub = hub_.get();
+  scheduler_ = std::make_unique<Scheduler>(
+      io_, *store_, *supervisor_, scheduling,
+      [hub](const xtrain::v1::Job& job, const std::vector<xtrain::v1::JobEvent>& events) { hub->Publish(job, events); });
+
+  work_ = std::make_unique<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>>(io_.get_executor());
+  io_thread_ = std::thread([this] { io_.run(); });
+  std::promise<absl::Status> recovered;
+  boost::asio::post(io_, [this, &recovered] { recovered.set_value(scheduler_->Recover()); });
+  if (absl::Status s = recovered.get_future().get(); !s.ok()) return s;
+
+  TrainingServiceOptions serving;
+  serving.data_dir = options_.data_dir;
+  serving.max_upload_bytes = options_.max_upload_bytes;
+  service_ = std::make_unique<TrainingServiceImpl>(*scheduler_, *hub_, *store_, serving);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options_.listen, grpc::InsecureServerCredentials(), &port_);
+  builder.RegisterService(service_.get());
+  builder.SetMaxReceiveMessageSize(64 << 20);
+  grpc_ = builder.BuildAndStart();
+  if (grpc_ == nullptr || port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.listen,
+                                               "; is the port taken? use --listen HOST:PORT (port 0 picks a free one)"));
+  }
+  grpc_->GetHealthCheckService()->SetServingStatus(true);
+  spdlog::info("xtrain-server listening on port {} ({}); data dir {}; worker {}", port_, options_.listen, options_.data_dir,
+               options_.worker_path);
+  for (const DeviceState& device : options_.devices) {
+    spdlog::info("device {}: {} for jobs, {} slot(s)", device.name, HumanBytes(device.capacity_bytes), device.slots);
+  }
+  spdlog::info("no tokens file configured: serving a single local tenant without authentication");
+  if (!options_.port_file.empty()) {
+    if (absl::Status s = WriteFileAtomically(options_.port_file, absl::StrCat(port_, "\n")); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+void Server::Wait() {
+  absl::MutexLock lock(&mutex_);
+  mutex_.Await(absl::Condition(&stopped_));
+}
+
+void Server::Shutdown(double grace_seconds) {
+  {
+    absl::MutexLock lock(&mutex_);
+    if (stopped_) return;
+  }
+  spdlog::info("shutting down: checkpointing running jobs (grace {} s)", grace_seconds);
+  if (grpc_ != nullptr) grpc_->GetHealthCheckService()->SetServingStatus(false);
+  if (scheduler_ != nullptr && io_thread_.joinable()) {
+    std::promise<void> stopped;
+    scheduler_->Shutdown(grace_seconds, [&stopped] { stopped.set_value(); });
+    stopped.get_future().wait_for(std::chrono::duration<double>(grace_seconds + 10));
+  }
+  if (hub_ != nullptr) hub_->Shutdown();
+  if (grpc_ != nullptr) grpc_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  if (io_thread_.joinable()) {
+    std::promise<void> killed;
+    boost::asio::post(io_, [this, &killed] {
+      supervisor_->KillAll();
+      killed.set_value();
+    });
+    killed.get_future().wait();
+    work_.reset();
+    io_.stop();
+    io_thread_.join();
+  }
+  grpc_.reset();
+  service_.reset();
+  scheduler_.reset();
+  supervisor_.reset();
+  hub_.reset();
+  store_.reset();
+  spdlog::info("xtrain-server stopped");
+  absl::MutexLock lock(&mutex_);
+  stopped_ = true;
+}
+
+Server::~Server() { Shutdown(0); }
+
+}  // namespace xtrain::server

@@ -1,0 +1,78 @@
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <boost/asio/io_context.hpp>
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "server/api/training_service.h"
+#include "server/api/watch_hub.h"
+#include "server/scheduler/scheduler.h"
+#include "server/store/job_store.h"
+#include "server/supervisor/supervisor.h"
+
+namespace xtrain::server {
+
+// Everything xtrain-server is configured with (flags, YAML, XTRAIN_* variables: server_config.h).
+struct ServerOptions {
+  std::string listen = "127.0.0.1:50051";   // HOST:PORT; port 0 picks a free port (logged, port())
+  std::string data_dir = "xtrain-data";      // the SQLite store, checkpoints, weights, uploads
+  std::vector<std::string> data_roots = {"/usr/share/datasets"};  // where dataset and weight paths may point
+  std::vector<DeviceState> devices;          // empty: one "cpu" device (half the machine's memory, 1 slot)
+  std::string worker_path;                   // xtrain-worker; empty: next to this executable
+  double grace_seconds = 25;                 // SIGTERM: checkpoint and stop within this (Kubernetes: 30)
+  int max_attempts = 3;
+  int max_concurrent_plans = 2;
+  double starvation_seconds = 600;
+  double default_checkpoint_seconds = 180;
+  int threads_per_job = 0;
+  int64_t max_upload_bytes = int64_t{2} << 30;
+  std::string port_file;                     // if set, the bound port is written here once serving
+};
+
+// One xtrain-server: the store, the supervisor and scheduler on their own Asio thread, the watch hub and
+// the gRPC service with health checking and reflection. Start() returns once it serves; Shutdown()
+// stops admitting, checkpoints running jobs, ends streams and stops (DESIGN.md §3).
+class Server {
+ public:
+  static absl::StatusOr<std::unique_ptr<Server>> Start(ServerOptions options);
+  ~Server();  // Shutdown(0) if still serving
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  int port() const { return port_; }
+  // Blocks until Shutdown has finished.
+  void Wait();
+  // Graceful stop within grace_seconds: running jobs checkpoint and go back to the queue.
+  void Shutdown(double grace_seconds);
+
+  Scheduler& scheduler() { return *scheduler_; }
+  WatchHub& hub() { return *hub_; }
+  const ServerOptions& options() const { return options_; }
+
+ private:
+  explicit Server(ServerOptions options);
+  absl::Status Initialize();
+
+  ServerOptions options_;
+  int port_ = 0;
+  boost::asio::io_context io_;
+  std::unique_ptr<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work_;
+  std::thread io_thread_;
+  std::unique_ptr<JobStore> store_;
+  std::unique_ptr<Supervisor> supervisor_;
+  std::unique_ptr<WatchHub> hub_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<TrainingServiceImpl> service_;
+  std::unique_ptr<grpc::Server> grpc_;
+  absl::Mutex mutex_;
+  bool stopped_ ABSL_GUARDED_BY(mutex_) = false;
+};
+
+}  // namespace xtrain::server

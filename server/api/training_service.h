@@ -1,0 +1,57 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "server/api/watch_hub.h"
+#include "server/scheduler/scheduler.h"
+#include "server/store/job_store.h"
+#include "xtrain/v1/training_service.grpc.pb.h"
+
+namespace xtrain::server {
+
+struct TrainingServiceOptions {
+  std::string data_dir;                       // artifacts live in <data_dir>/artifacts/
+  std::string tenant = "local";               // the tenant of every caller (until auth is configured)
+  int64_t max_upload_bytes = int64_t{2} << 30;  // UploadArtifact refuses larger uploads
+  int64_t download_chunk_bytes = 1 << 20;     // DownloadArtifact message size
+};
+
+// xtrain.v1.TrainingService on gRPC's callback API (STYLE.md): handlers validate, read or hand the
+// request to the scheduler, and never block on training; every reactor finishes exactly once.
+class TrainingServiceImpl final : public xtrain::v1::TrainingService::CallbackService {
+ public:
+  TrainingServiceImpl(Scheduler& scheduler, WatchHub& hub, JobStore& store, TrainingServiceOptions options);
+
+  grpc::ServerUnaryReactor* PlanJob(grpc::CallbackServerContext* context, const xtrain::v1::PlanJobRequest* request,
+                                    xtrain::v1::PlanJobResponse* response) override;
+  grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* context, const xtrain::v1::SubmitJobRequest* request,
+                                      xtrain::v1::SubmitJobResponse* response) override;
+  grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* context, const xtrain::v1::GetJobRequest* request,
+                                   xtrain::v1::GetJobResponse* response) override;
+  grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* context, const xtrain::v1::ListJobsRequest* request,
+                                     xtrain::v1::ListJobsResponse* response) override;
+  grpc::ServerUnaryReactor* CancelJob(grpc::CallbackServerContext* context, const xtrain::v1::CancelJobRequest* request,
+                                      xtrain::v1::CancelJobResponse* response) override;
+  grpc::ServerWriteReactor<xtrain::v1::WatchJobResponse>* WatchJob(
+      grpc::CallbackServerContext* context, const xtrain::v1::WatchJobRequest* request) override;
+  grpc::ServerWriteReactor<xtrain::v1::DownloadArtifactResponse>* DownloadArtifact(
+      grpc::CallbackServerContext* context, const xtrain::v1::DownloadArtifactRequest* request) override;
+  grpc::ServerReadReactor<xtrain::v1::UploadArtifactRequest>* UploadArtifact(
+      grpc::CallbackServerContext* context, xtrain::v1::UploadArtifactResponse* response) override;
+
+ private:
+  class Download;
+  class Upload;
+  // Who is calling (the one tenant until auth is configured).
+  std::string TenantOf(grpc::CallbackServerContext* context) const;
+
+  Scheduler& scheduler_;
+  WatchHub& hub_;
+  JobStore& store_;
+  const TrainingServiceOptions options_;
+};
+
+}  // namespace xtrain::server
