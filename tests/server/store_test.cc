@@ -405,6 +405,24 @@ TEST_P(Store, CommitRejectsGapsAndRepeatsAndAppliesNothing) {
   EXPECT_THAT(Sequences(Events("job-b")), ElementsAre(1, 2, 3));
 }
 
+TEST_P(Store, RefusesEmptyIdsAndAChangedTenantOrRequestId) {
+  EXPECT_EQ(store_->InsertJob({NewJob(""), {}}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_->PutArtifact(Artifact("", "job-a", 1)).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Jobs().empty());
+
+  // A job's tenant and request id are its identity for idempotent submits: a commit cannot move it.
+  ASSERT_TRUE(store_->InsertJob({NewJob("job-a", "req-1"), {}}).ok());
+  JobWrite moved = Advance(NewJob("job-a", "req-1"), StepEvents(1, 1));
+  moved.job.set_tenant("team-b");
+  EXPECT_EQ(store_->Commit({moved}).code(), absl::StatusCode::kInvalidArgument);
+  JobWrite renamed = Advance(NewJob("job-a", "req-2"), StepEvents(1, 1));
+  EXPECT_EQ(store_->Commit({renamed}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Events("job-a").empty());
+  absl::StatusOr<std::optional<Job>> found = store_->FindByRequestId("team-a", "req-1");
+  ASSERT_TRUE(found.ok()) << found.status();
+  EXPECT_TRUE(found->has_value());
+}
+
 TEST_P(Store, ReadEventsFromASequenceWithALimit) {
   std::vector<JobEvent> events = StepEvents(1, 10);
   ASSERT_TRUE(store_->InsertJob({NewJob("job-a"), events}).ok());
