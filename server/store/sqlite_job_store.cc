@@ -135,7 +135,7 @@ class SqliteConnection {
     sqlite3* db = nullptr;
     int rc = sqlite3_open_v2(path.c_str(), &db, flags | SQLITE_OPEN_NOMUTEX, nullptr);
     auto connection = std::unique_ptr<SqliteConnection>(new SqliteConnection(path, db));
-    if (rc != SQLITE_OK) return connection->Error(rc, "open");
+    if (rc != SQLITE_OK) return connection->Error(rc, "opening it");
     sqlite3_extended_result_codes(db, 1);
     sqlite3_busy_timeout(db, busy_timeout_ms);
     return connection;
@@ -431,9 +431,8 @@ absl::StatusOr<std::unique_ptr<SqliteJobStore>> SqliteJobStore::Open(const std::
   // The first read of the file: a file that is not a database fails here.
   {
     absl::StatusOr<Statement> wal = (*writer)->Prepare("PRAGMA journal_mode = WAL");
-    if (!wal.ok()) return fail(wal.status());
-    absl::StatusOr<bool> row = wal->Step();
-    if (!row.ok()) return fail(row.status());
+    absl::StatusOr<bool> row = wal.ok() ? wal->Step() : absl::StatusOr<bool>(wal.status());
+    if (!row.ok()) return fail((*writer)->Error(sqlite3_errcode((*writer)->db()), "reading it"));
     if (!*row || wal->Text(0) != "wal") {
       return fail(absl::UnavailableError(absl::StrCat("it cannot use WAL mode (journal mode ",
                                                       *row ? wal->Text(0) : "unknown", ")")));
