@@ -16,10 +16,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "server/common/mutex.h"
 
-#ifdef ABSL_HAVE_THREAD_SANITIZER
-#include <sanitizer/tsan_interface.h>
-#endif
 
 namespace xtrain::server {
 namespace {
@@ -59,43 +57,7 @@ constexpr const char* kMigrations[] = {
 };
 static_assert(std::size(kMigrations) == kSqliteSchemaVersion, "one migration per schema version");
 
-// absl::MutexLock that ThreadSanitizer can see. The system's Abseil is not built with ThreadSanitizer, so
-// it cannot tell that one critical section ends before the next begins and reports races between them;
-// these annotations tell it. They compile to nothing in other builds.
-class ABSL_SCOPED_LOCKABLE Locked {
- public:
-  explicit Locked(absl::Mutex* mu) ABSL_EXCLUSIVE_LOCK_FUNCTION(mu) : mu_(mu) {
-    mu_->Lock();
-    Acquired();
-  }
-  ~Locked() ABSL_UNLOCK_FUNCTION() {
-    Releasing();
-    mu_->Unlock();
-  }
-  Locked(const Locked&) = delete;
-  Locked& operator=(const Locked&) = delete;
-
-  // Waits for a signal on `cv`, unlocked meanwhile.
-  void Wait(absl::CondVar* cv) {
-    Releasing();
-    cv->Wait(mu_);
-    Acquired();
-  }
-
- private:
-  void Acquired() {
-#ifdef ABSL_HAVE_THREAD_SANITIZER
-    __tsan_acquire(mu_);
-#endif
-  }
-  void Releasing() {
-#ifdef ABSL_HAVE_THREAD_SANITIZER
-    __tsan_release(mu_);
-#endif
-  }
-
-  absl::Mutex* const mu_;
-};
+using Locked = MutexLock;
 
 // How every error about the file starts.
 std::string ErrorPrefix(absl::string_view path) { return absl::StrCat("job store ", path, ": "); }
