@@ -33,7 +33,9 @@ struct WorkerExit {
 
 // Called on the supervisor's io_context, in the order things happened; on_exit once, last: after the
 // process exited and both its socket and stderr reached end of stream (so nothing it wrote is lost).
-// Handlers may call any Supervisor method and may destroy the Supervisor; none is called after that.
+// When the worker exits, what is left of its process group is killed; streams still open 5 s later (a
+// process that left the group holds them) are closed and the reason says so. Handlers may call any
+// Supervisor method and may destroy the Supervisor; none is called after that.
 struct WorkerHandlers {
   std::function<void(const xtrain::worker::v1::WorkerMessage&)> on_message;
   std::function<void(const WorkerExit&)> on_exit;
