@@ -687,6 +687,11 @@ void Scheduler::Pass() {
         break;
     }
   }
+  for (const WaitInfo& info : result.waiting) {
+    if (!info.never_fits) continue;
+    auto it = jobs_.find(info.job_id);
+    if (it != jobs_.end()) FinishJob(*it->second, v1::FAILED, absl::StrCat("it can never run here: ", info.reason));
+  }
   RefreshWaiting(result);
   Flush();
   // Waiting jobs age: look again later so starvation reservations and reasons stay current.
