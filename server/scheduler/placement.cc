@@ -153,19 +153,25 @@ std::vector<const JobDemand*> QueueOrder(const std::vector<RunningJob>& running,
 
   std::vector<const JobDemand*> order;
   order.reserve(jobs.size());
+  // Starving jobs first, whatever their priority (no job starves), oldest first.
+  auto starving = [&](const JobDemand* job) { return job->waited_seconds > options.starvation_seconds; };
+  std::vector<const JobDemand*> oldest;
+  for (const JobDemand* job : jobs) {
+    if (starving(job)) oldest.push_back(job);
+  }
+  std::sort(oldest.begin(), oldest.end(),
+            [](const JobDemand* a, const JobDemand* b) { return std::tie(a->order, a->id) < std::tie(b->order, b->id); });
+  for (const JobDemand* job : oldest) {
+    order.push_back(job);
+    tenant_bytes[job->tenant] += Charge(*job);
+  }
   for (size_t begin = 0; begin < jobs.size();) {
     size_t end = begin;
     while (end < jobs.size() && jobs[end]->priority == jobs[begin]->priority) ++end;
-    // Within one priority (already FIFO): starving jobs first, the rest per tenant.
+    // Within one priority (already FIFO): per tenant, the starving ones being placed already.
     std::map<std::string, std::vector<const JobDemand*>> fifo;
     for (size_t i = begin; i < end; ++i) {
-      const JobDemand* job = jobs[i];
-      if (job->waited_seconds > options.starvation_seconds) {
-        order.push_back(job);
-        tenant_bytes[job->tenant] += Charge(*job);
-      } else {
-        fifo[job->tenant].push_back(job);
-      }
+      if (!starving(jobs[i])) fifo[jobs[i]->tenant].push_back(jobs[i]);
     }
     // Tenants by (bytes so far, their next job's order and id); the next index into each FIFO.
     std::set<std::tuple<int64_t, int64_t, std::string, std::string>> next;

@@ -73,9 +73,9 @@ struct PlacementResult {
 
 // One scheduling pass: which queued jobs start where, which running jobs shrink or stop to make room.
 // Pure: no I/O, no clocks (the caller passes waited_seconds). The policy (DESIGN.md §3):
-// - Queue order: priority (higher first); a starving job (waited > starvation_seconds) first in its
-//   priority; between tenants of one priority, the tenant with fewer bytes running goes first (fair
-//   share); FIFO (order) within a tenant.
+// - Queue order: starving jobs (waited > starvation_seconds) first, whatever their priority, oldest
+//   first; then priority (higher first); between tenants of one priority, the tenant with fewer bytes
+//   running goes first (fair share); FIFO (order) within a tenant.
 // - A job starts on a device only when its budget fits that device's free bytes and a free slot: its
 //   requested point if it fits (best fit: the device with the least free bytes that holds it), else
 //   the largest point at or above its floor that fits.
@@ -87,9 +87,9 @@ struct PlacementResult {
 // Readings of the points above where they leave a choice:
 // - Fair share: the order is built once per pass; each job placed in it charges its tenant its
 //   requested budget, as if the jobs ahead ran, so a tenant that floods the queue alternates with
-//   the others. Ties: the tenant whose next job has the smaller order, then id. Starving jobs of one
-//   priority go by order, then id. Priority still comes first: a steady stream of higher-priority
-//   jobs can hold back a lower-priority one, starving or not.
+//   the others. Ties: the tenant whose next job has the smaller order, then id. Starving jobs go by
+//   order, then id, ahead of every priority: a steady stream of higher-priority jobs holds a
+//   lower-priority one back only until it starves.
 // - The head is the first job in queue order that waits and could ever start; it alone may make room
 //   in a pass (one room-making per pass). Shrinking aims at its requested point, else the largest
 //   point shrinking can make room for; preempting (only when shrinking every candidate to its floor

@@ -239,12 +239,23 @@ TEST(Placement, FifoWithinPriority) {
             "waits for cpu: needs 1.00 GiB (it cannot shrink), 99.00 GiB free, but its one slot is taken; 1 job ahead");
 }
 
+TEST(Placement, StarvingJobGoesAheadOfHigherPriorities) {
+  // A low-priority job that waited past the threshold overtakes a fresh high-priority one; the two
+  // starving jobs go oldest first.
+  const std::vector<JobDemand> queued = {J("high", {1}, 0, 0).Priority(9).Order(3),
+                                         J("old-low", {1}, 0, 0).Priority(-5).Order(1).Waited(900),
+                                         J("older-low", {1}, 0, 0).Priority(-9).Order(0).Waited(950)};
+  const PlacementResult r = Place({Dev("cpu", 100, 1)}, {}, queued);
+  EXPECT_EQ(Ids(r, Kind::kAdmit), std::vector<std::string>{"older-low"});
+  EXPECT_EQ(WaitingIds(r), (std::vector<std::string>{"old-low", "high"}));
+}
+
 TEST(Placement, StarvingJobGoesFirstInItsPriority) {
   const std::vector<JobDemand> queued = {J("early", {1}, 0, 0).Order(1), J("starving", {1}, 0, 0).Order(2).Waited(700)};
   EXPECT_EQ(Ids(Place({Dev("cpu", 100, 1)}, {}, queued), Kind::kAdmit), std::vector<std::string>{"starving"});
-  // Priority still comes first.
-  std::vector<JobDemand> with_high = queued;
-  with_high.push_back(J("high", {1}, 0, 0).Order(3).Priority(1));
+  // Not starving yet, priority comes first.
+  std::vector<JobDemand> with_high = {J("early", {1}, 0, 0).Order(1), J("waiting", {1}, 0, 0).Order(2).Waited(500),
+                                      J("high", {1}, 0, 0).Order(3).Priority(1)};
   EXPECT_EQ(Ids(Place({Dev("cpu", 100, 1)}, {}, with_high), Kind::kAdmit), std::vector<std::string>{"high"});
 }
 
