@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "core/models/model_zoo.h"
 #include "core/train/task_metrics.h"
+#include "core/util/generator_state.h"
 
 namespace xtrain::core::train_internal {
 namespace {
@@ -64,7 +65,7 @@ int64_t Usable(int64_t budget, const PlannerOptions& planner) {
 
 // Whether some plan (or, exact_only, the unconverted model) fits the job at `batch` into `budget`.
 bool JobFits(const TrainOptions& o, const MemoryModel& model, int64_t budget, int64_t batch, bool exact_only) {
-  const int64_t step_budget = budget - LoaderBytes(o, batch);
+  const int64_t step_budget = budget - BesideStepBytes(o, batch);
   if (step_budget <= 0) return false;
   if (exact_only) return model.PredictPeak(model.ExactChoices(), batch) <= Usable(step_budget, o.memory.planner);
   return MinimumBudget(model, batch, o.memory.planner) <= step_budget;
@@ -95,14 +96,15 @@ double VariancePerProbe(const ConvLayer& layer, ProbeMode mode) {
 }
 
 // ResourceExhausted for a budget below every plan of the job, saying what would fit.
-absl::Status Refusal(const TrainOptions& o, const MemoryModel& model, int64_t minimum, int64_t loader) {
+absl::Status Refusal(const TrainOptions& o, const MemoryModel& model, int64_t minimum, int64_t beside) {
   const int64_t budget = o.memory.budget_bytes;
   const int64_t largest = LargestJobBatch(o, model, budget, false);
   return absl::ResourceExhaustedError(absl::StrCat(
       "memory.budget_bytes ", budget, " is below the smallest budget any plan fits at batch_size ", o.batch_size,
       ": ", minimum, " bytes (the cheapest plan's step, the planner's ", o.memory.planner.margin * 100,
-      "% margin and ", loader, " bytes the data loader holds: its epoch permutation and ", o.data.prefetch,
-      " prefetched batches); raise memory.budget_bytes to at least ", minimum, ", or ",
+      "% margin and ", beside, " bytes held beside the step: the data loader's epoch permutation and ",
+      o.data.prefetch, " prefetched batches, and the trainer's generator states); raise memory.budget_bytes to at "
+      "least ", minimum, ", or ",
       largest > 0 ? absl::StrCat("lower batch_size to ", largest, " or less (the largest that fits)")
                   : std::string("no batch_size fits this budget (the model alone does not)")));
 }
@@ -226,6 +228,13 @@ int64_t LoaderBytes(const TrainOptions& o, int64_t batch) {
   return permutation + BatchBytes(o, batch) * o.data.prefetch;
 }
 
+int64_t TrainerBytes() {
+  at::Generator generator = at::detail::getDefaultCPUGenerator();
+  return 2 * static_cast<int64_t>(GeneratorState(generator).nbytes());
+}
+
+int64_t BesideStepBytes(const TrainOptions& o, int64_t batch) { return LoaderBytes(o, batch) + TrainerBytes(); }
+
 bool LeanOf(const Plan& plan) { return plan.converted_layers() > 0; }
 
 Plan PlanFor(const MemoryModel& model, const std::vector<LayerChoice>& choices, int64_t batch,
@@ -334,8 +343,10 @@ absl::StatusOr<TrainingPlan> PlanJob(const TrainOptions& o, const MemoryModel& m
   const int64_t budget = o.memory.budget_bytes;
   const PlannerOptions& planner = o.memory.planner;
   out.loader_bytes = LoaderBytes(o, batch);
-  out.exact_peak_bytes = model.PredictPeak(model.ExactChoices(), batch) + out.loader_bytes;
-  out.minimum_budget_bytes = MinimumBudget(model, batch, planner) + out.loader_bytes;
+  out.trainer_bytes = TrainerBytes();
+  const int64_t beside = out.loader_bytes + out.trainer_bytes;
+  out.exact_peak_bytes = model.PredictPeak(model.ExactChoices(), batch) + beside;
+  out.minimum_budget_bytes = MinimumBudget(model, batch, planner) + beside;
   out.calibration_error = model.calibration_error();
   out.calibration_ok = out.calibration_error <= planner.margin / 2;
   out.unknown_nodes = model.unknown_nodes();
@@ -343,25 +354,25 @@ absl::StatusOr<TrainingPlan> PlanJob(const TrainOptions& o, const MemoryModel& m
     out.largest_batch = LargestJobBatch(o, model, budget, false);
     out.largest_exact_batch = LargestJobBatch(o, model, budget, true);
   }
-  const int64_t step_budget = budget > 0 ? budget - out.loader_bytes : 0;
+  const int64_t step_budget = budget > 0 ? budget - beside : 0;
   if (spec != nullptr) {
     absl::StatusOr<std::vector<LayerChoice>> choices = ChoicesOf(*spec, o, model);
     if (!choices.ok()) return choices.status();
     out.plan = PlanFor(model, *choices, batch, std::max<int64_t>(step_budget, 0), planner);
     if (budget > 0 && (step_budget <= 0 || out.plan.predicted_peak_bytes() > out.plan.usable_bytes)) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "the plan's job peak on this machine is ", out.plan.predicted_peak_bytes() + out.loader_bytes,
+          "the plan's job peak on this machine is ", out.plan.predicted_peak_bytes() + beside,
           " bytes, more than memory.budget_bytes ", budget, " holds after the planner's ", planner.margin * 100,
           "% margin; plan again here (PlanTraining) or raise memory.budget_bytes to at least ",
           static_cast<int64_t>(std::ceil(static_cast<double>(out.plan.predicted_peak_bytes()) / (1.0 - planner.margin))) +
-              out.loader_bytes));
+              beside));
     }
   } else if (budget > 0) {
-    if (out.minimum_budget_bytes > budget) return Refusal(o, model, out.minimum_budget_bytes, out.loader_bytes);
+    if (out.minimum_budget_bytes > budget) return Refusal(o, model, out.minimum_budget_bytes, beside);
     absl::StatusOr<Plan> plan = MakePlan(model, step_budget, batch, planner);
     if (!plan.ok()) {
       if (plan.status().code() == absl::StatusCode::kResourceExhausted) {
-        return Refusal(o, model, out.minimum_budget_bytes, out.loader_bytes);
+        return Refusal(o, model, out.minimum_budget_bytes, beside);
       }
       return Prefixed(plan.status(), "memory.planner: ");
     }
@@ -373,7 +384,7 @@ absl::StatusOr<TrainingPlan> PlanJob(const TrainOptions& o, const MemoryModel& m
     }
     out.plan = PlanFor(model, choices, batch, 0, planner);
   }
-  out.predicted_peak_bytes = out.plan.predicted_peak_bytes() + out.loader_bytes;
+  out.predicted_peak_bytes = out.plan.predicted_peak_bytes() + beside;
   out.spec = SpecOf(model, out.plan.choices, LeanOf(out.plan), batch, budget);
   return out;
 }

@@ -39,6 +39,11 @@ int64_t BatchBytes(const TrainOptions& options, int64_t batch);
 // What the data loader holds beside a training step: its epoch permutation (int64 per training
 // example) and data.prefetch gathered batches.
 int64_t LoaderBytes(const TrainOptions& options, int64_t batch);
+// What the trainer itself holds beside the step and the loader: two states of LibTorch's default CPU
+// generator (the job's, and during Run the process's it swapped out).
+int64_t TrainerBytes();
+// Everything a job holds beside its training step: LoaderBytes plus TrainerBytes.
+int64_t BesideStepBytes(const TrainOptions& options, int64_t batch);
 
 // Whether `plan` runs the lean layers. The planner's plans do exactly when they convert a layer;
 // once Plan carries a lean_layers flag of its own ("lean layers, every conv exact"), read it here.

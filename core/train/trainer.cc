@@ -374,7 +374,7 @@ std::vector<LayerChoice> Trainer::CurrentChoices() const {
 void Trainer::SetPlan(Plan plan) {
   TrainingPlan& t = *training_plan_;
   t.plan = std::move(plan);
-  t.predicted_peak_bytes = t.plan.predicted_peak_bytes() + t.loader_bytes;
+  t.predicted_peak_bytes = t.plan.predicted_peak_bytes() + t.loader_bytes + t.trainer_bytes;
   t.spec = train_internal::SpecOf(*memory_model_, t.plan.choices, train_internal::LeanOf(t.plan), options_.batch_size,
                                   options_.memory.budget_bytes);
   predicted_peak_bytes_ = t.predicted_peak_bytes;
@@ -570,7 +570,7 @@ absl::Status Trainer::FollowMeasurement(const TrainEvent& step, const EventCallb
   // with the activations, which the new plan has fewer of).
   const int64_t excess = step.measured_peak_bytes - predicted_peak_bytes_;
   const TrainingPlan& current = *training_plan_;
-  const int64_t step_budget = budget - current.loader_bytes - excess;
+  const int64_t step_budget = budget - current.loader_bytes - current.trainer_bytes - excess;
   const int64_t previous = predicted_peak_bytes_;
   const std::string measured = absl::StrCat(
       "step ", step.step, " measured ", step.measured_peak_bytes, " bytes, ", excess, " above the predicted ",

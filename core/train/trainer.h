@@ -90,7 +90,8 @@ class Trainer {
   // Every convolution's path and probe count (0 = exact), in module order.
   const std::vector<std::pair<std::string, int64_t>>& layer_probes() const { return probes_; }
   // The job's predicted peak: the memory model's step peak for the choices the model runs and
-  // batch, plus what the loader holds (TrainingPlan::loader_bytes); 0 without a memory model.
+  // batch, plus what the loader and the trainer hold beside it (TrainingPlan::loader_bytes and
+  // trainer_bytes); 0 without a memory model.
   int64_t predicted_peak_bytes() const { return predicted_peak_bytes_; }
   // Bytes the measurements showed above the prediction and re-planning set aside (0 until a re-plan).
   int64_t unmodelled_bytes() const { return unmodelled_bytes_; }

@@ -223,8 +223,9 @@ absl::StatusOr<TrainingPlan> PlanTraining(const TrainOptions& options) {
 
 std::string TrainingPlan::Table() const {
   std::string out = absl::StrFormat(
-      "job at batch %d: predicted peak %d bytes (step %d + loader %d), exact %d; budget %d, smallest budget %d\n",
-      spec.batch, predicted_peak_bytes, plan.predicted_peak_bytes(), loader_bytes, exact_peak_bytes,
+      "job at batch %d: predicted peak %d bytes (step %d + loader %d + trainer %d), exact %d; budget %d, smallest "
+      "budget %d\n",
+      spec.batch, predicted_peak_bytes, plan.predicted_peak_bytes(), loader_bytes, trainer_bytes, exact_peak_bytes,
       spec.budget_bytes, minimum_budget_bytes);
   if (spec.budget_bytes > 0) {
     absl::StrAppendFormat(&out, "largest batch at this budget: %d with a plan, %d exact\n", largest_batch,

@@ -35,15 +35,16 @@ struct PlanSpec {
 };
 
 // What planning a job finds. Peaks named "job" count the training step (the memory model's
-// prediction) plus what the data loader holds beside it.
+// prediction) plus what is held beside it: the data loader's bytes and the trainer's own.
 struct TrainingPlan {
   PlanSpec spec;                        // the plan as plain values
   // The per-layer plan and the step's prediction. Its budget_bytes is the step's share:
-  // memory.budget_bytes less loader_bytes (0 without a budget).
+  // memory.budget_bytes less loader_bytes and trainer_bytes (0 without a budget).
   Plan plan;
   int64_t loader_bytes = 0;             // the loader's epoch permutation and prefetched batches
-  int64_t predicted_peak_bytes = 0;     // job: the plan's step peak plus loader_bytes
-  int64_t exact_peak_bytes = 0;         // job, every convolution exact and no lean layers
+  int64_t trainer_bytes = 0;            // the trainer's two default-CPU-generator states (job and process)
+  int64_t predicted_peak_bytes = 0;     // job: the plan's step peak plus loader_bytes and trainer_bytes
+  int64_t exact_peak_bytes = 0;         // job with every convolution exact and no lean layers
   int64_t minimum_budget_bytes = 0;     // the smallest memory.budget_bytes any plan fits at batch_size
   int64_t largest_batch = 0;            // largest batch_size some plan fits memory.budget_bytes (0: no budget)
   int64_t largest_exact_batch = 0;      // the same with every convolution exact (0: no budget)

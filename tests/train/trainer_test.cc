@@ -15,6 +15,7 @@
 
 #include "core/memory/cpu_memory_meter.h"
 #include "core/train/training_plan.h"
+#include "core/util/generator_state.h"
 #include "tests/train/train_test_util.h"
 
 namespace xtrain::core {
@@ -322,7 +323,8 @@ TEST(Trainer, PlannedRunMeasuresWhatItPredicts) {
   ASSERT_NE(trainer->plan(), nullptr);
   EXPECT_GT(trainer->plan()->converted_layers(), 0) << trainer->plan()->Table();
   // The prediction: the memory model's step for the layers as converted, plus the loader's
-  // permutation (128 int64) and two prefetched batches of 32 images (32x32 float) and labels.
+  // permutation (128 int64) and two prefetched batches of 32 images (32x32 float) and labels, plus
+  // the two default-generator states the trainer holds during Run.
   const MemoryModel& memory = *trainer->memory_model();
   std::vector<LayerChoice> converted = memory.ExactChoices();
   for (size_t l = 0; l < converted.size(); ++l) {
@@ -330,7 +332,10 @@ TEST(Trainer, PlannedRunMeasuresWhatItPredicts) {
       if (path == memory.layers()[l].path && r > 0) converted[l] = LayerChoice{true, r, ProbeMode::kIndependent};
     }
   }
-  const int64_t predicted = memory.PredictPeak(converted, 32) + 128 * 8 + 2 * 32 * (32 * 32 * 4 + 8);
+  at::Generator generator = at::detail::getDefaultCPUGenerator();
+  const int64_t generator_states = 2 * GeneratorState(generator).numel();
+  const int64_t predicted =
+      memory.PredictPeak(converted, 32) + 128 * 8 + 2 * 32 * (32 * 32 * 4 + 8) + generator_states;
   EXPECT_EQ(trainer->predicted_peak_bytes(), predicted);
   EXPECT_LE(predicted, options.memory.budget_bytes);
   // Measured by the meter against what the process held before Create: no step passes the
@@ -387,7 +392,8 @@ TEST(Trainer, MeasuredPeakAbovePredictionReplansAndLaterStepsFit) {
   // know of 8% of it (the closed loop reacts above half the 3% margin).
   const double margin = options.memory.planner.margin;
   options.memory.budget_bytes =
-      static_cast<int64_t>(std::ceil(exact->plan.predicted_peak_bytes() / (1 - margin))) + exact->loader_bytes + 1024;
+      static_cast<int64_t>(std::ceil(exact->plan.predicted_peak_bytes() / (1 - margin))) + exact->loader_bytes +
+      exact->trainer_bytes + 1024;
   options.test_hooks.unmodelled_step_bytes = options.memory.budget_bytes * 8 / 100;
 
   absl::StatusOr<std::unique_ptr<Trainer>> created = Trainer::Create(options);

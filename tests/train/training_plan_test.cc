@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/models/model_zoo.h"
 #include "core/train/trainer.h"
+#include "core/util/generator_state.h"
 #include "tests/train/train_test_util.h"
 
 namespace xtrain::core {
@@ -84,7 +85,11 @@ TEST(PlanTraining, ReportsTheJobsPeaksAndTheLoaderApart) {
   // The loader: its epoch permutation (int64 per example) and two prefetched batches of images
   // (32x32 float) and labels (int64).
   EXPECT_EQ(exact->loader_bytes, 128 * 8 + 2 * 32 * (32 * 32 * 4 + 8));
-  EXPECT_EQ(exact->predicted_peak_bytes, exact->plan.predicted_peak_bytes() + exact->loader_bytes);
+  // The trainer holds two states of the default CPU generator (the job's and the process's).
+  at::Generator generator = at::detail::getDefaultCPUGenerator();
+  EXPECT_EQ(exact->trainer_bytes, 2 * GeneratorState(generator).numel());
+  EXPECT_EQ(exact->predicted_peak_bytes,
+            exact->plan.predicted_peak_bytes() + exact->loader_bytes + exact->trainer_bytes);
   EXPECT_EQ(exact->predicted_peak_bytes, exact->exact_peak_bytes);  // no budget: the exact job
   EXPECT_EQ(exact->plan.converted_layers(), 0);
   EXPECT_FALSE(exact->spec.lean_layers);
@@ -103,7 +108,8 @@ TEST(PlanTraining, ReportsTheJobsPeaksAndTheLoaderApart) {
   EXPECT_TRUE(planned->spec.lean_layers);
   EXPECT_EQ(planned->spec.budget_bytes, options.memory.budget_bytes);
   EXPECT_LE(planned->predicted_peak_bytes, options.memory.budget_bytes);
-  EXPECT_EQ(planned->plan.budget_bytes, options.memory.budget_bytes - planned->loader_bytes);
+  EXPECT_EQ(planned->plan.budget_bytes,
+            options.memory.budget_bytes - planned->loader_bytes - planned->trainer_bytes);
   EXPECT_EQ(planned->exact_peak_bytes, exact->exact_peak_bytes);
   EXPECT_EQ(planned->minimum_budget_bytes, exact->minimum_budget_bytes);
   EXPECT_GE(planned->largest_batch, 32);
