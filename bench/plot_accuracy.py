@@ -1,11 +1,11 @@
 #!/usr/bin/python3
-"""Plots `xtrain-bench accuracy --curves` output: plot_accuracy.py CURVES.jsonl OUT.png [RESULTS.jsonl].
+"""Plots `xtrain-bench accuracy --curves` output: plot_accuracy.py CURVES.jsonl OUT.png
 
-Left: training loss against step (a running mean; seed 0 of each configuration). Middle: the
-gradient-fidelity ratio sum V_x / sum V_sgd against step for every XConv run (log scale; 1 marks
-XConv noise equal to SGD's minibatch noise; each measurement is one draw, so a running geometric
-mean is drawn through them). Right, with RESULTS.jsonl: test accuracy against r
-for the fixed-probe grid, exact runs as horizontal lines.
+Left: training loss against step (a running mean; seed 0 of each arm). Middle: test accuracy after each
+epoch, mean over the seeds of each arm with a band of one sample standard deviation (the arms are compared
+where these curves flatten). Right: the gradient-fidelity ratio sum V_x / sum V_sgd against step for every
+XConv run of seed 0 (log scale; 1 marks XConv noise equal to SGD's minibatch noise; each measurement is one
+draw, so a running geometric mean is drawn through them).
 """
 
 import json
@@ -24,10 +24,6 @@ def load(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def running_geomean(values, window):
-    return [math.exp(v) for v in running_mean([math.log(max(v, 1e-12)) for v in values], window)]
-
-
 def running_mean(values, window):
     out, total = [], 0.0
     for i, v in enumerate(values):
@@ -38,76 +34,77 @@ def running_mean(values, window):
     return out
 
 
+def running_geomean(values, window):
+    return [math.exp(v) for v in running_mean([math.log(max(v, 1e-12)) for v in values], window)]
+
+
 def main(argv):
-    if len(argv) not in (3, 4):
+    if len(argv) != 3:
         sys.exit(__doc__)
     curves = load(argv[1])
     if not curves:
         sys.exit(f"no records in {argv[1]}")
-    results = load(argv[3]) if len(argv) == 4 else []
 
     steps = defaultdict(list)
+    epochs = defaultdict(lambda: defaultdict(list))  # config -> epoch -> accuracies over seeds
     for c in curves:
         if c["kind"] == "step":
             steps[c["run"]].append(c)
-    runs = [r for r in steps if r.endswith("-s0")]
-    colors = {r: plt.cm.tab20(i % 20) for i, r in enumerate(runs)}
+        elif c["kind"] == "epoch" and c.get("test_accuracy") is not None:
+            epochs[c["config"]][c["epoch"]].append(100 * c["test_accuracy"])
+    configs = list(dict.fromkeys(c["config"] for c in curves))
+    colors = {config: plt.cm.tab10(i % 10) for i, config in enumerate(configs)}
+    seed0 = [run for run in steps if steps[run][0]["seed"] == 0]
 
-    panels = 3 if results else 2
-    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 5.2))
-    ax_loss, ax_fid = axes[0], axes[1]
-
-    for run in runs:
+    fig, (ax_loss, ax_acc, ax_fid) = plt.subplots(1, 3, figsize=(21, 5.2))
+    for run in seed0:
         rows = steps[run]
-        x = [r["step"] for r in rows]
-        y = running_mean([r["loss"] for r in rows], 20)
-        style = "-" if rows[0]["config"] == "exact" else "--"
-        ax_loss.plot(x, y, style, color=colors[run], lw=1.3, label=f'{rows[0]["config"]}, B={rows[0]["batch"]}')
+        config = rows[0]["config"]
+        ax_loss.plot([r["step"] for r in rows], running_mean([r["loss"] for r in rows], 50), lw=1.2,
+                     color=colors[config], label=config)
     ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("training loss (running mean of 20 steps)")
+    ax_loss.set_ylabel("training loss (running mean of 50 steps)")
     ax_loss.set_title("Loss curves (seed 0)")
-    ax_loss.grid(alpha=0.3)
-    ax_loss.legend(fontsize=7, ncol=2)
+    ax_loss.set_yscale("log")
+    ax_loss.grid(alpha=0.3, which="both")
+    ax_loss.legend(fontsize=8)
+
+    for config, by_epoch in epochs.items():
+        xs = sorted(by_epoch)
+        means = [sum(by_epoch[e]) / len(by_epoch[e]) for e in xs]
+        stds = []
+        for e, m in zip(xs, means):
+            values = by_epoch[e]
+            stds.append(math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0)
+        seeds = max(len(v) for v in by_epoch.values())
+        ax_acc.plot(xs, means, "o-", ms=3, color=colors[config], label=f"{config} ({seeds} seed(s))")
+        ax_acc.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                            color=colors[config], alpha=0.15)
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("test accuracy (%)")
+    ax_acc.set_title("Test accuracy per epoch (mean ± std over seeds)")
+    ax_acc.grid(alpha=0.3)
+    ax_acc.legend(fontsize=8)
 
     plotted = False
-    for run in runs:
+    for run in seed0:
         rows = [r for r in steps[run] if r.get("fidelity_ratio") is not None]
         if not rows:
             continue
         plotted = True
+        config = rows[0]["config"]
         x = [r["step"] for r in rows]
         y = [r["fidelity_ratio"] for r in rows]
-        ax_fid.plot(x, y, ".", ms=2, color=colors[run], alpha=0.35)
-        ax_fid.plot(x, running_geomean(y, 8), "-", lw=1.5, color=colors[run],
-                    label=f'{rows[0]["config"]}, B={rows[0]["batch"]}')
+        ax_fid.plot(x, y, ".", ms=2, color=colors[config], alpha=0.35)
+        ax_fid.plot(x, running_geomean(y, 8), "-", lw=1.5, color=colors[config], label=config)
     ax_fid.axhline(1.0, color="k", lw=0.8, ls=":")
     if plotted:
         ax_fid.set_yscale("log")
-        ax_fid.legend(fontsize=7)
+        ax_fid.legend(fontsize=8)
     ax_fid.set_xlabel("step")
     ax_fid.set_ylabel("sum V_x / sum V_sgd (dots; line: running geometric mean of 8)")
     ax_fid.set_title("Gradient fidelity over training (1 = SGD's minibatch noise)")
     ax_fid.grid(alpha=0.3, which="both")
-
-    if results:
-        ax_acc = axes[2]
-        grid = [r for r in results if r["group"] == "fixed" and r.get("test_accuracy") is not None]
-        batches = sorted({r["batch"] for r in grid})
-        for i, b in enumerate(batches):
-            rows = sorted((r for r in grid if r["batch"] == b), key=lambda r: r["probes"])
-            color = plt.cm.tab10(i)
-            ax_acc.plot([r["probes"] for r in rows], [100 * r["test_accuracy"] for r in rows], "o-", color=color,
-                        label=f"XConv, B={b}")
-            exact = [100 * r["test_accuracy"] for r in results
-                     if r["group"] == "exact" and r["batch"] == b and r.get("test_accuracy") is not None]
-            if exact:
-                ax_acc.axhline(sum(exact) / len(exact), color=color, ls=":", label=f"exact, B={b}")
-        ax_acc.set_xscale("log", base=2)
-        ax_acc.set_xlabel("probes r (every conv)")
-        ax_acc.set_ylabel("test accuracy (%)")
-        ax_acc.set_title("Fashion-MNIST test accuracy")
-        ax_acc.grid(alpha=0.3)
-        ax_acc.legend(fontsize=8)
 
     fig.tight_layout()
     fig.savefig(argv[2], dpi=110)

@@ -3,6 +3,7 @@
 
 #include <sstream>
 
+#include "core/memory/cpu_memory_meter.h"
 #include "core/xconv/modules.h"
 #include "tests/xconv_test_util.h"
 
@@ -75,11 +76,32 @@ TEST(XConvModule, FreshProbesEachStepReproducibleFromTheModuleSeed) {
 }
 
 TEST(XConvModule, InferenceNeitherAdvancesTheStreamNorKeepsASketch) {
-  XConv2d layer = MakeLayer(1);
-  torch::NoGradGuard no_grad;
-  const torch::Tensor y = layer->forward(torch::randn({1, 3, 8, 8}));
-  EXPECT_EQ(y.sizes(), torch::IntArrayRef({1, 5, 8, 8}));
+  CpuMemoryMeter& meter = CpuMemoryMeter::Install();
+  XConv2d layer = MakeLayer(1);  // 3 -> 5 channels, r = 4
+  const torch::Tensor x = torch::randn({4, 3, 8, 8});
+  torch::Tensor y;
+  int64_t inference_kept = 0;
+  {
+    torch::NoGradGuard no_grad;
+    CpuMemoryMeter::Scope scope(meter);
+    y = layer->forward(x);
+    inference_kept = scope.current_delta();
+  }
+  EXPECT_EQ(y.sizes(), torch::IntArrayRef({4, 5, 8, 8}));
+  EXPECT_FALSE(y.requires_grad());
+  EXPECT_EQ(inference_kept, static_cast<int64_t>(y.nbytes()));  // the output alone: nothing kept for backward
   EXPECT_EQ(layer->named_buffers()["xconv_step"].item<int64_t>(), 0);
+
+  // The same forward in training keeps the sketch (4 x 3 x (4 + 1) floats with centring) and
+  // advances the stream: what the inference check above would have caught.
+  int64_t training_kept = 0;
+  {
+    CpuMemoryMeter::Scope scope(meter);
+    const torch::Tensor z = layer->forward(x);
+    training_kept = scope.current_delta() - static_cast<int64_t>(z.nbytes());
+  }
+  EXPECT_GE(training_kept, 4 * 3 * (4 + 1) * 4);
+  EXPECT_EQ(layer->named_buffers()["xconv_step"].item<int64_t>(), 1);
 }
 
 TEST(XConvModule, StateDictMatchesTorchConvAndRoundTrips) {

@@ -46,6 +46,57 @@ ConvGrads ExactGrads(const ConvCase& c, const ConvTensors& t) {
   });
 }
 
+ConvGrads ReferenceGrads(const ConvCase& c, const ConvTensors& t) {
+  const ConvGeometry g = ExpandGeometry(c.geometry, c.dims());
+  const int64_t dims = c.dims();
+  return Run(t, [&](const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+    std::vector<int64_t> pad;  // constant_pad_nd lists the last dimension first
+    for (int64_t d = dims - 1; d >= 0; --d) pad.insert(pad.end(), {g.padding[d], g.padding[d]});
+    const torch::Tensor padded = torch::constant_pad_nd(x, pad, 0);
+    std::vector<int64_t> kernel(w.sizes().begin() + 2, w.sizes().end());
+    std::vector<int64_t> out(dims);
+    for (int64_t d = 0; d < dims; ++d) {
+      out[d] = (x.size(2 + d) + 2 * g.padding[d] - g.dilation[d] * (kernel[d] - 1) - 1) / g.stride[d] + 1;
+    }
+    const int64_t groups = g.groups;
+    const int64_t in_per_group = x.size(1) / groups;
+    const int64_t out_per_group = w.size(0) / groups;
+    std::vector<torch::Tensor> group_outputs(groups);
+    std::vector<int64_t> tap(dims, 0);
+    for (bool more = true; more;) {
+      torch::Tensor slice = padded;
+      torch::Tensor weight = w;
+      for (int64_t d = 0; d < dims; ++d) {
+        const int64_t begin = tap[d] * g.dilation[d];
+        slice = slice.slice(2 + d, begin, begin + g.stride[d] * (out[d] - 1) + 1, g.stride[d]);
+        weight = weight.select(2, tap[d]);  // (C_out, C_in / groups) once every dimension is chosen
+      }
+      for (int64_t gi = 0; gi < groups; ++gi) {
+        // (B, C_in/g, out...) x (C_out/g, C_in/g) -> (B, out..., C_out/g) -> (B, C_out/g, out...)
+        const torch::Tensor part = torch::tensordot(slice.narrow(1, gi * in_per_group, in_per_group),
+                                                    weight.narrow(0, gi * out_per_group, out_per_group), {1}, {1})
+                                       .movedim(-1, 1);
+        group_outputs[gi] = group_outputs[gi].defined() ? group_outputs[gi] + part : part;
+      }
+      more = false;
+      for (int64_t d = dims - 1; d >= 0 && !more; --d) {
+        if (++tap[d] < kernel[d]) {
+          more = true;
+        } else {
+          tap[d] = 0;
+        }
+      }
+    }
+    torch::Tensor y = torch::cat(group_outputs, 1);
+    if (b.defined()) {
+      std::vector<int64_t> shape(dims + 2, 1);
+      shape[1] = b.size(0);
+      y = y + b.view(shape);
+    }
+    return y;
+  });
+}
+
 ConvGrads XConvGrads(const ConvCase& c, const ConvTensors& t, const XConvSettings& settings,
                      uint64_t seed) {
   return Run(t, [&](const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {

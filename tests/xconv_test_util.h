@@ -50,6 +50,11 @@ ConvTensors MakeTensors(const ConvCase& c, torch::ScalarType dtype, uint64_t see
 // Exact gradients through LibTorch's own convolution autograd.
 ConvGrads ExactGrads(const ConvCase& c, const ConvTensors& t);
 
+// Output and gradients from the convolution's definition, independent of LibTorch's convolution
+// kernels: the zero-padded input cut into one strided slice per kernel tap, each contracted with
+// that tap's weights (tensordot), summed; autograd through those ops gives dX, dW and db.
+ConvGrads ReferenceGrads(const ConvCase& c, const ConvTensors& t);
+
 // Gradients through XConvNd with `settings` and `seed`.
 ConvGrads XConvGrads(const ConvCase& c, const ConvTensors& t, const XConvSettings& settings,
                      uint64_t seed);

@@ -20,6 +20,7 @@
 #include "core/memory/autograd_graph.h"
 #include "core/memory/cpu_memory_meter.h"
 #include "core/memory/memory_phase.h"
+#include "core/util/job_slot.h"
 #ifdef XTRAIN_HAVE_CUDA_METER
 #include "core/memory/cuda_memory_meter.h"
 #endif
@@ -550,6 +551,10 @@ int64_t ConvLayer::parameters() const {
 absl::StatusOr<MemoryModel> MemoryModel::Build(const ModelFactory& factory, const ForwardFn& forward,
                                                const TrainingStep& step,
                                                const MemoryModelOptions& options) {
+  // One job per process (core/util/job_slot.h): calibration installs the phase observer and reads
+  // the process-wide CPU meter. A Trainer's own Build runs as its nested claim.
+  absl::StatusOr<JobSlot> slot = JobSlot::Acquire("a MemoryModel::Build");
+  if (!slot.ok()) return slot.status();
   if (step.sample_sizes.size() < 2) {
     return absl::InvalidArgumentError(
         "memory model: sample_sizes must list channels and at least one spatial size");

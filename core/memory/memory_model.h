@@ -131,6 +131,8 @@ struct MemoryPrediction {
 // for any plan and batch. Predict is a pass over the recorded nodes: microseconds.
 class MemoryModel {
  public:
+  // One job per process: Build holds the process's job slot (core/util/job_slot.h) while it runs;
+  // beside a live Trainer or another Build it fails with FailedPrecondition.
   static absl::StatusOr<MemoryModel> Build(const ModelFactory& factory, const ForwardFn& forward,
                                            const TrainingStep& step,
                                            const MemoryModelOptions& options = {});

@@ -35,6 +35,10 @@ enum class TrainEventKind {
   kEpoch,       // after an epoch's evaluation
   kCheckpoint,  // after a checkpoint was written
   kDone,        // once, when Run finishes all epochs or max_steps
+  // After a step whose measured peak exceeded the prediction by more than half the planner's
+  // margin: the job was re-planned at the same budget with the excess set aside, and the live
+  // model converted to the new plan (weights and optimizer state kept).
+  kReplan,
 };
 
 inline const char* TrainEventKindName(TrainEventKind kind) {
@@ -43,6 +47,7 @@ inline const char* TrainEventKindName(TrainEventKind kind) {
     case TrainEventKind::kEpoch: return "epoch";
     case TrainEventKind::kCheckpoint: return "checkpoint";
     case TrainEventKind::kDone: return "done";
+    case TrainEventKind::kReplan: return "replan";
   }
   return "?";
 }
@@ -61,11 +66,21 @@ struct TrainEvent {
   double lr = kNaN;
   double samples_per_second = 0;  // step: batch / step_seconds
   double step_seconds = 0;        // step: wall time of the step (telemetry excluded)
-  // step: the job's bytes at the step's peak (CPU meter): model, gradients, optimizer state, the
-  // batch, the loader's prefetched batches, activations and work space.
+  // step: the process's CPU bytes at the step's peak (CPU meter) less what it held before
+  // Trainer::Create began: model, gradients, optimizer state, the batch, what the loader holds,
+  // activations and work space, everything the job allocated. The fidelity telemetry's passes are
+  // measured apart (telemetry_peak_bytes). replan: the step's figure that triggered it.
   int64_t measured_peak_bytes = 0;
-  // The memory model's step peak plus the loader's prefetched batches (0 without a model).
+  // step with telemetry: the same measurement over the fidelity telemetry's passes.
+  int64_t telemetry_peak_bytes = 0;
+  // The memory model's step peak plus what the loader holds (0 without a model); replan: the
+  // new plan's.
   int64_t predicted_peak_bytes = 0;
+  // replan: the previous plan's predicted peak.
+  int64_t previous_predicted_peak_bytes = 0;
+  // replan: bytes the measurement showed above the prediction, now set aside from the budget.
+  int64_t unmodelled_bytes = 0;
+  std::string reason;  // replan: why, in a sentence
   std::vector<std::pair<std::string, int64_t>> probes;  // conv path -> r (0 = exact)
   std::optional<FidelityReport> fidelity;  // step: on telemetry steps
   std::string checkpoint_path;             // checkpoint: the file written

@@ -26,7 +26,8 @@ enum class ScheduleKind {
 absl::StatusOr<ScheduleKind> ParseScheduleKind(absl::string_view name);
 absl::string_view ScheduleKindName(ScheduleKind kind);
 
-// Everything one training job needs. Trainer::Create checks it and names the field to change.
+// Everything one training job needs. ValidateTrainOptions (training_plan.h) checks what it can
+// without running anything; Trainer::Create and PlanTraining check the rest. Errors name the field.
 struct TrainOptions {
   struct Task {
     TaskKind kind = TaskKind::kClassification;
@@ -53,7 +54,9 @@ struct TrainOptions {
     double gamma = 0.1;          // kStep: decay factor
   };
   struct Memory {
-    int64_t budget_bytes = 0;    // > 0: plan the job (step and prefetched batches) into this; 0: no plan
+    // > 0: plan the job into this (the step and what the loader holds: its permutation and
+    // prefetched batches); 0: no plan
+    int64_t budget_bytes = 0;
     int64_t fixed_probes = 0;    // > 0 (without a budget): every conv is XConv with this r
     bool predict = false;        // build the memory model without a budget too (predicted peaks)
     PlannerOptions planner;      // margin, probe range, layers kept exact
@@ -90,6 +93,14 @@ struct TrainOptions {
   // costs about 2% of the training time (two extra passes per measurement).
   int64_t fidelity_interval = 100;
   int threads = 0;                // intra-op threads, set process-wide by Run; 0 = leave as is
+
+  // Seams for tests of the trainer's closed loop; 0 in real jobs.
+  struct TestHooks {
+    // Bytes each step allocates before its forward and holds to its end: a real allocation the
+    // memory model does not know, so the measured peak exceeds the prediction by this much.
+    int64_t unmodelled_step_bytes = 0;
+  };
+  TestHooks test_hooks;
 };
 
 }  // namespace xtrain::core

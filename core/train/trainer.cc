@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "core/memory/cpu_memory_meter.h"
 #include "core/models/model_zoo.h"
+#include "core/train/job_setup.h"
 #include "core/train/task_metrics.h"
 #include "core/util/generator_state.h"
 #include "core/xconv/convert.h"
@@ -38,138 +39,8 @@ double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
 }
 
-std::string ShapeText(torch::IntArrayRef sizes) { return absl::StrCat("[", absl::StrJoin(sizes, ", "), "]"); }
-
-absl::Status Invalid(absl::string_view sentence) { return absl::InvalidArgumentError(sentence); }
-
-// `status` with `context` in front of its message, same code.
-absl::Status Prefixed(const absl::Status& status, absl::string_view context) {
-  return absl::Status(status.code(), absl::StrCat(context, status.message()));
-}
-
-absl::Status CheckOptions(const TrainOptions& o) {
-  if (o.batch_size < 1) {
-    return Invalid(absl::StrCat("batch_size is ", o.batch_size, "; set batch_size to 1 or more"));
-  }
-  if (o.epochs < 1) return Invalid(absl::StrCat("epochs is ", o.epochs, "; set epochs to 1 or more"));
-  if (o.max_steps < 0) {
-    return Invalid(absl::StrCat("max_steps is ", o.max_steps, "; use 0 (all epochs) or a positive count"));
-  }
-  if (!std::isfinite(o.optimizer.lr) || o.optimizer.lr <= 0) {
-    return Invalid(absl::StrCat("optimizer.lr is ", o.optimizer.lr,
-                                "; set a positive, finite learning rate such as 0.05"));
-  }
-  if (!(o.optimizer.momentum >= 0 && o.optimizer.momentum < 1)) {
-    return Invalid(absl::StrCat("optimizer.momentum is ", o.optimizer.momentum, "; use a value in [0, 1)"));
-  }
-  if (!std::isfinite(o.optimizer.weight_decay) || o.optimizer.weight_decay < 0) {
-    return Invalid(absl::StrCat("optimizer.weight_decay is ", o.optimizer.weight_decay, "; use 0 or more"));
-  }
-  if (o.schedule.warmup_steps < 0) {
-    return Invalid(absl::StrCat("schedule.warmup_steps is ", o.schedule.warmup_steps, "; use 0 or more"));
-  }
-  if (o.schedule.kind == ScheduleKind::kStep) {
-    if (o.schedule.step_size < 1) {
-      return Invalid(absl::StrCat("schedule.step_size is ", o.schedule.step_size, "; use 1 or more steps"));
-    }
-    if (!(o.schedule.gamma > 0 && o.schedule.gamma <= 1)) {
-      return Invalid(absl::StrCat("schedule.gamma is ", o.schedule.gamma, "; use a factor in (0, 1]"));
-    }
-  }
-  if (!std::isfinite(o.clip_grad_norm) || o.clip_grad_norm < 0) {
-    return Invalid(absl::StrCat("clip_grad_norm is ", o.clip_grad_norm, "; use 0 (off) or a positive norm"));
-  }
-  if (o.dtype == torch::kHalf) {
-    return Invalid(
-        "dtype float16 is not supported on the CPU (LibTorch has no half-precision CPU convolution "
-        "kernels); use float32 or bfloat16");
-  }
-  if (o.dtype != torch::kFloat && o.dtype != torch::kBFloat16) {
-    return Invalid(absl::StrCat("dtype ", c10::toString(o.dtype),
-                                " is not a training dtype; use float32 or bfloat16"));
-  }
-  if (o.memory.budget_bytes < 0) {
-    return Invalid(absl::StrCat("memory.budget_bytes is ", o.memory.budget_bytes,
-                                "; use 0 (no plan) or a positive byte count"));
-  }
-  if (o.memory.fixed_probes < 0) {
-    return Invalid(absl::StrCat("memory.fixed_probes is ", o.memory.fixed_probes,
-                                "; use 0 (exact) or a positive probe count"));
-  }
-  if (o.memory.budget_bytes > 0 && o.memory.fixed_probes > 0) {
-    return Invalid(
-        "memory.budget_bytes and memory.fixed_probes are both set; set the budget (the planner picks "
-        "the probes) or fixed_probes, not both");
-  }
-  if (o.checkpoint.every_steps < 0) {
-    return Invalid(absl::StrCat("checkpoint.every_steps is ", o.checkpoint.every_steps, "; use 0 or more"));
-  }
-  if (o.checkpoint.every_steps > 0 && o.checkpoint.dir.empty()) {
-    return Invalid("checkpoint.every_steps is set but checkpoint.dir is empty; set checkpoint.dir");
-  }
-  if (o.checkpoint.keep < 1) {
-    return Invalid(absl::StrCat("checkpoint.keep is ", o.checkpoint.keep, "; keep at least 1 checkpoint"));
-  }
-  if (o.fidelity_interval < 0) {
-    return Invalid(absl::StrCat("fidelity_interval is ", o.fidelity_interval, "; use 0 (off) or a step count"));
-  }
-  if (o.threads < 0) return Invalid(absl::StrCat("threads is ", o.threads, "; use 0 or more"));
-  if (o.data.prefetch < 1 || o.data.workers < 1) {
-    return Invalid("data.prefetch and data.workers must be 1 or more");
-  }
-  if (o.data.train == nullptr) return Invalid("data.train is not set; give the training examples");
-  return absl::OkStatus();
-}
-
-// The dataset's shapes and labels, against the task and model spec.
-absl::Status CheckDataset(const std::string& field, const TensorDataset& data, const TrainOptions& o) {
-  if (absl::Status s = ValidateDataset(data); !s.ok()) return Prefixed(s, absl::StrCat(field, ": "));
-  if (data.size() == 0) return Invalid(absl::StrCat(field, " is empty; give it examples"));
-  const int64_t dims = data.inputs.dim() - 2;
-  if (dims != o.model.dims) {
-    return Invalid(absl::StrCat("model.dims is ", o.model.dims, " but ", field, " holds ", dims,
-                                "-D samples of shape ", ShapeText(data.inputs.sizes().slice(1)),
-                                "; set model.dims to ", dims));
-  }
-  const int64_t channels = InputChannels(o.task.kind, data.inputs.size(1));
-  if (o.model.in_channels != channels) {
-    return Invalid(absl::StrCat("model.in_channels is ", o.model.in_channels, " but the ",
-                                TaskKindName(o.task.kind), " task feeds ", channels, " channel(s) from ",
-                                field, "; set model.in_channels to ", channels));
-  }
-  const bool labels = o.task.kind == TaskKind::kClassification || o.task.kind == TaskKind::kSegmentation;
-  if (labels) {
-    if (!data.targets.defined()) {
-      return Invalid(absl::StrCat("the ", TaskKindName(o.task.kind), " task needs targets but ", field,
-                                  " has none; give labels or masks"));
-    }
-    const int64_t low = data.targets.min().item<int64_t>();
-    if (low < 0) {
-      return Invalid(absl::StrCat(field, " has label ", low, "; labels must be 0 or more"));
-    }
-  }
-  if (!torch::isfinite(data.inputs).all().item<bool>()) {
-    return Invalid(absl::StrCat(field, " has NaN or infinite inputs; clean the data"));
-  }
-  return absl::OkStatus();
-}
-
-// Largest label of the train and validation targets (classification, segmentation).
-int64_t MaxLabel(const TrainOptions& o) {
-  int64_t high = o.data.train->targets.max().item<int64_t>();
-  if (o.data.validation && o.data.validation->targets.defined()) {
-    high = std::max(high, o.data.validation->targets.max().item<int64_t>());
-  }
-  return high;
-}
-
-// InvalidArgument unless `outputs` channels cover every label; `what` and `field` name them.
-absl::Status CheckLabels(const TrainOptions& o, int64_t outputs, absl::string_view what, absl::string_view field) {
-  const int64_t needed = MaxLabel(o) + 1;
-  if (outputs >= needed) return absl::OkStatus();
-  return Invalid(absl::StrCat(what, " up to ", needed - 1, " but ", field, " is ", outputs, "; set ", field,
-                              " to at least ", needed));
-}
+using train_internal::Invalid;
+using train_internal::Prefixed;
 
 const XConvSettings* XConvSettingsOf(torch::nn::Module& module) {
   if (auto* x = dynamic_cast<XConv2dImpl*>(&module)) return &x->settings();
@@ -220,31 +91,29 @@ class EvalMode {
   torch::nn::Module& model_;
 };
 
-// Sums storage bytes once per storage.
-class StorageBytes {
- public:
-  void Add(const torch::Tensor& t) {
-    if (!t.defined() || !t.has_storage()) return;
-    if (seen_.insert(t.storage().data()).second) bytes_ += static_cast<int64_t>(t.storage().nbytes());
-  }
-  int64_t bytes() const { return bytes_; }
-
- private:
-  std::unordered_set<const void*> seen_;
-  int64_t bytes_ = 0;
-};
-
 }  // namespace
 
-Trainer::Trainer(TrainOptions options) : options_(std::move(options)) {}
+Trainer::Trainer(TrainOptions options, JobSlot slot) : slot_(std::move(slot)), options_(std::move(options)) {}
 
 Trainer::~Trainer() = default;
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(TrainOptions options) {
-  std::unique_ptr<Trainer> trainer(new Trainer(std::move(options)));
+  return CreateImpl(std::move(options), nullptr);
+}
+
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(TrainOptions options, const PlanSpec& plan) {
+  return CreateImpl(std::move(options), &plan);
+}
+
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::CreateImpl(TrainOptions options, const PlanSpec* spec) {
+  // Bad options are refused as such, whether or not another job holds the process.
+  if (absl::Status s = ValidateTrainOptions(options); !s.ok()) return s;
+  absl::StatusOr<JobSlot> slot = JobSlot::Acquire(absl::StrCat("a Trainer (model ", options.model.name, ")"));
+  if (!slot.ok()) return slot.status();
+  std::unique_ptr<Trainer> trainer(new Trainer(std::move(options), *std::move(slot)));
   absl::Status status;
   try {
-    status = trainer->Initialize();
+    status = trainer->Initialize(spec);
   } catch (const c10::Error& e) {
     status = absl::InternalError(absl::StrCat("creating the trainer failed: ", e.what_without_backtrace()));
   } catch (const std::exception& e) {
@@ -254,19 +123,12 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(TrainOptions options) {
   return trainer;
 }
 
-absl::Status Trainer::Initialize() {
-  CpuMemoryMeter::Install();
-  if (absl::Status s = CheckOptions(options_); !s.ok()) return s;
+absl::Status Trainer::Initialize(const PlanSpec* spec) {
+  // Measured peaks are the meter's readings less what the process held before the job began.
+  baseline_bytes_ = CpuMemoryMeter::Install().current_bytes();
   if (options_.threads > 0) at::set_num_threads(options_.threads);
   const TrainOptions& o = options_;
-  if (absl::Status s = CheckDataset("data.train", *o.data.train, o); !s.ok()) return s;
-  if (o.data.validation) {
-    if (absl::Status s = CheckDataset("data.validation", *o.data.validation, o); !s.ok()) return s;
-  }
-  if (o.data.train->size() < o.batch_size) {
-    return Invalid(absl::StrCat("data.train has ", o.data.train->size(), " examples, fewer than batch_size ",
-                                o.batch_size, "; lower batch_size or add examples"));
-  }
+  if (absl::Status s = train_internal::CheckDataValues(o); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<TaskAdapter>> adapter = MakeTaskAdapter(o.task.kind, o.task.options);
   if (!adapter.ok()) return Prefixed(adapter.status(), "task.options: ");
   adapter_ = *std::move(adapter);
@@ -274,7 +136,7 @@ absl::Status Trainer::Initialize() {
   absl::StatusOr<std::shared_ptr<NetworkImpl>> built = BuildModel(o.model);
   if (!built.ok()) return built.status();
   model_ = *std::move(built);
-  if (absl::Status s = CheckModelFitsTask(*model_); !s.ok()) return s;
+  if (absl::Status s = train_internal::CheckModelFitsTask(o, *adapter_, *model_); !s.ok()) return s;
 
   if (!o.init.path.empty()) {
     absl::StatusOr<WeightsLoadReport> loaded = LoadWeights(o.init.path, *model_, o.init.strict);
@@ -291,22 +153,18 @@ absl::Status Trainer::Initialize() {
     resume.emplace(*std::move(read));
   }
 
-  if (o.memory.budget_bytes > 0 || o.memory.predict) {
-    if (absl::Status s = BuildMemoryModel(); !s.ok()) return s;
-  }
-  if (o.memory.budget_bytes > 0) {
-    // The loader's prefetched batches live beside the step the memory model predicts.
-    const int64_t model_budget = o.memory.budget_bytes - LoaderBytes();
-    const std::string context =
-        absl::StrCat("memory.budget_bytes ", o.memory.budget_bytes, " less ", LoaderBytes(),
-                     " bytes for the loader's ", o.data.prefetch, " prefetched batches leaves ", model_budget,
-                     " for the model's step; ");
-    if (model_budget <= 0) {
-      return absl::ResourceExhaustedError(absl::StrCat(context, "raise the budget or lower data.prefetch"));
+  if (o.memory.budget_bytes > 0 || o.memory.predict || spec != nullptr) {
+    absl::StatusOr<MemoryModel> memory;
+    {
+      JobSlot::Nested nested(slot_);  // the job's own Build runs under its slot
+      memory = train_internal::BuildJobMemoryModel(o, *adapter_);
     }
-    absl::StatusOr<Plan> plan = MakePlan(*memory_model_, model_budget, o.batch_size, o.memory.planner);
-    if (!plan.ok()) return Prefixed(plan.status(), context);
-    plan_.emplace(*std::move(plan));
+    if (!memory.ok()) return memory.status();
+    memory_model_.emplace(*std::move(memory));
+    absl::StatusOr<TrainingPlan> plan = train_internal::PlanJob(o, *memory_model_, spec);
+    if (!plan.ok()) return plan.status();
+    training_plan_.emplace(*std::move(plan));
+    planned_ = o.memory.budget_bytes > 0 || spec != nullptr;
   }
   if (absl::Status s = ConvertModel(resume); !s.ok()) return s;
 
@@ -325,6 +183,28 @@ absl::Status Trainer::Initialize() {
     epoch_loss_sum_ = state.epoch_loss_sum;
     epoch_loss_count_ = state.epoch_loss_count;
     last_lr_ = state.lr;
+    if (training_plan_) {
+      // A given plan is converted to now (the job takes a new plan as it resumes); without one the
+      // checkpoint's layers are the truth (a fresh plan could differ by a calibration byte).
+      const TrainingPlan& planned = *training_plan_;
+      const std::vector<LayerChoice> current = CurrentChoices();
+      bool differs = spec != nullptr && spec->lean_layers != lean_layers_;
+      for (size_t l = 0; l < current.size() && spec != nullptr; ++l) {
+        const LayerChoice& want = planned.plan.choices[l];
+        differs = differs || want.xconv != current[l].xconv || want.probes != current[l].probes ||
+                  (want.xconv && want.mode != current[l].mode);
+      }
+      if (differs) {
+        const std::vector<LayerChoice> wanted = planned.plan.choices;
+        if (absl::Status s = ApplyChoices(wanted, MixSeed(MixSeed(o.seed, kConvertStream), static_cast<uint64_t>(step_)));
+            !s.ok()) {
+          return s;
+        }
+      } else if (spec == nullptr) {
+        SetPlan(train_internal::PlanFor(*memory_model_, current, o.batch_size, planned.plan.budget_bytes,
+                                        o.memory.planner));
+      }
+    }
   } else {
     task_generator_ = at::make_generator<at::CPUGeneratorImpl>(MixSeed(o.seed, kTaskStream));
     at::Generator global = at::make_generator<at::CPUGeneratorImpl>(MixSeed(o.seed, kGlobalStream));
@@ -357,39 +237,8 @@ absl::Status Trainer::Initialize() {
   return absl::OkStatus();
 }
 
-absl::Status Trainer::BuildMemoryModel() {
-  const TrainOptions& o = options_;
-  // The memory model sees the task's real input and loss, at the job's batch and dtype.
-  torch::Generator scratch = at::make_generator<at::CPUGeneratorImpl>(0);
-  absl::StatusOr<Batch> sample = adapter_->Make(
-      o.data.train->inputs.narrow(0, 0, 1),
-      o.data.train->targets.defined() ? o.data.train->targets.narrow(0, 0, 1) : torch::Tensor(), scratch);
-  if (!sample.ok()) return Prefixed(sample.status(), "data.train: ");
-  const ModelSpec spec = o.model;
-  ModelFactory factory = [spec]() -> absl::StatusOr<std::shared_ptr<torch::nn::Module>> {
-    absl::StatusOr<std::shared_ptr<NetworkImpl>> model = BuildModel(spec);
-    if (!model.ok()) return model.status();
-    return std::shared_ptr<torch::nn::Module>(*std::move(model));
-  };
-  ForwardFn forward = [](torch::nn::Module& model, const torch::Tensor& input) {
-    return dynamic_cast<NetworkImpl&>(model).forward(input);
-  };
-  TrainingStep step;
-  step.sample_sizes = sample->input.sizes().slice(1).vec();
-  step.batch = o.batch_size;
-  step.dtype = o.dtype;
-  step.loss = TaskLossKind(o.task.kind);
-  step.optimizer = o.optimizer.kind;
-  absl::StatusOr<MemoryModel> memory = MemoryModel::Build(factory, forward, step, o.memory.model);
-  if (!memory.ok()) return Prefixed(memory.status(), "memory model: ");
-  memory_model_.emplace(*std::move(memory));
-  return absl::OkStatus();
-}
-
-absl::Status Trainer::PrepareParameters() {
-  const TrainOptions& o = options_;
-  // Freezing comes after conversion: XConv re-registers the adopted weights as trainable.
-  for (const std::string& prefix : o.freeze) {
+absl::Status Trainer::Freeze() {
+  for (const std::string& prefix : options_.freeze) {
     int matched = 0;
     for (auto& p : model_->named_parameters()) {
       if (!MatchesPrefix(p.key(), prefix)) continue;
@@ -397,11 +246,18 @@ absl::Status Trainer::PrepareParameters() {
       ++matched;
     }
     if (matched == 0) {
-      return Invalid(absl::StrCat("freeze prefix '", prefix, "' matches no parameter of ", o.model.name,
+      return Invalid(absl::StrCat("freeze prefix '", prefix, "' matches no parameter of ", options_.model.name,
                                   "; parameter paths look like '", model_->named_parameters().keys().front(),
                                   "'"));
     }
   }
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::PrepareParameters() {
+  const TrainOptions& o = options_;
+  // Freezing comes after conversion: XConv re-registers the adopted weights as trainable.
+  if (absl::Status s = Freeze(); !s.ok()) return s;
   {
     // Floating tensors only: XConv seed streams and BatchNorm counters stay int64.
     torch::NoGradGuard no_grad;
@@ -431,11 +287,12 @@ void Trainer::SetUpTelemetry() {
   const TaskKind kind = o.task.kind;
   auto loss = [this, kind](const Batch& batch) { return TaskLoss(kind, model_->forward(batch.input), batch.target); };
   fidelity_ = std::make_unique<FidelityProbe>(model_, loss);
+  fidelity_micro_batch_ = 0;
   if (o.fidelity_interval > 0 && !fidelity_->empty() && o.batch_size >= 4) {
     // The largest micro-batch whose exact step the memory model fits into the budget (at least 2).
     int64_t micro = o.batch_size / 2;
-    if (plan_) {
-      while (micro > 2 && memory_model_->PredictPeak(memory_model_->ExactChoices(), micro) > plan_->usable_bytes) {
+    if (const Plan* p = plan(); p != nullptr && p->usable_bytes > 0) {
+      while (micro > 2 && memory_model_->PredictPeak(memory_model_->ExactChoices(), micro) > p->usable_bytes) {
         micro = std::max<int64_t>(2, micro * 3 / 4);
       }
     }
@@ -443,86 +300,12 @@ void Trainer::SetUpTelemetry() {
   }
 }
 
-absl::Status Trainer::CheckModelFitsTask(NetworkImpl& model) {
-  const TrainOptions& o = options_;
-  const TensorDataset& data = *o.data.train;
-  const int64_t n = std::min<int64_t>(2, data.size());
-  torch::Generator scratch = at::make_generator<at::CPUGeneratorImpl>(0);
-  absl::StatusOr<Batch> batch = adapter_->Make(
-      data.inputs.narrow(0, 0, n), data.targets.defined() ? data.targets.narrow(0, 0, n) : torch::Tensor(),
-      scratch);
-  if (!batch.ok()) return Prefixed(batch.status(), "data.train: ");
-  torch::Tensor output;
-  try {
-    torch::NoGradGuard no_grad;
-    EvalMode eval(model);
-    output = model.forward(batch->input);
-  } catch (const c10::Error& e) {
-    return Invalid(absl::StrCat("model ", o.model.name, " cannot run on the ", TaskKindName(o.task.kind),
-                                " inputs of shape ", ShapeText(batch->input.sizes().slice(1)), ": ",
-                                e.what_without_backtrace(),
-                                "; change the model (depth, scale) or the data's spatial size"));
-  }
-  const std::string task(TaskKindName(o.task.kind));
-  const std::string got = ShapeText(output.sizes().slice(1));
-  switch (o.task.kind) {
-    case TaskKind::kClassification: {
-      if (output.dim() != 2) {
-        return Invalid(absl::StrCat("the classification task needs a model that outputs (N, classes) "
-                                    "logits, such as small_cnn or resnet18; model ",
-                                    o.model.name, " outputs ", got, " per sample"));
-      }
-      if (absl::Status s = CheckLabels(o, output.size(1), "the data has labels", "model.classes"); !s.ok()) {
-        return s;
-      }
-      break;
-    }
-    case TaskKind::kSegmentation: {
-      if (output.dim() != batch->input.dim() || output.sizes().slice(2) != batch->input.sizes().slice(2)) {
-        return Invalid(absl::StrCat("the segmentation task needs a dense model whose output keeps the "
-                                    "input's spatial size, such as unet; model ",
-                                    o.model.name, " outputs ", got, " per sample"));
-      }
-      if (absl::Status s = CheckLabels(o, output.size(1), "the masks have classes", "model.out_channels");
-          !s.ok()) {
-        return s;
-      }
-      break;
-    }
-    case TaskKind::kSuperResolution:
-    case TaskKind::kInpainting:
-    case TaskKind::kGenerative: {
-      const torch::Tensor& target = batch->target;
-      if (output.dim() != target.dim()) {
-        return Invalid(absl::StrCat("the ", task, " task needs a dense model (unet, srnet, dncnn, ddpm_unet); ",
-                                    "model ", o.model.name, " outputs ", got, " per sample"));
-      }
-      if (output.size(1) != target.size(1)) {
-        return Invalid(absl::StrCat("the ", task, " target has ", target.size(1),
-                                    " channel(s) but the model outputs ", output.size(1),
-                                    "; set model.out_channels to ", target.size(1)));
-      }
-      if (output.sizes() != target.sizes()) {
-        std::string advice = "change the model so its output matches the target";
-        if (o.task.kind == TaskKind::kSuperResolution) {
-          advice = absl::StrCat("set model.scale to task.options.scale (", o.task.options.scale,
-                                "), the factor the task downsamples by");
-        }
-        return Invalid(absl::StrCat("the model outputs ", got, " per sample but the ", task, " target is ",
-                                    ShapeText(target.sizes().slice(1)), "; ", advice));
-      }
-      break;
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::Status Trainer::ConvertModel(const std::optional<Checkpoint>& resume) {
   const TrainOptions& o = options_;
   const uint64_t seed = MixSeed(o.seed, kConvertStream);
   std::optional<ConvertOptions> convert;
   if (resume) {
-    // The checkpoint's layers are the truth: a fresh plan could differ by a calibration byte.
+    // The model as the checkpoint ran it, so its parameters and buffers load.
     const CheckpointState& state = resume->state();
     if (!state.xconv_layers.empty()) {
       convert.emplace();
@@ -537,16 +320,9 @@ absl::Status Trainer::ConvertModel(const std::optional<Checkpoint>& resume) {
         if (IsTorchConv(*item.value()) && !listed.count(item.key())) convert->keep_exact.insert(item.key());
       }
     }
-    if (plan_) {
-      // Report the plan as applied (the planner's fidelity and variance fields stay its own).
-      plan_->choices = ChoicesOf(state.xconv_layers);
-      for (size_t l = 0; l < plan_->layers.size() && l < plan_->choices.size(); ++l) {
-        plan_->layers[l].choice = plan_->choices[l];
-      }
-      plan_->prediction = memory_model_->Predict(plan_->choices, o.batch_size);
-    }
-  } else if (plan_) {
-    if (plan_->converted_layers() > 0) convert = PlanConvertOptions(*plan_, *memory_model_, seed);
+  } else if (training_plan_ && (planned_ || o.memory.fixed_probes > 0)) {
+    const Plan& p = training_plan_->plan;
+    if (train_internal::LeanOf(p)) convert = PlanConvertOptions(p, *memory_model_, seed);
   } else if (o.memory.fixed_probes > 0) {
     convert.emplace();
     convert->seed = seed;
@@ -561,6 +337,15 @@ absl::Status Trainer::ConvertModel(const std::optional<Checkpoint>& resume) {
     if (root == nullptr) return absl::InternalError("conversion replaced the model's root");
     model_ = std::move(root);
   }
+  RecordLayers();
+  if (training_plan_) predicted_peak_bytes_ = training_plan_->predicted_peak_bytes;
+  return absl::OkStatus();
+}
+
+void Trainer::RecordLayers() {
+  probes_.clear();
+  xconv_layers_.clear();
+  lean_layers_ = false;
   for (const auto& item : model_->named_modules("", false)) {
     if (IsTorchConv(*item.value())) {
       probes_.emplace_back(item.key(), 0);
@@ -572,24 +357,58 @@ absl::Status Trainer::ConvertModel(const std::optional<Checkpoint>& resume) {
       lean_layers_ = true;
     }
   }
-  if (memory_model_) {
-    const int64_t step_peak = plan_ ? plan_->predicted_peak_bytes()
-                                    : memory_model_->PredictPeak(ChoicesOf(xconv_layers_), o.batch_size);
-    predicted_peak_bytes_ = step_peak + LoaderBytes();
-  }
-  return absl::OkStatus();
 }
 
-std::vector<LayerChoice> Trainer::ChoicesOf(const std::vector<XConvLayerRecord>& layers) const {
+std::vector<LayerChoice> Trainer::CurrentChoices() const {
   std::vector<LayerChoice> choices = memory_model_->ExactChoices();
   for (size_t l = 0; l < choices.size(); ++l) {
-    for (const XConvLayerRecord& layer : layers) {
+    for (const XConvLayerRecord& layer : xconv_layers_) {
       if (layer.path == memory_model_->layers()[l].path && layer.settings.probes > 0) {
         choices[l] = LayerChoice{true, layer.settings.probes, layer.settings.mode};
       }
     }
   }
   return choices;
+}
+
+void Trainer::SetPlan(Plan plan) {
+  TrainingPlan& t = *training_plan_;
+  t.plan = std::move(plan);
+  t.predicted_peak_bytes = t.plan.predicted_peak_bytes() + t.loader_bytes + t.trainer_bytes;
+  t.spec = train_internal::SpecOf(*memory_model_, t.plan.choices, train_internal::LeanOf(t.plan), options_.batch_size,
+                                  options_.memory.budget_bytes);
+  predicted_peak_bytes_ = t.predicted_peak_bytes;
+}
+
+absl::Status Trainer::ApplyChoices(const std::vector<LayerChoice>& choices, uint64_t seed) {
+  const Plan target = train_internal::PlanFor(*memory_model_, choices, options_.batch_size,
+                                              training_plan_->plan.budget_bytes, options_.memory.planner);
+  const bool lean = train_internal::LeanOf(target);
+  const ConvertOptions convert = PlanConvertOptions(target, *memory_model_, seed);
+  // Layers already XConv take their new settings; the rest are converted below.
+  XConvSettings exact;
+  exact.probes = 0;
+  bool torch_convs = false;
+  for (const auto& item : model_->named_modules("", false)) {
+    auto it = convert.per_layer.find(item.key());
+    if (auto* x = dynamic_cast<XConv2dImpl*>(item.value().get())) {
+      x->set_settings(it != convert.per_layer.end() ? it->second : exact);
+    } else if (auto* x = dynamic_cast<XConv3dImpl*>(item.value().get())) {
+      x->set_settings(it != convert.per_layer.end() ? it->second : exact);
+    } else if (IsTorchConv(*item.value()) && it != convert.per_layer.end()) {
+      torch_convs = true;
+    }
+  }
+  if (lean && (torch_convs || !lean_layers_)) {
+    absl::StatusOr<ConvertResult> converted = Convert(model_, convert);
+    if (!converted.ok()) return Prefixed(converted.status(), "converting the model to the new plan: ");
+    if (converted->module != model_) return absl::InternalError("conversion replaced the model's root");
+  }
+  if (absl::Status s = Freeze(); !s.ok()) return s;
+  RecordLayers();
+  SetPlan(target);
+  SetUpTelemetry();
+  return absl::OkStatus();
 }
 
 int64_t Trainer::steps_per_epoch() const { return loader_ ? loader_->num_batches() : 0; }
@@ -634,6 +453,7 @@ absl::Status Trainer::RunLoop(const EventCallback& callback, const std::atomic<b
         TrainEvent event = BaseEvent(TrainEventKind::kStep);
         if (absl::Status s = Step(*std::move(example), event); !s.ok()) return s;
         emit(event);
+        if (absl::Status s = FollowMeasurement(event, emit); !s.ok()) return s;
         if (store_ && options_.checkpoint.every_steps > 0 && step_ % options_.checkpoint.every_steps == 0) {
           if (absl::Status s = EmitCheckpoint(emit); !s.ok()) return s;
         }
@@ -675,15 +495,14 @@ absl::Status Trainer::RunLoop(const EventCallback& callback, const std::atomic<b
 absl::Status Trainer::Step(ExampleBatch example, TrainEvent& event) {
   const auto start_time = Clock::now();
   CpuMemoryMeter& meter = CpuMemoryMeter::Install();
-  // Job-relative bytes: what the job holds now (model, gradients, optimizer state, this batch, the
-  // loader's prefetched batches) plus the growth during the step; unrelated memory elsewhere in
-  // the process is left out. (indices is a view of the loader's permutation: not the batch's.)
-  StorageBytes held;
-  held.Add(example.inputs);
-  held.Add(example.targets);
-  const int64_t queued = loader_->buffered() * BatchBytes();
-  const int64_t base = meter.current_bytes() - ResidentBytes() - held.bytes() - queued;
+  // Measured: the meter's peak over the step less what the process held before the job began, so
+  // everything the job holds (model and optimizer state, the loader's permutation and batches) and
+  // allocates counts, and nothing is computed into the figure.
   meter.ResetPeak();
+  torch::Tensor unmodelled;
+  if (options_.test_hooks.unmodelled_step_bytes > 0) {
+    unmodelled = torch::empty({options_.test_hooks.unmodelled_step_bytes}, torch::kByte);
+  }
   optimizer_->zero_grad();
   absl::StatusOr<Batch> made = adapter_->Make(example.inputs, example.targets, task_generator_);
   if (!made.ok()) {
@@ -702,7 +521,7 @@ absl::Status Trainer::Step(ExampleBatch example, TrainEvent& event) {
     loss.backward();  // the output is held through backward, as the memory model assumes
     loss_value = loss.item<double>();
   }
-  int64_t peak = meter.peak_bytes() - base;
+  int64_t peak = meter.peak_bytes() - baseline_bytes_;
   if (!std::isfinite(loss_value)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "training diverged: the loss is ", loss_value, " at step ", step_ + 1,
@@ -710,16 +529,19 @@ absl::Status Trainer::Step(ExampleBatch example, TrainEvent& event) {
   }
   double telemetry_seconds = 0;
   if (fidelity_micro_batch_ > 0 && (step_ + 1) % options_.fidelity_interval == 0) {
+    // Measured on its own: the telemetry's passes are not part of the step the model predicts.
+    meter.ResetPeak();
     absl::StatusOr<FidelityReport> report =
         fidelity_->Measure(batch, fidelity_micro_batch_, static_cast<uint64_t>(step_));
     if (!report.ok()) return Prefixed(report.status(), absl::StrCat("step ", step_ + 1, ": "));
+    event.telemetry_peak_bytes = meter.peak_bytes() - baseline_bytes_;
     telemetry_seconds = report->seconds;
     event.fidelity = *std::move(report);
     meter.ResetPeak();
   }
   if (options_.clip_grad_norm > 0) torch::nn::utils::clip_grad_norm_(trainable_, options_.clip_grad_norm);
   optimizer_->step();
-  peak = std::max(peak, meter.peak_bytes() - base);
+  peak = std::max(peak, meter.peak_bytes() - baseline_bytes_);
 
   ++step_;
   position_ = next;
@@ -736,14 +558,48 @@ absl::Status Trainer::Step(ExampleBatch example, TrainEvent& event) {
   return absl::OkStatus();
 }
 
-int64_t Trainer::BatchBytes() const {
-  const TensorDataset& data = *options_.data.train;
-  int64_t bytes = static_cast<int64_t>(data.inputs[0].nbytes());
-  if (data.targets.defined()) bytes += static_cast<int64_t>(data.targets[0].nbytes());
-  return bytes * options_.batch_size;
-}
+absl::Status Trainer::FollowMeasurement(const TrainEvent& step, const EventCallback& emit) {
+  if (!planned_ || options_.memory.budget_bytes <= 0) return absl::OkStatus();
+  const int64_t budget = options_.memory.budget_bytes;
+  const double margin = options_.memory.planner.margin;
+  const auto tolerance = static_cast<int64_t>(std::floor(margin / 2 * static_cast<double>(budget)));
+  if (step.measured_peak_bytes <= predicted_peak_bytes_ + unmodelled_bytes_ + tolerance) return absl::OkStatus();
 
-int64_t Trainer::LoaderBytes() const { return BatchBytes() * options_.data.prefetch; }
+  // Re-plan at the same budget with what the model missed set aside: what the measurement showed
+  // above the prediction is taken to stay (a conservative reading whether it is fixed or scales
+  // with the activations, which the new plan has fewer of).
+  const int64_t excess = step.measured_peak_bytes - predicted_peak_bytes_;
+  const TrainingPlan& current = *training_plan_;
+  const int64_t step_budget = budget - current.loader_bytes - current.trainer_bytes - excess;
+  const int64_t previous = predicted_peak_bytes_;
+  const std::string measured = absl::StrCat(
+      "step ", step.step, " measured ", step.measured_peak_bytes, " bytes, ", excess, " above the predicted ",
+      previous, " (more than half the planner's ", margin * 100, "% margin of memory.budget_bytes ", budget,
+      "; the memory model's calibration error is ", memory_model_->calibration_error() * 100, "%)");
+  absl::StatusOr<Plan> plan = absl::ResourceExhaustedError("nothing is left of the budget for the step");
+  if (step_budget > 0) plan = MakePlan(*memory_model_, step_budget, options_.batch_size, options_.memory.planner);
+  if (!plan.ok()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        measured, ", and no plan fits the budget with those bytes set aside: ", plan.status().message(),
+        "; raise memory.budget_bytes by at least ", excess, " bytes"));
+  }
+  const uint64_t seed = MixSeed(MixSeed(options_.seed, kConvertStream), static_cast<uint64_t>(step_));
+  if (absl::Status s = ApplyChoices(plan->choices, seed); !s.ok()) return s;
+  SetPlan(*std::move(plan));  // its budget_bytes: the step's share less the bytes set aside
+  unmodelled_bytes_ = excess;
+  ++replans_;
+  SetUpTelemetry();  // the telemetry's micro-batch fits what is left
+
+  TrainEvent event = BaseEvent(TrainEventKind::kReplan);
+  event.measured_peak_bytes = step.measured_peak_bytes;
+  event.previous_predicted_peak_bytes = previous;
+  event.unmodelled_bytes = excess;
+  event.reason = absl::StrCat(measured, "; re-planned into the budget less those bytes: predicted peak ",
+                              predicted_peak_bytes_, " plus ", excess, " = ", predicted_peak_bytes_ + excess,
+                              " bytes, fidelity ", training_plan_->plan.fidelity);
+  emit(event);
+  return absl::OkStatus();
+}
 
 Batch Trainer::ToModelDtype(Batch batch) const {
   const torch::ScalarType dtype = options_.dtype;
@@ -753,29 +609,6 @@ Batch Trainer::ToModelDtype(Batch batch) const {
   }
   if (batch.mask.defined() && batch.mask.scalar_type() != dtype) batch.mask = batch.mask.to(dtype);
   return batch;
-}
-
-int64_t Trainer::ResidentBytes() const {
-  StorageBytes bytes;
-  for (const torch::Tensor& p : model_->parameters()) {
-    bytes.Add(p);
-    bytes.Add(p.grad());
-  }
-  for (const torch::Tensor& b : model_->buffers()) bytes.Add(b);
-  for (const auto& [key, state] : optimizer_->state()) {
-    if (auto* sgd = dynamic_cast<torch::optim::SGDParamState*>(state.get())) {
-      bytes.Add(sgd->momentum_buffer());
-    } else if (auto* adam = dynamic_cast<torch::optim::AdamParamState*>(state.get())) {
-      bytes.Add(adam->exp_avg());
-      bytes.Add(adam->exp_avg_sq());
-      bytes.Add(adam->max_exp_avg_sq());
-    } else if (auto* adamw = dynamic_cast<torch::optim::AdamWParamState*>(state.get())) {
-      bytes.Add(adamw->exp_avg());
-      bytes.Add(adamw->exp_avg_sq());
-      bytes.Add(adamw->max_exp_avg_sq());
-    }
-  }
-  return bytes.bytes();
 }
 
 absl::StatusOr<std::map<std::string, double>> Trainer::Evaluate() {

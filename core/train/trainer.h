@@ -24,6 +24,8 @@
 #include "core/train/lr_schedule.h"
 #include "core/train/train_event.h"
 #include "core/train/train_options.h"
+#include "core/train/training_plan.h"
+#include "core/util/job_slot.h"
 
 namespace xtrain::core {
 
@@ -32,12 +34,29 @@ namespace xtrain::core {
 // after each, reports events, writes checkpoints, and stops early when cancelled. A job resumed
 // from its checkpoint (options.checkpoint.resume_from) continues bit for bit like an uninterrupted
 // one on the same machine and thread count. Not thread-safe: one thread calls Run.
+//
+// One job per process: from Create until it is destroyed a Trainer holds the process's job slot
+// (core/util/job_slot.h), because it sets process-wide state (the default CPU generator during
+// Run, the intra-op thread count) and its measured peaks read the process-wide CPU meter. A second
+// Trainer, a PlanTraining call or a MemoryModel::Build beside it fails with FailedPrecondition.
+//
+// Closed loop: after every step of a budgeted job the measured peak is compared with the
+// prediction; when it exceeds it by more than half the planner's margin, the job is re-planned at
+// the same budget less the excess, the live model converted in place, and a kReplan event reported.
 class Trainer {
  public:
   // InvalidArgument with a sentence naming the field for bad options or data; ResourceExhausted
-  // with the planner's message when no plan fits memory.budget_bytes; NotFound for a missing
-  // init or resume file.
+  // with the smallest budget that fits when no plan fits memory.budget_bytes; NotFound for a
+  // missing init or resume file; FailedPrecondition while another job holds the process (bad
+  // options are reported first: ValidateTrainOptions runs before the job slot is claimed).
   static absl::StatusOr<std::unique_ptr<Trainer>> Create(TrainOptions options);
+  // The same with a plan made earlier, possibly in another process (PlanTraining's spec): the
+  // memory model is rebuilt here and the spec checked against it and the options (same layers and
+  // batch, fits memory.budget_bytes less the margin), then its choices are used instead of planning
+  // again. A mismatch is InvalidArgument or FailedPrecondition with a sentence. With
+  // checkpoint.resume_from the checkpoint's model is converted to the spec (a job taking a new
+  // plan when it resumes).
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(TrainOptions options, const PlanSpec& plan);
 
   ~Trainer();
   Trainer(const Trainer&) = delete;
@@ -46,7 +65,8 @@ class Trainer {
   // Trains until all epochs (or options.max_steps steps) are done; a later call continues from
   // where the previous one stopped. Cancelled when *cancel turns true (checked before every step;
   // a checkpoint is written first when checkpoint.dir and on_cancel are set). Any failure comes
-  // back as a Status saying where and why; no exception escapes.
+  // back as a Status saying where and why; no exception escapes. ResourceExhausted when a step
+  // measured above the prediction and no plan fits the budget with the excess set aside.
   absl::Status Run(const EventCallback& callback, const std::atomic<bool>* cancel = nullptr);
 
   // Validation metrics of the model as it is now (the task's metric and "val_loss");
@@ -56,19 +76,27 @@ class Trainer {
   // Writes a checkpoint now; FailedPrecondition without checkpoint.dir.
   absl::StatusOr<std::string> SaveCheckpoint();
 
-  // The plan the model was converted by; null without a memory budget.
-  const Plan* plan() const { return plan_ ? &*plan_ : nullptr; }
-  // The memory model; null when neither a budget nor memory.predict asked for one.
+  // The plan the model runs (after any re-plan); null without a budget or a given plan.
+  const Plan* plan() const { return planned_ && training_plan_ ? &training_plan_->plan : nullptr; }
+  // The job's plan with its figures (as PlanTraining reports them); null without a memory model.
+  const TrainingPlan* training_plan() const { return training_plan_ ? &*training_plan_ : nullptr; }
+  // The memory model; null when neither a budget, a plan nor memory.predict asked for one.
   const MemoryModel* memory_model() const { return memory_model_ ? &*memory_model_ : nullptr; }
   // The model being trained (after conversion).
   std::shared_ptr<NetworkImpl> model() const { return model_; }
+  const torch::optim::Optimizer& optimizer() const { return *optimizer_; }
   const TrainOptions& options() const { return options_; }
 
   // Every convolution's path and probe count (0 = exact), in module order.
   const std::vector<std::pair<std::string, int64_t>>& layer_probes() const { return probes_; }
-  // The job's predicted peak: the memory model's step peak for this job's choices and batch plus
-  // the loader's prefetched batches (data.prefetch of them); 0 without a memory model.
+  // The job's predicted peak: the memory model's step peak for the choices the model runs and
+  // batch, plus what the loader and the trainer hold beside it (TrainingPlan::loader_bytes and
+  // trainer_bytes); 0 without a memory model.
   int64_t predicted_peak_bytes() const { return predicted_peak_bytes_; }
+  // Bytes the measurements showed above the prediction and re-planning set aside (0 until a re-plan).
+  int64_t unmodelled_bytes() const { return unmodelled_bytes_; }
+  // The meter's reading when Create began: measured peaks are relative to it.
+  int64_t baseline_bytes() const { return baseline_bytes_; }
   // Size of each exact micro-batch of the fidelity telemetry; 0 when telemetry is off.
   int64_t fidelity_micro_batch() const { return fidelity_micro_batch_; }
 
@@ -79,37 +107,47 @@ class Trainer {
   int64_t total_steps() const;
 
  private:
-  explicit Trainer(TrainOptions options);
+  Trainer(TrainOptions options, JobSlot slot);
+  static absl::StatusOr<std::unique_ptr<Trainer>> CreateImpl(TrainOptions options, const PlanSpec* spec);
 
-  absl::Status Initialize();
-  absl::Status BuildMemoryModel();
+  absl::Status Initialize(const PlanSpec* spec);
   // Freezes, casts to the job's dtype and creates the optimizer over the trained parameters.
   absl::Status PrepareParameters();
+  // Sets requires_grad off on the parameters under options.freeze; InvalidArgument for a prefix
+  // that matches none.
+  absl::Status Freeze();
   void SetUpTelemetry();
-  absl::Status CheckModelFitsTask(NetworkImpl& model);
+  // Converts the fresh model: as the checkpoint's layers on resume, else as the plan (or fixed_probes).
   absl::Status ConvertModel(const std::optional<Checkpoint>& resume);
-  // The memory model's per-layer choices for converted layers `layers` (others exact).
-  std::vector<LayerChoice> ChoicesOf(const std::vector<XConvLayerRecord>& layers) const;
+  // Converts the live model to `choices` in place: XConv layers take their new settings, torch
+  // convolutions and layers become XConv and lean as the plan needs. Parameters stay the same
+  // tensors, so the optimizer's state carries over; freezing is applied again.
+  absl::Status ApplyChoices(const std::vector<LayerChoice>& choices, uint64_t seed);
+  // probes_, xconv_layers_ and lean_layers_ from the model as it runs now.
+  void RecordLayers();
+  // The memory model's choices for the layers the model runs now.
+  std::vector<LayerChoice> CurrentChoices() const;
+  // Replaces the plan (table, spec, predicted peak) by one for `plan`.
+  void SetPlan(Plan plan);
   absl::Status RunLoop(const EventCallback& callback, const std::atomic<bool>* cancel);
   // One optimizer step on `example`; fills the step event.
   absl::Status Step(ExampleBatch example, TrainEvent& event);
+  // The closed loop after a step: re-plans when `step` measured too far above the prediction.
+  absl::Status FollowMeasurement(const TrainEvent& step, const EventCallback& emit);
   absl::StatusOr<std::map<std::string, double>> EvaluateUnguarded();
   absl::StatusOr<std::string> WriteCheckpoint();
   absl::Status EmitCheckpoint(const EventCallback& callback);
   TrainEvent BaseEvent(TrainEventKind kind) const;
   Batch ToModelDtype(Batch batch) const;
-  // Bytes the job holds between steps: parameters, gradients, buffers, optimizer state.
-  int64_t ResidentBytes() const;
-  // One gathered batch (inputs and targets as the dataset stores them).
-  int64_t BatchBytes() const;
-  // The loader's prefetched batches: set aside from the budget before planning.
-  int64_t LoaderBytes() const;
 
+  JobSlot slot_;  // first member: released after everything the job holds is gone
   TrainOptions options_;
+  int64_t baseline_bytes_ = 0;  // the CPU meter's reading when Create began
   std::unique_ptr<TaskAdapter> adapter_;
   std::shared_ptr<NetworkImpl> model_;
   std::optional<MemoryModel> memory_model_;
-  std::optional<Plan> plan_;
+  std::optional<TrainingPlan> training_plan_;
+  bool planned_ = false;  // a budget or a given plan decides the layers (plan() is set)
   std::vector<torch::Tensor> trainable_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   std::unique_ptr<DataLoader> loader_;
@@ -122,6 +160,8 @@ class Trainer {
   std::vector<XConvLayerRecord> xconv_layers_;
   bool lean_layers_ = false;  // the model runs mask ReLUs and index max pools
   int64_t predicted_peak_bytes_ = 0;
+  int64_t unmodelled_bytes_ = 0;
+  int replans_ = 0;
   int64_t fidelity_micro_batch_ = 0;
 
   int64_t step_ = 0;

@@ -12,6 +12,7 @@
 #include "core/models/model_zoo.h"
 #include "core/train/checkpoint_store.h"
 #include "core/train/trainer.h"
+#include "core/train/training_plan.h"
 #include "tests/train/train_test_util.h"
 
 namespace xtrain::core {
@@ -78,24 +79,27 @@ class ResumeTest : public ::testing::TestWithParam<ResumeCase> {};
 TEST_P(ResumeTest, ResumedJobMatchesUninterruptedBitForBit) {
   ResumeCase c = GetParam();
   if (c.name == "planned_unet_batchnorm") {
-    TrainOptions exact = c.options;
-    exact.memory.predict = true;
-    absl::StatusOr<std::unique_ptr<Trainer>> probe = Trainer::Create(exact);
-    ASSERT_TRUE(probe.ok()) << probe.status();
     // Halfway between the smallest plan and the exact model: some layers XConv, some exact.
-    const MemoryModel& memory = *(*probe)->memory_model();
-    const int64_t exact_peak = (*probe)->predicted_peak_bytes();
-    const int64_t loader = exact_peak - memory.PredictPeak(memory.ExactChoices(), c.options.batch_size);
-    c.options.memory.budget_bytes = (MinimumBudget(memory, c.options.batch_size) + loader + exact_peak) / 2;
+    absl::StatusOr<TrainingPlan> exact = PlanTraining(c.options);
+    ASSERT_TRUE(exact.ok()) << exact.status();
+    c.options.memory.budget_bytes = (exact->minimum_budget_bytes + exact->exact_peak_bytes) / 2;
   }
-  // Uninterrupted.
-  absl::StatusOr<std::unique_ptr<Trainer>> straight = Trainer::Create(c.options);
-  ASSERT_TRUE(straight.ok()) << straight.status();
+  // Uninterrupted (one job per process: each trainer is gone before the next is created).
   EventLog straight_log;
-  ASSERT_TRUE((*straight)->Run(straight_log.Callback()).ok());
-  if (c.options.memory.budget_bytes > 0) {
-    ASSERT_GT((*straight)->plan()->converted_layers(), 0);
-    EXPECT_FALSE(straight_log.Of(TrainEventKind::kStep)[1].fidelity->layers.empty());
+  std::vector<std::pair<std::string, torch::Tensor>> expected;
+  std::vector<std::pair<std::string, int64_t>> straight_probes;
+  int64_t straight_steps = 0;
+  {
+    absl::StatusOr<std::unique_ptr<Trainer>> straight = Trainer::Create(c.options);
+    ASSERT_TRUE(straight.ok()) << straight.status();
+    ASSERT_TRUE((*straight)->Run(straight_log.Callback()).ok());
+    if (c.options.memory.budget_bytes > 0) {
+      ASSERT_GT((*straight)->plan()->converted_layers(), 0);
+      EXPECT_FALSE(straight_log.Of(TrainEventKind::kStep)[1].fidelity->layers.empty());
+    }
+    expected = Snapshot(*(*straight)->model());
+    straight_probes = (*straight)->layer_probes();
+    straight_steps = (*straight)->step();
   }
 
   // Stopped after `stop_after` steps with a checkpoint...
@@ -127,10 +131,9 @@ TEST_P(ResumeTest, ResumedJobMatchesUninterruptedBitForBit) {
   EXPECT_EQ((*resumed)->step(), c.stop_after);
   EventLog resumed_log;
   ASSERT_TRUE((*resumed)->Run(resumed_log.Callback()).ok());
-  EXPECT_EQ((*resumed)->step(), (*straight)->step());
-  EXPECT_EQ((*resumed)->layer_probes(), (*straight)->layer_probes());
+  EXPECT_EQ((*resumed)->step(), straight_steps);
+  EXPECT_EQ((*resumed)->layer_probes(), straight_probes);
 
-  const auto expected = Snapshot(*(*straight)->model());
   const auto actual = Snapshot(*(*resumed)->model());
   ASSERT_EQ(expected.size(), actual.size());
   for (size_t i = 0; i < expected.size(); ++i) {
@@ -146,6 +149,52 @@ TEST_P(ResumeTest, ResumedJobMatchesUninterruptedBitForBit) {
 
 INSTANTIATE_TEST_SUITE_P(Jobs, ResumeTest, ::testing::Values(ExactCnn(), PlannedUNet(), DropoutSqueezeNet()),
                          [](const ::testing::TestParamInfo<ResumeCase>& info) { return info.param.name; });
+
+// A job that resumes with a new plan (the service shrinking it to pack another job beside it):
+// the checkpoint's weights and optimizer state load, then the model takes the given plan.
+TEST(Resume, TakesANewPlanWithTheCheckpointsWeights) {
+  TrainOptions options = SmallCnnOptions(45);
+  options.data.validation = nullptr;
+  options.memory.predict = true;
+  options.checkpoint.dir = FreshDir("new_plan");
+  options.max_steps = 3;
+  std::vector<std::pair<std::string, torch::Tensor>> stopped;
+  PlanSpec spec;
+  {
+    absl::StatusOr<std::unique_ptr<Trainer>> first = Trainer::Create(options);
+    ASSERT_TRUE(first.ok()) << first.status();
+    ASSERT_TRUE((*first)->Run(nullptr).ok());
+    stopped = Snapshot(*(*first)->model());
+    spec = (*first)->training_plan()->spec;  // the exact plan it ran
+  }
+  ASSERT_FALSE(spec.lean_layers);
+  for (PlanSpec::Layer& layer : spec.layers) layer.probes = 4;
+  spec.lean_layers = true;
+
+  TrainOptions second = options;
+  second.max_steps = 0;
+  second.checkpoint.resume_from = *CheckpointStore::Latest(options.checkpoint.dir);
+  absl::StatusOr<std::unique_ptr<Trainer>> resumed = Trainer::Create(second, spec);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ((*resumed)->step(), 3);
+  EXPECT_EQ((*resumed)->layer_probes(),
+            (std::vector<std::pair<std::string, int64_t>>{{"features.0", 4}, {"features.3", 4}}));
+  EXPECT_EQ((*resumed)->training_plan()->spec, spec);
+  // The weights it continues from are the checkpoint's.
+  const auto parameters = (*resumed)->model()->named_parameters();
+  for (const auto& [name, value] : stopped) {
+    if (parameters.contains(name)) {
+      EXPECT_TRUE(torch::equal(parameters[name], value)) << name;
+    }
+  }
+  EventLog log;
+  ASSERT_TRUE((*resumed)->Run(log.Callback()).ok());
+  EXPECT_EQ((*resumed)->step(), (*resumed)->total_steps());
+  const std::vector<TrainEvent> steps = log.Of(TrainEventKind::kStep);
+  ASSERT_FALSE(steps.empty());
+  EXPECT_EQ(steps.front().probes, (*resumed)->layer_probes());
+  EXPECT_EQ(steps.front().predicted_peak_bytes, (*resumed)->training_plan()->predicted_peak_bytes);
+}
 
 TEST(Checkpoint, WritesAtomicallyAndReadsBack) {
   absl::StatusOr<std::shared_ptr<NetworkImpl>> model = BuildModel({.name = "small_cnn", .width = 4});

@@ -9,10 +9,13 @@
 #include <cmath>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "core/memory/cpu_memory_meter.h"
+#include "core/train/training_plan.h"
+#include "core/util/generator_state.h"
 #include "tests/train/train_test_util.h"
 
 namespace xtrain::core {
@@ -21,12 +24,26 @@ namespace {
 using ::testing::HasSubstr;
 using namespace ::xtrain::core::testing;
 
-// Trains `options` to the end and returns its events; fails the test on an error.
-EventLog Train(const TrainOptions& options, std::unique_ptr<Trainer>* kept = nullptr) {
+// How much two epochs must improve on the untrained model: about half of what the seeded runs
+// gain here (Dice 0.28 -> 0.48, IoU 0.23 -> 0.40, PSNR +6.4 dB super-resolution, +6.3 dB on the
+// inpainting holes), leaving room for other CPUs' rounding.
+constexpr double kDiceGain = 0.1;
+constexpr double kIouGain = 0.08;
+constexpr double kPsnrGainDb = 3.0;
+
+// Trains `options` to the end and returns its events; fails the test on an error. `before` gets
+// the validation metrics of the untrained model.
+EventLog Train(const TrainOptions& options, std::unique_ptr<Trainer>* kept = nullptr,
+               std::map<std::string, double>* before = nullptr) {
   EventLog log;
   absl::StatusOr<std::unique_ptr<Trainer>> trainer = Trainer::Create(options);
   EXPECT_TRUE(trainer.ok()) << trainer.status();
   if (!trainer.ok()) return log;
+  if (before != nullptr) {
+    absl::StatusOr<std::map<std::string, double>> metrics = (*trainer)->Evaluate();
+    EXPECT_TRUE(metrics.ok()) << metrics.status();
+    if (metrics.ok()) *before = *metrics;
+  }
   const absl::Status status = (*trainer)->Run(log.Callback());
   EXPECT_TRUE(status.ok()) << status;
   if (kept != nullptr) *kept = *std::move(trainer);
@@ -76,35 +93,46 @@ TEST(Trainer, SegmentationLossFallsWithDiceAndIou) {
   const TrainOptions options =
       TaskJob({.name = "unet", .in_channels = 1, .out_channels = 3, .width = 4, .depth = 2, .seed = 3},
               TaskKind::kSegmentation, Segmentation(96, 32, {16, 16}, 3, 3), 8, 2, 0.01);
-  const EventLog log = Train(options);
+  std::map<std::string, double> before;
+  const EventLog log = Train(options, nullptr, &before);
   ExpectLossFalls(log, 4, 0.8);
   const TrainEvent last = log.Of(TrainEventKind::kEpoch).back();
   EXPECT_EQ(last.metric_name, "dice");
   ASSERT_TRUE(last.metrics.count("iou"));
-  EXPECT_GT(last.metrics.at("dice"), 0.0);
-  EXPECT_LE(last.metrics.at("iou"), last.metrics.at("dice"));
+  ASSERT_TRUE(before.count("dice") && before.count("iou"));
+  const double dice = last.metrics.at("dice"), iou = last.metrics.at("iou");
+  // Training overlaps the masks better than the untrained model did, by both measures.
+  EXPECT_GT(dice, before.at("dice") + kDiceGain) << "untrained " << before.at("dice");
+  EXPECT_GT(iou, before.at("iou") + kIouGain) << "untrained " << before.at("iou");
+  // Per class IoU = Dice / (2 - Dice), a convex function below the identity: the class means obey
+  // Dice / (2 - Dice) <= IoU <= Dice (equal only at 0 or 1).
+  EXPECT_LT(iou, dice);
+  EXPECT_GE(iou, dice / (2 - dice) - 1e-12);
 }
 
-TEST(Trainer, SuperResolutionLossFallsWithPsnr) {
+TEST(Trainer, SuperResolutionLossFallsAndPsnrRises) {
   TrainOptions options = TaskJob(
       {.name = "srnet", .in_channels = 1, .out_channels = 1, .width = 8, .depth = 2, .scale = 2, .seed = 5},
       TaskKind::kSuperResolution, Images(96, 32, {16, 16}, 5), 8, 2, 0.003);
   options.task.options.scale = 2;
-  const EventLog log = Train(options);
+  std::map<std::string, double> before;
+  const EventLog log = Train(options, nullptr, &before);
   ExpectLossFalls(log, 4, 0.7);
   const TrainEvent last = log.Of(TrainEventKind::kEpoch).back();
   EXPECT_EQ(last.metric_name, "psnr");
-  EXPECT_GT(last.metric_value, 10.0);
+  EXPECT_GT(last.metric_value, before.at("psnr") + kPsnrGainDb) << "untrained " << before.at("psnr") << " dB";
 }
 
-TEST(Trainer, InpaintingLossFallsWithHolePsnr) {
+TEST(Trainer, InpaintingLossFallsAndHolePsnrRises) {
   const TrainOptions options =
       TaskJob({.name = "unet", .in_channels = 2, .out_channels = 1, .width = 4, .depth = 2, .seed = 7},
               TaskKind::kInpainting, Images(96, 32, {16, 16}, 7), 8, 2, 0.01);
-  const EventLog log = Train(options);
+  std::map<std::string, double> before;
+  const EventLog log = Train(options, nullptr, &before);
   ExpectLossFalls(log, 4, 0.7);
-  EXPECT_EQ(log.Of(TrainEventKind::kEpoch).back().metric_name, "psnr");
-  EXPECT_TRUE(std::isfinite(log.Of(TrainEventKind::kEpoch).back().metric_value));
+  const TrainEvent last = log.Of(TrainEventKind::kEpoch).back();
+  EXPECT_EQ(last.metric_name, "psnr");
+  EXPECT_GT(last.metric_value, before.at("psnr") + kPsnrGainDb) << "untrained " << before.at("psnr") << " dB";
 }
 
 TEST(Trainer, GenerativeLossFalls) {
@@ -272,42 +300,191 @@ TEST(Trainer, BadDataGetsAClearError) {
   EXPECT_THAT(missing.status().message(), HasSubstr("init.path"));
 }
 
-TEST(Trainer, PlannedRunStaysWithinItsBudget) {
+// small_cnn (width 16) on 32x32 images at batch 32, one epoch of 4 steps, no validation.
+TrainOptions PlannedCnnOptions() {
   TrainOptions options = SmallCnnOptions();
   options.model.width = 16;
   options.data.train = Classification(128, 0, {32, 32}, 4, 21).train;
   options.data.validation = nullptr;
   options.batch_size = 32;
   options.epochs = 1;
-  options.memory.predict = true;
-  absl::StatusOr<std::unique_ptr<Trainer>> exact = Trainer::Create(options);
-  ASSERT_TRUE(exact.ok()) << exact.status();
-  const int64_t exact_peak = (*exact)->predicted_peak_bytes();
-  ASSERT_GT(exact_peak, 0);
-  const MemoryModel& memory = *(*exact)->memory_model();
-  const int64_t loader = exact_peak - memory.PredictPeak(memory.ExactChoices(), options.batch_size);
-  EXPECT_EQ(loader, 2 * 32 * (32 * 32 * 4 + 8));  // two prefetched batches of images and labels
-  const int64_t smallest = MinimumBudget(memory, options.batch_size) + loader;
-  ASSERT_LT(smallest, exact_peak);
-  exact->reset();
+  return options;
+}
 
-  options.memory.budget_bytes = (smallest + exact_peak) / 2;
+TEST(Trainer, PlannedRunMeasuresWhatItPredicts) {
+  TrainOptions options = PlannedCnnOptions();
+  absl::StatusOr<TrainingPlan> exact = PlanTraining(options);
+  ASSERT_TRUE(exact.ok()) << exact.status();
+  options.memory.budget_bytes = (exact->minimum_budget_bytes + exact->exact_peak_bytes) / 2;
   options.fidelity_interval = 2;
   std::unique_ptr<Trainer> trainer;
   const EventLog log = Train(options, &trainer);
   ASSERT_NE(trainer, nullptr);
   ASSERT_NE(trainer->plan(), nullptr);
   EXPECT_GT(trainer->plan()->converted_layers(), 0) << trainer->plan()->Table();
-  EXPECT_LE(trainer->predicted_peak_bytes(), options.memory.budget_bytes);
+  // The prediction: the memory model's step for the layers as converted, plus the loader's
+  // permutation (128 int64) and two prefetched batches of 32 images (32x32 float) and labels, plus
+  // the two default-generator states the trainer holds during Run.
+  const MemoryModel& memory = *trainer->memory_model();
+  std::vector<LayerChoice> converted = memory.ExactChoices();
+  for (size_t l = 0; l < converted.size(); ++l) {
+    for (const auto& [path, r] : trainer->layer_probes()) {
+      if (path == memory.layers()[l].path && r > 0) converted[l] = LayerChoice{true, r, ProbeMode::kIndependent};
+    }
+  }
+  at::Generator generator = at::detail::getDefaultCPUGenerator();
+  const int64_t generator_states = 2 * GeneratorState(generator).numel();
+  const int64_t predicted =
+      memory.PredictPeak(converted, 32) + 128 * 8 + 2 * 32 * (32 * 32 * 4 + 8) + generator_states;
+  EXPECT_EQ(trainer->predicted_peak_bytes(), predicted);
+  EXPECT_LE(predicted, options.memory.budget_bytes);
+  // Measured by the meter against what the process held before Create: no step passes the
+  // prediction by more than the closed loop's tolerance (half the planner's margin), and the steps
+  // during which the loader can hold both prefetched batches (all but the epoch's last two) reach it.
+  const int64_t tolerance = static_cast<int64_t>(options.memory.planner.margin / 2 * options.memory.budget_bytes);
   const std::vector<TrainEvent> steps = log.Of(TrainEventKind::kStep);
   ASSERT_EQ(steps.size(), 4u);
+  int64_t full_loader_peak = 0;
+  int telemetry = 0;
   for (const TrainEvent& step : steps) {
-    EXPECT_GT(step.measured_peak_bytes, 0);
-    EXPECT_LE(step.measured_peak_bytes, options.memory.budget_bytes)
-        << "step " << step.step << " predicted " << step.predicted_peak_bytes << "\n"
-        << trainer->plan()->Table();
-    EXPECT_EQ(step.predicted_peak_bytes, trainer->predicted_peak_bytes());
+    EXPECT_LE(step.measured_peak_bytes, options.memory.budget_bytes) << "step " << step.step;
+    EXPECT_LE(step.measured_peak_bytes, predicted + tolerance) << "step " << step.step;
+    if (step.step <= 4 - options.data.prefetch) full_loader_peak = std::max(full_loader_peak, step.measured_peak_bytes);
+    if (step.fidelity) {
+      ++telemetry;
+      EXPECT_GT(step.telemetry_peak_bytes, 0);
+      EXPECT_LE(step.telemetry_peak_bytes, options.memory.budget_bytes) << "telemetry at step " << step.step;
+    } else {
+      EXPECT_EQ(step.telemetry_peak_bytes, 0);
+    }
   }
+  EXPECT_NEAR(static_cast<double>(full_loader_peak), static_cast<double>(predicted), static_cast<double>(tolerance))
+      << trainer->plan()->Table();
+  EXPECT_EQ(telemetry, 2);
+  EXPECT_TRUE(log.Of(TrainEventKind::kReplan).empty());
+}
+
+TEST(Trainer, ExactJobMeasuresWhatItPredicts) {
+  TrainOptions options = PlannedCnnOptions();
+  options.memory.predict = true;
+  std::unique_ptr<Trainer> trainer;
+  const EventLog log = Train(options, &trainer);
+  ASSERT_NE(trainer, nullptr);
+  EXPECT_EQ(trainer->plan(), nullptr);
+  const int64_t predicted = trainer->predicted_peak_bytes();
+  ASSERT_GT(predicted, 0);
+  const double tolerance = options.memory.planner.margin / 2 * static_cast<double>(predicted);
+  int64_t full_loader_peak = 0;
+  for (const TrainEvent& step : log.Of(TrainEventKind::kStep)) {
+    EXPECT_LE(static_cast<double>(step.measured_peak_bytes), static_cast<double>(predicted) + tolerance)
+        << "step " << step.step;
+    if (step.step <= 4 - options.data.prefetch) full_loader_peak = std::max(full_loader_peak, step.measured_peak_bytes);
+  }
+  EXPECT_NEAR(static_cast<double>(full_loader_peak), static_cast<double>(predicted), tolerance);
+}
+
+TEST(Trainer, MeasuredPeakAbovePredictionReplansAndLaterStepsFit) {
+  TrainOptions options = PlannedCnnOptions();
+  options.optimizer = {.kind = OptimizerKind::kSgdMomentum, .lr = 0.05};
+  absl::StatusOr<TrainingPlan> exact = PlanTraining(options);
+  ASSERT_TRUE(exact.ok()) << exact.status();
+  // A budget the exact model fits with its margin, and an allocation the memory model does not
+  // know of 8% of it (the closed loop reacts above half the 3% margin).
+  const double margin = options.memory.planner.margin;
+  options.memory.budget_bytes =
+      static_cast<int64_t>(std::ceil(exact->plan.predicted_peak_bytes() / (1 - margin))) + exact->loader_bytes +
+      exact->trainer_bytes + 1024;
+  options.test_hooks.unmodelled_step_bytes = options.memory.budget_bytes * 8 / 100;
+
+  absl::StatusOr<std::unique_ptr<Trainer>> created = Trainer::Create(options);
+  ASSERT_TRUE(created.ok()) << created.status();
+  Trainer& trainer = **created;
+  ASSERT_EQ(trainer.plan()->converted_layers(), 0) << trainer.plan()->Table();
+  const int64_t exact_predicted = trainer.predicted_peak_bytes();
+
+  // Momentum buffers by parameter, to see the optimizer state survive the conversion.
+  auto momentum = [&trainer] {
+    std::vector<torch::Tensor> buffers;
+    for (const torch::Tensor& p : trainer.model()->parameters()) {
+      const auto& state = trainer.optimizer().state();
+      auto it = state.find(c10::guts::to_string(p.unsafeGetTensorImpl()));
+      buffers.push_back(it == state.end() ? torch::Tensor()
+                                          : static_cast<torch::optim::SGDParamState&>(*it->second).momentum_buffer().clone());
+    }
+    return buffers;
+  };
+  const std::vector<torch::Tensor> parameters = trainer.model()->parameters();
+  std::vector<torch::Tensor> before_replan;
+  std::vector<std::pair<std::string, torch::Tensor>> weights_before_replan;
+  bool checked = false;
+  EventLog log;
+  const EventCallback record = log.Callback();
+  const absl::Status status = trainer.Run([&](const TrainEvent& e) {
+    record(e);
+    if (e.kind == TrainEventKind::kStep) {
+      before_replan = momentum();
+      weights_before_replan = Snapshot(*trainer.model());
+    }
+    if (e.kind != TrainEventKind::kReplan) return;
+    // Converted in place: the same parameter tensors with the same values and optimizer state.
+    const std::vector<torch::Tensor> now = trainer.model()->parameters();
+    ASSERT_EQ(now.size(), parameters.size());
+    for (size_t i = 0; i < now.size(); ++i) EXPECT_TRUE(now[i].is_same(parameters[i])) << "parameter " << i;
+    const std::vector<torch::Tensor> after = momentum();
+    ASSERT_EQ(after.size(), before_replan.size());
+    for (size_t i = 0; i < after.size(); ++i) {
+      ASSERT_TRUE(after[i].defined()) << "parameter " << i << " lost its momentum";
+      EXPECT_TRUE(torch::equal(after[i], before_replan[i])) << "parameter " << i;
+    }
+    const auto weights = trainer.model()->named_parameters();
+    for (const auto& [name, value] : weights_before_replan) {
+      if (weights.contains(name)) {
+        EXPECT_TRUE(torch::equal(weights[name], value)) << name;
+      }
+    }
+    checked = true;
+  });
+  ASSERT_TRUE(status.ok()) << status;
+  ASSERT_TRUE(checked);
+
+  const std::vector<TrainEvent> replans = log.Of(TrainEventKind::kReplan);
+  ASSERT_EQ(replans.size(), 1u);
+  const TrainEvent& replan = replans[0];
+  EXPECT_EQ(replan.step, 1);  // right after the first step showed the excess
+  EXPECT_EQ(replan.previous_predicted_peak_bytes, exact_predicted);
+  // What the first step measured above the prediction: the test's allocation, give or take what the
+  // first step lacks (optimizer state and gradients are created during it).
+  EXPECT_NEAR(static_cast<double>(replan.unmodelled_bytes), static_cast<double>(options.test_hooks.unmodelled_step_bytes),
+              margin / 2 * static_cast<double>(options.memory.budget_bytes));
+  EXPECT_LT(replan.predicted_peak_bytes + replan.unmodelled_bytes, options.memory.budget_bytes);
+  EXPECT_THAT(replan.reason, HasSubstr("above the predicted"));
+  EXPECT_GT(trainer.plan()->converted_layers(), 0);
+  EXPECT_EQ(trainer.predicted_peak_bytes(), replan.predicted_peak_bytes);
+  EXPECT_EQ(trainer.unmodelled_bytes(), replan.unmodelled_bytes);
+  EXPECT_EQ(replan.probes, trainer.layer_probes());
+
+  const std::vector<TrainEvent> steps = log.Of(TrainEventKind::kStep);
+  ASSERT_EQ(steps.size(), 4u);
+  EXPECT_GT(steps[0].measured_peak_bytes, options.memory.budget_bytes) << "the test's allocation must show";
+  for (size_t i = 1; i < steps.size(); ++i) {
+    EXPECT_LE(steps[i].measured_peak_bytes, options.memory.budget_bytes) << "step " << steps[i].step;
+    EXPECT_EQ(steps[i].predicted_peak_bytes, replan.predicted_peak_bytes);
+  }
+}
+
+TEST(Trainer, NoPlanFitsTheMeasuredExcessIsResourceExhausted) {
+  TrainOptions options = PlannedCnnOptions();
+  absl::StatusOr<TrainingPlan> exact = PlanTraining(options);
+  ASSERT_TRUE(exact.ok()) << exact.status();
+  options.memory.budget_bytes = exact->exact_peak_bytes * 2;
+  options.test_hooks.unmodelled_step_bytes = options.memory.budget_bytes;  // more than the whole budget
+  absl::StatusOr<std::unique_ptr<Trainer>> trainer = Trainer::Create(options);
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  EventLog log;
+  const absl::Status status = (*trainer)->Run(log.Callback());
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
+  EXPECT_THAT(status.message(), HasSubstr("raise memory.budget_bytes by at least"));
+  EXPECT_EQ(log.Of(TrainEventKind::kStep).size(), 1u);
 }
 
 TEST(Trainer, BudgetBelowAnyPlanIsResourceExhausted) {
@@ -318,38 +495,52 @@ TEST(Trainer, BudgetBelowAnyPlanIsResourceExhausted) {
 }
 
 TEST(Trainer, FinetuneLeavesFrozenParametersUnchanged) {
-  // An earlier job writes its final checkpoint.
+  // An earlier job writes its final checkpoint and a weights file (then ends: one job per process).
   TrainOptions first = SmallCnnOptions(31);
   first.epochs = 1;
   first.checkpoint.dir = FreshDir("finetune_first");
-  std::unique_ptr<Trainer> earlier;
-  const EventLog first_log = Train(first, &earlier);
-  ASSERT_FALSE(first_log.Of(TrainEventKind::kCheckpoint).empty());
-  const std::string checkpoint = first_log.Of(TrainEventKind::kCheckpoint).back().checkpoint_path;
-  const auto trained = earlier->model()->named_parameters();
+  std::string checkpoint;
+  const std::string weights = FreshDir("finetune_weights") + "/weights.pt";
+  std::vector<std::pair<std::string, torch::Tensor>> trained;
+  {
+    std::unique_ptr<Trainer> earlier;
+    const EventLog first_log = Train(first, &earlier);
+    ASSERT_NE(earlier, nullptr);
+    ASSERT_FALSE(first_log.Of(TrainEventKind::kCheckpoint).empty());
+    checkpoint = first_log.Of(TrainEventKind::kCheckpoint).back().checkpoint_path;
+    trained = Snapshot(*earlier->model());
+    torch::save(earlier->model(), weights);
+  }
+  auto trained_value = [&trained](const std::string& name) {
+    for (const auto& [key, value] : trained) {
+      if (key == name) return value;
+    }
+    ADD_FAILURE() << "no parameter " << name;
+    return torch::Tensor();
+  };
 
   TrainOptions second = SmallCnnOptions(32);
   second.epochs = 1;
   second.init.path = checkpoint;
   second.freeze = {"features.0"};
-  std::unique_ptr<Trainer> finetune;
-  Train(second, &finetune);
-  ASSERT_NE(finetune, nullptr);
-  for (const auto& p : finetune->model()->named_parameters()) {
-    const bool frozen = p.key().rfind("features.0.", 0) == 0;
-    EXPECT_EQ(p.value().requires_grad(), !frozen) << p.key();
-    EXPECT_EQ(torch::equal(p.value(), trained[p.key()]), frozen) << p.key();
+  {
+    std::unique_ptr<Trainer> finetune;
+    Train(second, &finetune);
+    ASSERT_NE(finetune, nullptr);
+    for (const auto& p : finetune->model()->named_parameters()) {
+      const bool frozen = p.key().rfind("features.0.", 0) == 0;
+      EXPECT_EQ(p.value().requires_grad(), !frozen) << p.key();
+      EXPECT_EQ(torch::equal(p.value(), trained_value(p.key())), frozen) << p.key();
+    }
   }
 
   // A torch::save(module) weights file initialises the same way.
-  const std::string weights = FreshDir("finetune_weights") + "/weights.pt";
-  torch::save(earlier->model(), weights);
   second.init.path = weights;
   std::unique_ptr<Trainer> from_weights;
   Train(second, &from_weights);
   ASSERT_NE(from_weights, nullptr);
   EXPECT_TRUE(torch::equal(from_weights->model()->named_parameters()["features.0.weight"],
-                           trained["features.0.weight"]));
+                           trained_value("features.0.weight")));
 }
 
 }  // namespace
