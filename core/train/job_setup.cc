@@ -337,6 +337,29 @@ absl::StatusOr<std::vector<LayerChoice>> ChoicesOf(const PlanSpec& spec, const T
   return choices;
 }
 
+std::vector<ChainPoint> PlanChain(const MemoryModel& model, const TrainingPlan& planned, int64_t batch,
+                                  const PlannerOptions& planner) {
+  const int64_t beside = planned.loader_bytes + planned.trainer_bytes;
+  auto point_of = [&](const Plan& plan) {
+    return ChainPoint{plan.predicted_peak_bytes() + beside, plan.fidelity, LeanOf(plan), plan.choices};
+  };
+  std::vector<ChainPoint> chain = {point_of(planned.plan)};
+  // Step budgets spaced evenly in log scale from the plan's own down to the smallest that fits.
+  const int64_t top = planned.plan.budget_bytes;
+  const int64_t bottom = MinimumBudget(model, batch, planner);
+  constexpr int kPoints = 12;
+  for (int k = 1; k <= kPoints && bottom < top; ++k) {
+    const double t = static_cast<double>(k) / kPoints;
+    const auto step_budget = static_cast<int64_t>(
+        std::ceil(std::exp((1 - t) * std::log(static_cast<double>(top)) + t * std::log(static_cast<double>(bottom)))));
+    absl::StatusOr<Plan> plan = MakePlan(model, std::max(step_budget, bottom), batch, planner);
+    if (!plan.ok()) continue;
+    ChainPoint point = point_of(*plan);
+    if (point.peak_bytes < chain.back().peak_bytes) chain.push_back(std::move(point));
+  }
+  return chain;
+}
+
 absl::StatusOr<TrainingPlan> PlanJob(const TrainOptions& o, const MemoryModel& model, const PlanSpec* spec) {
   TrainingPlan out;
   const int64_t batch = o.batch_size;
@@ -386,6 +409,7 @@ absl::StatusOr<TrainingPlan> PlanJob(const TrainOptions& o, const MemoryModel& m
   }
   out.predicted_peak_bytes = out.plan.predicted_peak_bytes() + beside;
   out.spec = SpecOf(model, out.plan.choices, LeanOf(out.plan), batch, budget);
+  if (spec == nullptr && budget > 0 && o.memory.fixed_probes == 0) out.chain = PlanChain(model, out, batch, planner);
   return out;
 }
 

@@ -64,6 +64,11 @@ PlanSpec SpecOf(const MemoryModel& model, const std::vector<LayerChoice>& choice
 absl::StatusOr<std::vector<LayerChoice>> ChoicesOf(const PlanSpec& spec, const TrainOptions& options,
                                                    const MemoryModel& model);
 
+// The plans at step budgets from `planned`'s down to the smallest that fits, by decreasing peak;
+// the first point is `planned`'s own plan.
+std::vector<ChainPoint> PlanChain(const MemoryModel& model, const TrainingPlan& planned, int64_t batch,
+                                  const PlannerOptions& planner);
+
 // Plans the job on its memory model: with `spec`, checks it and takes its choices (which must fit
 // memory.budget_bytes less the margin); otherwise plans into memory.budget_bytes, or takes
 // memory.fixed_probes or the exact model without a budget.

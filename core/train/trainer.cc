@@ -411,6 +411,42 @@ absl::Status Trainer::ApplyChoices(const std::vector<LayerChoice>& choices, uint
   return absl::OkStatus();
 }
 
+absl::Status Trainer::Replan(const PlanSpec& spec) {
+  if (!memory_model_ || !training_plan_) {
+    return absl::FailedPreconditionError(
+        "this job has no memory model to re-plan with; give it a memory.budget_bytes or a plan at Create");
+  }
+  TrainOptions o = options_;
+  o.memory.budget_bytes = spec.budget_bytes;
+  absl::StatusOr<std::vector<LayerChoice>> choices = train_internal::ChoicesOf(spec, o, *memory_model_);
+  if (!choices.ok()) return choices.status();
+  const TrainingPlan& current = *training_plan_;
+  const int64_t beside = current.loader_bytes + current.trainer_bytes + unmodelled_bytes_;
+  const int64_t step_budget = spec.budget_bytes > 0 ? spec.budget_bytes - beside : 0;
+  if (spec.budget_bytes > 0) {
+    const Plan target = train_internal::PlanFor(*memory_model_, *choices, o.batch_size, std::max<int64_t>(step_budget, 0),
+                                                o.memory.planner);
+    if (step_budget <= 0 || target.predicted_peak_bytes() > target.usable_bytes) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the new plan's job peak is ", target.predicted_peak_bytes() + beside, " bytes, more than its budget of ",
+          spec.budget_bytes, " bytes holds after the planner's ", o.memory.planner.margin * 100, "% margin"));
+    }
+  }
+  const int64_t old_step_budget = training_plan_->plan.budget_bytes;
+  const int64_t old_budget = options_.memory.budget_bytes;
+  options_.memory.budget_bytes = spec.budget_bytes;
+  training_plan_->plan.budget_bytes = std::max<int64_t>(step_budget, 0);
+  const uint64_t seed = MixSeed(MixSeed(options_.seed, kConvertStream), static_cast<uint64_t>(step_) + (1ull << 40));
+  if (absl::Status s = ApplyChoices(*choices, seed); !s.ok()) {
+    options_.memory.budget_bytes = old_budget;
+    training_plan_->plan.budget_bytes = old_step_budget;
+    return s;
+  }
+  planned_ = true;
+  ++replans_;
+  return absl::OkStatus();
+}
+
 int64_t Trainer::steps_per_epoch() const { return loader_ ? loader_->num_batches() : 0; }
 
 int64_t Trainer::total_steps() const { return steps_per_epoch() * options_.epochs; }

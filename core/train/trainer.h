@@ -73,6 +73,13 @@ class Trainer {
   // FailedPrecondition without validation data.
   absl::StatusOr<std::map<std::string, double>> Evaluate();
 
+  // Switches the live model to `spec` between steps (the service's scheduler shrinking or growing a
+  // job): memory.budget_bytes becomes spec.budget_bytes, the layers take the spec's choices in
+  // place (parameters and optimizer state carry over). The spec is checked like Create's (same
+  // layers and batch, fits its budget less the margin and any bytes the closed loop set aside);
+  // on a refusal nothing changes. Call it from Run's callback or between Run calls.
+  absl::Status Replan(const PlanSpec& spec);
+
   // Writes a checkpoint now; FailedPrecondition without checkpoint.dir.
   absl::StatusOr<std::string> SaveCheckpoint();
 

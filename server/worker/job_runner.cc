@@ -82,10 +82,10 @@ v1::Plan PlanMessage(const core::TrainingPlan& tp) {
   const core::Plan& plan = tp.plan;
   out.set_batch_size(tp.spec.batch);
   out.set_budget_bytes(tp.spec.budget_bytes);
-  out.set_usable_bytes(plan.usable_bytes > 0 ? plan.usable_bytes + tp.loader_bytes : 0);
+  out.set_usable_bytes(plan.usable_bytes > 0 ? plan.usable_bytes + tp.loader_bytes + tp.trainer_bytes : 0);
   out.set_predicted_peak_bytes(tp.predicted_peak_bytes);
   out.set_exact_peak_bytes(tp.exact_peak_bytes);
-  out.set_loader_bytes(tp.loader_bytes);
+  out.set_loader_bytes(tp.loader_bytes + tp.trainer_bytes);
   out.set_lean_layers(tp.spec.lean_layers);
   out.set_fidelity(plan.fidelity);
   for (const core::LayerPlan& layer : plan.layers) {
@@ -161,7 +161,7 @@ int JobRunner::Plan(const wv1::PlanCall& call) {
   result.set_mode(std::string(core::ProbeModeName(options->memory.planner.modes.front())));
   for (const core::ChainPoint& point : planned->chain) {
     wv1::ChainPoint& p = *result.add_chain();
-    p.set_peak_bytes(point.peak_bytes + planned->loader_bytes);
+    p.set_peak_bytes(point.peak_bytes);
     p.set_fidelity(point.fidelity);
     p.set_lean_layers(point.lean_layers);
     for (const core::LayerChoice& choice : point.choices) p.add_probes(choice.xconv ? choice.probes : 0);
@@ -346,10 +346,10 @@ int JobRunner::Train(const wv1::TrainCall& call) {
       }
       case core::TrainEventKind::kReplan: {
         v1::Replanned& replanned = *message.mutable_replanned();
-        replanned.set_reason(event.replan_reason);
+        replanned.set_reason(event.reason);
         replanned.set_old_budget_bytes(budget);
         replanned.set_new_budget_bytes(budget);
-        replanned.set_old_predicted_peak_bytes(event.replan_old_peak_bytes);
+        replanned.set_old_predicted_peak_bytes(event.previous_predicted_peak_bytes);
         replanned.set_new_predicted_peak_bytes(event.predicted_peak_bytes);
         if (trainer.training_plan() != nullptr) *replanned.mutable_plan() = PlanMessage(*trainer.training_plan());
         break;

@@ -153,7 +153,7 @@ Job NewJob(const std::string& id, const std::string& request_id = "") {
   job.set_id(id);
   job.set_tenant("team-a");
   job.set_client_request_id(request_id);
-  job.set_state(xtrain::v1::PENDING);
+  job.set_state(xtrain::v1::QUEUED);
   return job;
 }
 
@@ -270,7 +270,7 @@ TEST_P(Store, InsertThenLoadKeepsEveryField) {
   std::vector<const google::protobuf::FieldDescriptor*> set_fields;
   full.GetReflection()->ListFields(full, &set_fields);
   ASSERT_EQ(set_fields.size(), static_cast<size_t>(Job::descriptor()->field_count()));
-  std::vector<JobEvent> events = {StateEvent(1, xtrain::v1::JOB_STATE_UNSPECIFIED, xtrain::v1::PENDING),
+  std::vector<JobEvent> events = {StateEvent(1, xtrain::v1::JOB_STATE_UNSPECIFIED, xtrain::v1::QUEUED),
                                   StepEvent(2, 0)};
   ASSERT_TRUE(store_->InsertJob({full, events}).ok());
   // Inserted after, listed after, though its id sorts first.
