@@ -19,14 +19,27 @@ class CountingAllocator final : public c10::Allocator {
   }
 
   c10::DataPtr allocate(size_t bytes) const override {
-    c10::DataPtr inner = base_->allocate(bytes);
+    if (bytes > 0 && !meter_->TryAdd(static_cast<int64_t>(bytes))) {
+      TORCH_CHECK(false, "CPU allocation of ", bytes, " bytes refused: the job would hold ",
+                  meter_->current_bytes() + static_cast<int64_t>(bytes), " bytes, over its memory limit of ",
+                  meter_->limit_bytes(), " bytes");
+    }
+    c10::DataPtr inner;
+    try {
+      inner = base_->allocate(bytes);
+    } catch (...) {
+      if (bytes > 0) meter_->Sub(static_cast<int64_t>(bytes));
+      throw;
+    }
     void* data = inner.get();
-    if (data == nullptr) return inner;  // zero-byte allocations own nothing
+    if (data == nullptr) {  // zero-byte allocations own nothing
+      if (bytes > 0) meter_->Sub(static_cast<int64_t>(bytes));
+      return inner;
+    }
     {
       absl::MutexLock lock(&mutex_);
       blocks_.emplace(data, Block{std::move(inner), static_cast<int64_t>(bytes)});
     }
-    meter_->Add(static_cast<int64_t>(bytes));
     return {data, data, &Free, c10::Device(c10::DeviceType::CPU)};
   }
 
@@ -59,11 +72,19 @@ class CountingAllocator final : public c10::Allocator {
 
 }  // namespace
 
-void CpuMemoryMeter::Add(int64_t bytes) {
+bool CpuMemoryMeter::TryAdd(int64_t bytes) {
   const int64_t now = current_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+  const int64_t limit = limit_.load(std::memory_order_relaxed);
+  if (limit > 0 && now > limit) {
+    current_.fetch_sub(bytes, std::memory_order_relaxed);
+    refusals_.fetch_add(1, std::memory_order_relaxed);
+    last_refused_.store(bytes, std::memory_order_relaxed);
+    return false;
+  }
   int64_t peak = peak_.load(std::memory_order_relaxed);
   while (now > peak && !peak_.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
   }
+  return true;
 }
 
 CpuMemoryMeter& CpuMemoryMeter::Install() {

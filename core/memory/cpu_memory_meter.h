@@ -35,13 +35,26 @@ class CpuMemoryMeter final : public MemoryMeter {
     int64_t start_;
   };
 
-  void Add(int64_t bytes);
+  // Refuses CPU allocations that would take current_bytes() above `bytes` (0: no limit). A refused
+  // allocation throws c10::Error as an out-of-memory would, so a job that overruns its budget fails
+  // with a clean error instead of taking the machine's memory (the worker caps itself this way).
+  void SetLimit(int64_t bytes) { limit_.store(bytes, std::memory_order_relaxed); }
+  int64_t limit_bytes() const { return limit_.load(std::memory_order_relaxed); }
+  // Allocations refused by the limit so far, and the bytes the last one asked for.
+  int64_t refusals() const { return refusals_.load(std::memory_order_relaxed); }
+  int64_t last_refused_bytes() const { return last_refused_.load(std::memory_order_relaxed); }
+
+  // Counts `bytes` unless the limit refuses them (then counts a refusal and returns false).
+  bool TryAdd(int64_t bytes);
   void Sub(int64_t bytes) { current_.fetch_sub(bytes, std::memory_order_relaxed); }
 
  private:
   CpuMemoryMeter() = default;
   std::atomic<int64_t> current_{0};
   std::atomic<int64_t> peak_{0};
+  std::atomic<int64_t> limit_{0};
+  std::atomic<int64_t> refusals_{0};
+  std::atomic<int64_t> last_refused_{0};
 };
 
 }  // namespace xtrain::core

@@ -11,6 +11,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/strings/str_cat.h"
+#include "server/common/mutex.h"
 #include "server/common/util.h"
 #include "spdlog/spdlog.h"
 
@@ -113,13 +114,13 @@ absl::Status Server::Initialize() {
 }
 
 void Server::Wait() {
-  absl::MutexLock lock(&mutex_);
-  mutex_.Await(absl::Condition(&stopped_));
+  MutexLock lock(&mutex_);
+  while (!stopped_) lock.Wait(&stopped_cv_);
 }
 
 void Server::Shutdown(double grace_seconds) {
   {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     if (stopped_) return;
   }
   spdlog::info("shutting down: checkpointing running jobs (grace {} s)", grace_seconds);
@@ -149,8 +150,9 @@ void Server::Shutdown(double grace_seconds) {
   hub_.reset();
   store_.reset();
   spdlog::info("xtrain-server stopped");
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   stopped_ = true;
+  stopped_cv_.SignalAll();
 }
 
 Server::~Server() { Shutdown(0); }

@@ -73,6 +73,7 @@ class Server {
   std::unique_ptr<grpc::Server> grpc_;
   absl::Mutex mutex_;
   bool stopped_ ABSL_GUARDED_BY(mutex_) = false;
+  absl::CondVar stopped_cv_;
 };
 
 }  // namespace xtrain::server

@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/common/mutex.h"
 #include "spdlog/spdlog.h"
 
 namespace xtrain::server {
@@ -81,7 +82,7 @@ class WatchHub::Watcher : public grpc::ServerWriteReactor<v1::WatchJobResponse> 
     Action action;
     grpc::Status status;
     {
-      absl::MutexLock lock(&log_->mutex);
+      MutexLock lock(&log_->mutex);
       in_flight_ = false;
       if (!ok) cancelled_ = true;  // the stream broke: the client went away
       action = NextLocked(hub_.options_.coalesce_lag, &status);
@@ -93,7 +94,7 @@ class WatchHub::Watcher : public grpc::ServerWriteReactor<v1::WatchJobResponse> 
     Action action;
     grpc::Status status;
     {
-      absl::MutexLock lock(&log_->mutex);
+      MutexLock lock(&log_->mutex);
       cancelled_ = true;
       action = NextLocked(hub_.options_.coalesce_lag, &status);
     }
@@ -130,7 +131,7 @@ WatchHub::WatchHub(JobStore& store, WatchHubOptions options) : store_(store), op
 WatchHub::~WatchHub() = default;
 
 std::shared_ptr<WatchHub::JobLog> WatchHub::LogFor(const std::string& job_id) {
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   auto& log = logs_[job_id];
   if (log != nullptr) return log;
   log = std::make_shared<JobLog>();
@@ -138,7 +139,7 @@ std::shared_ptr<WatchHub::JobLog> WatchHub::LogFor(const std::string& job_id) {
   if (!events.ok()) {
     spdlog::error("reading the event log of job {} failed: {}", job_id, std::string(events.status().message()));
   } else {
-    absl::MutexLock log_lock(&log->mutex);
+    MutexLock log_lock(&log->mutex);
     for (v1::JobEvent& event : *events) log->Append(std::make_shared<const v1::JobEvent>(std::move(event)));
   }
   return log;
@@ -148,7 +149,7 @@ void WatchHub::Publish(const v1::Job& job, const std::vector<v1::JobEvent>& even
   if (events.empty()) return;
   std::shared_ptr<JobLog> log;
   {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     auto it = logs_.find(job.id());
     if (it == logs_.end()) return;  // nobody watches: the store has it for later watchers
     log = it->second;
@@ -157,7 +158,7 @@ void WatchHub::Publish(const v1::Job& job, const std::vector<v1::JobEvent>& even
   std::vector<Watcher*> writes;
   bool drop = false;
   {
-    absl::MutexLock lock(&log->mutex);
+    MutexLock lock(&log->mutex);
     for (const v1::JobEvent& event : events) log->Append(std::make_shared<const v1::JobEvent>(event));
     for (Watcher* watcher : log->watchers) {
       grpc::Status status;
@@ -170,7 +171,7 @@ void WatchHub::Publish(const v1::Job& job, const std::vector<v1::JobEvent>& even
   for (Watcher* watcher : writes) watcher->Perform(Watcher::Action::kWrite, grpc::Status::OK);
   for (auto& [watcher, status] : finishes) watcher->Perform(Watcher::Action::kFinish, status);
   if (drop) {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     logs_.erase(job.id());
   }
 }
@@ -178,7 +179,7 @@ void WatchHub::Publish(const v1::Job& job, const std::vector<v1::JobEvent>& even
 grpc::ServerWriteReactor<v1::WatchJobResponse>* WatchHub::Watch(const std::string& job_id, int64_t from_sequence) {
   bool shut_down;
   {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     shut_down = shut_down_;
   }
   std::shared_ptr<JobLog> log = shut_down ? std::make_shared<JobLog>() : LogFor(job_id);
@@ -188,7 +189,7 @@ grpc::ServerWriteReactor<v1::WatchJobResponse>* WatchHub::Watch(const std::strin
   Watcher::Action action = Watcher::Action::kNone;
   grpc::Status status;
   {
-    absl::MutexLock lock(&log->mutex);
+    MutexLock lock(&log->mutex);
     const int64_t size = static_cast<int64_t>(log->events.size());
     log->watchers.insert(watcher);
     if (shut_down) log->shut_down = true;
@@ -208,10 +209,10 @@ grpc::ServerWriteReactor<v1::WatchJobResponse>* WatchHub::Watch(const std::strin
 
 void WatchHub::Detach(const std::shared_ptr<JobLog>& log, Watcher* watcher) {
   --watchers_;
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   bool drop = false;
   {
-    absl::MutexLock log_lock(&log->mutex);
+    MutexLock log_lock(&log->mutex);
     log->watchers.erase(watcher);
     drop = log->ended && log->watchers.empty();
   }
@@ -228,14 +229,14 @@ void WatchHub::Detach(const std::shared_ptr<JobLog>& log, Watcher* watcher) {
 void WatchHub::Shutdown() {
   std::vector<std::shared_ptr<JobLog>> logs;
   {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     shut_down_ = true;
     for (auto& [id, log] : logs_) logs.push_back(log);
   }
   for (const std::shared_ptr<JobLog>& log : logs) {
     std::vector<std::pair<Watcher*, grpc::Status>> finishes;
     {
-      absl::MutexLock lock(&log->mutex);
+      MutexLock lock(&log->mutex);
       log->shut_down = true;
       for (Watcher* watcher : log->watchers) {
         grpc::Status status;

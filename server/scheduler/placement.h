@@ -53,15 +53,17 @@ struct Decision {
   Kind kind = Kind::kAdmit;
   std::string job_id;
   std::string device;
-  int point = 0;
+  int point = 0;                  // kPreempt: the point it runs at now
   std::string reason;             // a sentence for the job's event log
 };
 
 // Why a queued job still waits, and where it stands.
 struct WaitInfo {
   std::string job_id;
-  int queue_position = 0;         // 1 = next
-  std::string reason;             // "needs 1.2 GiB on cpu (0.4 GiB free, 0.8 GiB missing)", ...
+  int queue_position = 0;         // 1 = next; counts only jobs that can start (0 when never_fits)
+  std::string reason;             // "waits for cpu: needs 1.20 GiB at its floor, 0.40 GiB free (0.80 GiB missing); ..."
+  bool never_fits = false;        // it can never start as configured (too large, pinned to a missing or
+                                  // too small device, malformed demand): the scheduler should fail it
 };
 
 struct PlacementResult {
@@ -82,6 +84,25 @@ struct PlacementResult {
 //   running jobs are preempted. Bytes freed this way count only once the job confirms (busy).
 // - A starving job reserves the device it fits best: later jobs may start there only in what remains
 //   beside its floor, so smaller jobs run ahead of it only where they do not delay it.
+// Readings of the points above where they leave a choice:
+// - Fair share: the order is built once per pass; each job placed in it charges its tenant its
+//   requested budget, as if the jobs ahead ran, so a tenant that floods the queue alternates with
+//   the others. Ties: the tenant whose next job has the smaller order, then id. Starving jobs of one
+//   priority go by order, then id. Priority still comes first: a steady stream of higher-priority
+//   jobs can hold back a lower-priority one, starving or not.
+// - The head is the first job in queue order that waits and could ever start; it alone may make room
+//   in a pass (one room-making per pass). Shrinking aims at its requested point, else the largest
+//   point shrinking can make room for; preempting (only when shrinking every candidate to its floor
+//   is not enough, or a slot is needed) aims at its floor. Among devices: shrinking that touches the
+//   lowest priorities, then the fewest jobs and bytes; preempting that stops the fewest jobs.
+// - While a device the head could use has a busy job of no higher priority (room being made, or a
+//   job stopping), the head makes no more room: it waits for that device and holds it.
+// - A held device (a reservation) keeps its holder's bytes and one slot from every later job: a
+//   starving job holds its floor on the device it is closest to fitting (fewest bytes missing, then
+//   a free slot, then the smallest, then configuration order); the head making room holds its
+//   requested point (or the largest the device can hold), so backfill does not take the room made.
+// - A job that can never start (see WaitInfo::never_fits) makes no room and holds nothing. Running
+//   jobs on devices not in `devices` are ignored (their bytes still count for their tenant).
 PlacementResult Place(const std::vector<DeviceState>& devices, const std::vector<RunningJob>& running,
                       const std::vector<JobDemand>& queued, const PlacementOptions& options = {});
 

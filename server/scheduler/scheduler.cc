@@ -13,6 +13,7 @@
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "server/common/util.h"
+#include "server/common/mutex.h"
 #include "spdlog/spdlog.h"
 
 namespace xtrain::server {
@@ -174,7 +175,7 @@ absl::Status Scheduler::Recover() {
       }
     }
     {
-      absl::MutexLock lock(&snapshot_mutex_);
+      MutexLock lock(&snapshot_mutex_);
       snapshots_[id] = Snapshot{entry->job, entry->order};
     }
     jobs_[id] = std::move(entry);
@@ -274,14 +275,14 @@ void Scheduler::PlanContext(const wv1::JobContext& context, PlanDone done) {
   const std::string key = PlanKey(context);
   if (auto hit = plan_cache_.find(key); hit != plan_cache_.end()) {
     {
-      absl::MutexLock lock(&snapshot_mutex_);
+      MutexLock lock(&snapshot_mutex_);
       ++stats_.plan_cache_hits;
     }
     done(hit->second);
     return;
   }
   {
-    absl::MutexLock lock(&snapshot_mutex_);
+    MutexLock lock(&snapshot_mutex_);
     ++stats_.plan_cache_misses;
   }
   auto& call = plan_calls_[key];
@@ -311,7 +312,7 @@ void Scheduler::StartPlanWorkers() {
     handlers.on_exit = [this, key](const WorkerExit& exit) {
       --plans_running_;
       {
-        absl::MutexLock lock(&snapshot_mutex_);
+        MutexLock lock(&snapshot_mutex_);
         stats_.planning = plans_running_;
       }
       auto it = plan_calls_.find(key);
@@ -334,7 +335,7 @@ void Scheduler::StartPlanWorkers() {
     call.started = true;
     call.worker = *worker;
     ++plans_running_;
-    absl::MutexLock lock(&snapshot_mutex_);
+    MutexLock lock(&snapshot_mutex_);
     stats_.planning = plans_running_;
   }
 }
@@ -509,7 +510,7 @@ void Scheduler::SubmitPlanned(const std::string& tenant, const v1::SubmitJobRequ
   }
   if (!job.client_request_id().empty()) request_ids_[{tenant, job.client_request_id()}] = job.id();
   {
-    absl::MutexLock lock(&snapshot_mutex_);
+    MutexLock lock(&snapshot_mutex_);
     snapshots_[job.id()] = Snapshot{job, entry->order};
     ++stats_.queued;
   }
@@ -562,7 +563,7 @@ void Scheduler::Cancel(std::string tenant, std::string job_id, Done<v1::Job> don
 // Reads.
 
 absl::StatusOr<v1::Job> Scheduler::GetJob(const std::string& tenant, const std::string& job_id) const {
-  absl::MutexLock lock(&snapshot_mutex_);
+  MutexLock lock(&snapshot_mutex_);
   auto it = snapshots_.find(job_id);
   if (it == snapshots_.end() || (!tenant.empty() && it->second.job.tenant() != tenant)) {
     return absl::NotFoundError(absl::StrCat("job '", job_id, "' does not exist"));
@@ -588,7 +589,7 @@ absl::StatusOr<v1::ListJobsResponse> Scheduler::ListJobs(const std::string& tena
     }
   }
   std::set<int> states(request.states().begin(), request.states().end());
-  absl::MutexLock lock(&snapshot_mutex_);
+  MutexLock lock(&snapshot_mutex_);
   std::vector<const Snapshot*> matched;
   for (const auto& [id, snapshot] : snapshots_) {
     const v1::Job& job = snapshot.job;
@@ -622,7 +623,7 @@ absl::StatusOr<v1::ListJobsResponse> Scheduler::ListJobs(const std::string& tena
 }
 
 Scheduler::Stats Scheduler::stats() const {
-  absl::MutexLock lock(&snapshot_mutex_);
+  MutexLock lock(&snapshot_mutex_);
   return stats_;
 }
 
@@ -686,6 +687,11 @@ void Scheduler::Pass() {
         break;
     }
   }
+  for (const WaitInfo& info : result.waiting) {
+    if (!info.never_fits) continue;
+    auto it = jobs_.find(info.job_id);
+    if (it != jobs_.end()) FinishJob(*it->second, v1::FAILED, absl::StrCat("it can never run here: ", info.reason));
+  }
   RefreshWaiting(result);
   Flush();
   // Waiting jobs age: look again later so starvation reservations and reasons stay current.
@@ -699,7 +705,7 @@ void Scheduler::Pass() {
 }
 
 void Scheduler::RefreshWaiting(const PlacementResult& result) {
-  absl::MutexLock lock(&snapshot_mutex_);
+  MutexLock lock(&snapshot_mutex_);
   waiting_.clear();
   for (const WaitInfo& info : result.waiting) waiting_[info.job_id] = info;
   stats_.queued = 0;
@@ -1070,7 +1076,7 @@ void Scheduler::Flush() {
   }
   staged_.clear();
   {
-    absl::MutexLock lock(&snapshot_mutex_);
+    MutexLock lock(&snapshot_mutex_);
     for (JobEntry* entry : entries) {
       snapshots_[entry->job.id()] = Snapshot{entry->job, entry->order};
       if (entry->job.state() != v1::QUEUED) waiting_.erase(entry->job.id());

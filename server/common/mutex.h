@@ -1,0 +1,52 @@
+#pragma once
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+
+#ifdef XTRAIN_TSAN
+#include <sanitizer/tsan_interface.h>
+#endif
+
+namespace xtrain::server {
+
+// absl::MutexLock that ThreadSanitizer can see. Debian's Abseil is not built with ThreadSanitizer, so
+// TSan cannot tell that one critical section ends before the next begins and reports races between
+// them; these annotations tell it. The service's TSan build defines XTRAIN_TSAN (it undefines
+// __SANITIZE_THREAD__ so that protobuf's and gRPC's headers keep the layout of the system's
+// uninstrumented libraries); elsewhere this is absl::MutexLock. Every service lock goes through it.
+class ABSL_SCOPED_LOCKABLE MutexLock {
+ public:
+  explicit MutexLock(absl::Mutex* mu) ABSL_EXCLUSIVE_LOCK_FUNCTION(mu) : mu_(mu) {
+    mu_->Lock();
+    Acquired();
+  }
+  ~MutexLock() ABSL_UNLOCK_FUNCTION() {
+    Releasing();
+    mu_->Unlock();
+  }
+  MutexLock(const MutexLock&) = delete;
+  MutexLock& operator=(const MutexLock&) = delete;
+
+  // Waits for a signal on `cv`, unlocked meanwhile.
+  void Wait(absl::CondVar* cv) {
+    Releasing();
+    cv->Wait(mu_);
+    Acquired();
+  }
+
+ private:
+  void Acquired() {
+#ifdef XTRAIN_TSAN
+    __tsan_acquire(mu_);
+#endif
+  }
+  void Releasing() {
+#ifdef XTRAIN_TSAN
+    __tsan_release(mu_);
+#endif
+  }
+
+  absl::Mutex* const mu_;
+};
+
+}  // namespace xtrain::server

@@ -1,0 +1,569 @@
+// The service end to end: a real xtrain-server (in this process, or as a child process where a test
+// kills it) on port 0, real gRPC stubs, real xtrain-worker processes training real (tiny) jobs.
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <set>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "server/common/util.h"
+#include "tests/server/service_test_util.h"
+
+namespace xtrain::server::testing {
+namespace {
+namespace v1 = ::xtrain::v1;
+using ::testing::HasSubstr;
+
+bool IsTerminal(v1::JobState s) { return s == v1::SUCCEEDED || s == v1::FAILED || s == v1::CANCELLED; }
+
+v1::SubmitJobResponse Submit(v1::TrainingService::Stub& stub, const v1::JobSpec& spec, const std::string& request_id = "") {
+  grpc::ClientContext context;
+  v1::SubmitJobRequest request;
+  *request.mutable_spec() = spec;
+  request.set_client_request_id(request_id);
+  v1::SubmitJobResponse response;
+  grpc::Status status = stub.SubmitJob(&context, request, &response);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return response;
+}
+
+grpc::Status Plan(v1::TrainingService::Stub& stub, const v1::JobSpec& spec, v1::PlanJobResponse* response) {
+  grpc::ClientContext context;
+  v1::PlanJobRequest request;
+  *request.mutable_spec() = spec;
+  return stub.PlanJob(&context, request, response);
+}
+
+grpc::Status Cancel(v1::TrainingService::Stub& stub, const std::string& id, v1::CancelJobResponse* response) {
+  grpc::ClientContext context;
+  v1::CancelJobRequest request;
+  request.set_job_id(id);
+  return stub.CancelJob(&context, request, response);
+}
+
+// Sequences are 1, 2, ..., n: no gap, no repeat.
+void ExpectContinuous(const std::vector<v1::JobEvent>& events) {
+  for (size_t i = 0; i < events.size(); ++i) {
+    ASSERT_EQ(events[i].sequence(), static_cast<int64_t>(i) + 1) << "event " << i;
+  }
+}
+
+std::vector<v1::JobState> States(const std::vector<v1::JobEvent>& events) {
+  std::vector<v1::JobState> states;
+  for (const v1::JobEvent& e : events) {
+    if (e.has_state()) states.push_back(e.state().to_state());
+  }
+  return states;
+}
+
+std::string Download(v1::TrainingService::Stub& stub, const std::string& artifact, int64_t offset, grpc::Status* status,
+                     v1::ArtifactInfo* info = nullptr) {
+  grpc::ClientContext context;
+  v1::DownloadArtifactRequest request;
+  request.set_artifact_id(artifact);
+  request.set_offset(offset);
+  auto reader = stub.DownloadArtifact(&context, request);
+  std::string bytes;
+  v1::DownloadArtifactResponse response;
+  while (reader->Read(&response)) {
+    if (response.has_info() && info != nullptr) *info = response.info();
+    EXPECT_EQ(response.offset(), offset + static_cast<int64_t>(bytes.size()));
+    bytes += response.data();
+  }
+  *status = reader->Finish();
+  return bytes;
+}
+
+grpc::Status Upload(v1::TrainingService::Stub& stub, const std::string& content, const std::string& sha,
+                    int64_t declared_size, v1::UploadArtifactResponse* response) {
+  grpc::ClientContext context;
+  auto writer = stub.UploadArtifact(&context, response);
+  v1::UploadArtifactRequest header;
+  header.mutable_header()->set_name("weights.pt");
+  header.mutable_header()->set_size_bytes(declared_size);
+  header.mutable_header()->set_sha256(sha);
+  writer->Write(header);
+  for (size_t offset = 0; offset < content.size(); offset += 4096) {
+    v1::UploadArtifactRequest chunk;
+    chunk.set_data(content.substr(offset, 4096));
+    if (!writer->Write(chunk)) break;
+  }
+  writer->WritesDone();
+  return writer->Finish();
+}
+
+TEST(Service, LifecycleFromSubmitToSucceeded) {
+  auto test = TestServer::Start();
+  ASSERT_NE(test, nullptr);
+  v1::SubmitJobResponse submitted = Submit(*test->stub, TinyJob(/*max_steps=*/12));
+  const v1::Job& job = submitted.job();
+  ASSERT_FALSE(job.id().empty());
+  EXPECT_EQ(job.state(), v1::QUEUED);
+  EXPECT_GT(job.plan().predicted_peak_bytes(), 0);
+  EXPECT_GT(job.plan().layers_size(), 0);
+
+  grpc::Status status;
+  std::vector<v1::JobEvent> events = WatchToEnd(*test->stub, job.id(), 0, &status);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ExpectContinuous(events);
+  EXPECT_THAT(States(events), ::testing::ElementsAre(v1::QUEUED, v1::RUNNING, v1::SUCCEEDED));
+  int steps = 0;
+  int64_t last_step = 0;
+  for (const v1::JobEvent& e : events) {
+    if (!e.has_step()) continue;
+    ++steps;
+    EXPECT_EQ(e.step().step(), last_step + 1);
+    last_step = e.step().step();
+    EXPECT_GT(e.step().measured_peak_bytes(), 0);
+    EXPECT_LE(e.step().measured_peak_bytes(), job.budget_bytes());
+    EXPECT_TRUE(std::isfinite(e.step().loss()));
+  }
+  EXPECT_EQ(steps, 12);
+  v1::Job done = WaitForEnd(*test->stub, job.id());
+  EXPECT_EQ(done.state(), v1::SUCCEEDED);
+  EXPECT_EQ(done.progress().step(), 12);
+  EXPECT_TRUE(done.final_metrics().count("accuracy")) << done.ShortDebugString();
+  EXPECT_FALSE(done.weights_artifact_id().empty());
+  EXPECT_GT(done.end_time().seconds(), 0);
+  EXPECT_EQ(done.last_sequence(), static_cast<int64_t>(events.size()));
+}
+
+TEST(Service, BadSpecsAreRefusedWithTheFieldToChange) {
+  auto test = TestServer::Start();
+  ASSERT_NE(test, nullptr);
+  v1::JobSpec spec = TinyJob(5);
+  spec.mutable_training()->set_batch_size(-3);
+  v1::PlanJobResponse plan;
+  grpc::Status status = Plan(*test->stub, spec, &plan);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("spec.training.batch_size"));
+
+  spec = TinyJob(5);
+  spec.mutable_model()->set_name("no_such_net");
+  status = Plan(*test->stub, spec, &plan);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("no_such_net"));
+
+  spec = TinyJob(5);
+  spec.mutable_dataset()->set_kind(v1::DatasetSpec::MNIST);
+  spec.mutable_dataset()->set_path("../../etc");
+  status = Plan(*test->stub, spec, &plan);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("outside the server's data roots"));
+}
+
+TEST(Service, PlanRefusalSaysTheSmallestBudgetAndPlansAreCached) {
+  auto test = TestServer::Start();
+  ASSERT_NE(test, nullptr);
+  v1::JobSpec spec = TinyJob(5);
+  v1::PlanJobResponse first;
+  ASSERT_TRUE(Plan(*test->stub, spec, &first).ok());
+  EXPECT_FALSE(first.cached());
+  EXPECT_GT(first.plan().exact_peak_bytes(), 0);
+  ASSERT_FALSE(first.devices().empty());
+  EXPECT_TRUE(first.devices(0).fits());
+  v1::PlanJobResponse second;
+  ASSERT_TRUE(Plan(*test->stub, spec, &second).ok());
+  EXPECT_TRUE(second.cached());
+  EXPECT_EQ(second.plan().SerializeAsString(), first.plan().SerializeAsString());
+  EXPECT_GE(test->server->scheduler().stats().plan_cache_hits, 1);
+
+  spec.mutable_memory()->set_budget_bytes(first.plan().minimum_budget_bytes() / 2);
+  v1::PlanJobResponse refused;
+  grpc::Status status = Plan(*test->stub, spec, &refused);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("smallest budget"));
+}
+
+TEST(Service, SubmitIsIdempotentByClientRequestId) {
+  auto test = TestServer::Start();
+  ASSERT_NE(test, nullptr);
+  // Two racing submits and a late repeat with one request id make one job.
+  std::vector<v1::SubmitJobResponse> responses(2);
+  std::thread a([&] { responses[0] = Submit(*test->stub, TinyJob(3), "req-1"); });
+  std::thread b([&] { responses[1] = Submit(*test->stub, TinyJob(3), "req-1"); });
+  a.join();
+  b.join();
+  v1::SubmitJobResponse late = Submit(*test->stub, TinyJob(3), "req-1");
+  EXPECT_EQ(responses[0].job().id(), responses[1].job().id());
+  EXPECT_EQ(late.job().id(), responses[0].job().id());
+  EXPECT_TRUE(late.existing());
+  EXPECT_NE(responses[0].existing(), responses[1].existing());
+  v1::SubmitJobResponse other = Submit(*test->stub, TinyJob(3), "req-2");
+  EXPECT_NE(other.job().id(), late.job().id());
+  grpc::ClientContext context;
+  v1::ListJobsRequest request;
+  v1::ListJobsResponse listed;
+  ASSERT_TRUE(test->stub->ListJobs(&context, request, &listed).ok());
+  EXPECT_EQ(listed.jobs_size(), 2);
+}
+
+TEST(Service, CancelStopsARunningJobWithinAStep) {
+  auto test = TestServer::Start();
+  ASSERT_NE(test, nullptr);
+  v1::JobSpec spec = TinyJob(/*max_steps=*/100000, /*epochs=*/1000);
+  const std::string id = Submit(*test->stub, spec).job().id();
+  v1::Job running = WaitFor(*test->stub, id, [](const v1::Job& j) { return j.progress().step() >= 3; });
+  v1::CancelJobResponse cancelled;
+  ASSERT_TRUE(Cancel(*test->stub, id, &cancelled).ok());
+  const int64_t step_at_cancel = cancelled.job().progress().step();
+  EXPECT_TRUE(cancelled.job().cancel_requested());
+  v1::Job done = WaitForEnd(*test->stub, id, std::chrono::seconds(60));
+  EXPECT_EQ(done.state(), v1::CANCELLED);
+  // The worker checks before every step: at most the step in flight (and one reported meanwhile) runs.
+  EXPECT_LE(done.progress().step(), step_at_cancel + 2);
+  // Cancelling again, once it has ended, is refused with the reason.
+  v1::CancelJobResponse again;
+  grpc::Status status = Cancel(*test->stub, id, &again);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(status.error_message(), HasSubstr("already ended"));
+}
+
+TEST(Service, HundredWatchersSeeTheWholeLog) {
+  auto test = TestServer::Start();
+  ASSERT_NE(test, nullptr);
+  const std::string id = Submit(*test->stub, TinyJob(30)).job().id();
+  constexpr int kWatchers = 100;
+  std::vector<std::vector<v1::JobEvent>> seen(kWatchers);
+  std::vector<grpc::Status> statuses(kWatchers);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kWatchers; ++i) {
+    threads.emplace_back([&, i] { seen[i] = WatchToEnd(*test->stub, id, 0, &statuses[i]); });
+  }
+  for (std::thread& t : threads) t.join();
+  const v1::Job done = WaitForEnd(*test->stub, id);
+  ASSERT_EQ(done.state(), v1::SUCCEEDED);
+  for (int i = 0; i < kWatchers; ++i) {
+    ASSERT_TRUE(statuses[i].ok()) << i << ": " << statuses[i].error_message();
+    // A watcher that fell behind may skip step events; every other event arrives, in order.
+    ASSERT_FALSE(seen[i].empty());
+    EXPECT_EQ(seen[i].back().sequence(), done.last_sequence());
+    EXPECT_THAT(States(seen[i]), ::testing::ElementsAre(v1::QUEUED, v1::RUNNING, v1::SUCCEEDED));
+    for (size_t k = 1; k < seen[i].size(); ++k) EXPECT_GT(seen[i][k].sequence(), seen[i][k - 1].sequence());
+  }
+  EXPECT_EQ(test->server->hub().watchers(), 0);
+}
+
+TEST(Service, WatchFromPastTheEndIsOutOfRange) {
+  auto test = TestServer::Start();
+  ASSERT_NE(test, nullptr);
+  const std::string id = Submit(*test->stub, TinyJob(2)).job().id();
+  const v1::Job done = WaitForEnd(*test->stub, id);
+  grpc::Status status;
+  WatchToEnd(*test->stub, id, done.last_sequence() + 5, &status);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::OUT_OF_RANGE);
+  // From the last event: exactly that event, then the stream ends.
+  std::vector<v1::JobEvent> tail = WatchToEnd(*test->stub, id, done.last_sequence(), &status);
+  EXPECT_TRUE(status.ok());
+  ASSERT_EQ(tail.size(), 1u);
+  EXPECT_EQ(tail[0].state().to_state(), v1::SUCCEEDED);
+  WatchToEnd(*test->stub, "job-does-not-exist", 0, &status);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST(Service, KilledWorkerIsRetriedFromItsCheckpoint) {
+  ServerOptions options;
+  options.max_attempts = 3;
+  auto test = TestServer::Start(options);
+  ASSERT_NE(test, nullptr);
+  v1::JobSpec spec = TinyJob(/*max_steps=*/60, /*epochs=*/10);
+  spec.mutable_checkpoint()->set_every_steps(5);
+  const std::string id = Submit(*test->stub, spec).job().id();
+  WaitFor(*test->stub, id, [](const v1::Job& j) { return j.progress().last_checkpoint_step() >= 5; });
+  std::vector<pid_t> workers = WorkerChildren();
+  ASSERT_EQ(workers.size(), 1u);
+  kill(workers[0], SIGKILL);
+  const v1::Job done = WaitForEnd(*test->stub, id);
+  EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.failure_reason();
+  EXPECT_EQ(done.attempts(), 1);
+  grpc::Status status;
+  std::vector<v1::JobEvent> events = WatchToEnd(*test->stub, id, 0, &status);
+  ExpectContinuous(events);
+  bool failure_logged = false;
+  for (const v1::JobEvent& e : events) {
+    if (e.has_attempt_failed()) {
+      failure_logged = true;
+      EXPECT_THAT(e.attempt_failed().reason(), HasSubstr("signal"));
+      EXPECT_TRUE(e.attempt_failed().will_retry());
+    }
+  }
+  EXPECT_TRUE(failure_logged);
+  EXPECT_THAT(States(events), ::testing::ElementsAre(v1::QUEUED, v1::RUNNING, v1::QUEUED, v1::RUNNING, v1::SUCCEEDED));
+}
+
+TEST(Service, ServerKilledMidJobResumesWithAnUnbrokenLog) {
+  TempDir dir;
+  const std::string data_dir = absl::StrCat(dir.path(), "/server");
+  const std::string data_root = absl::StrCat(dir.path(), "/data");
+  std::filesystem::create_directories(data_root);
+  v1::JobSpec spec = TinyJob(/*max_steps=*/80, /*epochs=*/20);
+  spec.mutable_checkpoint()->set_every_steps(10);
+  std::string id;
+  std::vector<v1::JobEvent> before;
+  {
+    ServerProcess server(data_dir, data_root);
+    ASSERT_TRUE(server.serving());
+    id = Submit(server.stub(), spec).job().id();
+    WaitFor(server.stub(), id, [](const v1::Job& j) { return j.progress().last_checkpoint_step() >= 20; });
+    // A watcher that reads part of the log before the crash.
+    grpc::ClientContext context;
+    v1::WatchJobRequest request;
+    request.set_job_id(id);
+    auto reader = server.stub().WatchJob(&context, request);
+    v1::WatchJobResponse response;
+    while (before.size() < 5 && reader->Read(&response)) before.push_back(response.event());
+    server.Stop(SIGKILL);
+    context.TryCancel();
+    reader->Finish();
+  }
+  ASSERT_EQ(before.size(), 5u);
+  ServerProcess restarted(data_dir, data_root);
+  ASSERT_TRUE(restarted.serving());
+  grpc::Status status;
+  // The watcher reconnects from its last sequence and reads on to the end.
+  std::vector<v1::JobEvent> after = WatchToEnd(restarted.stub(), id, before.back().sequence() + 1, &status);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  std::vector<v1::JobEvent> all = before;
+  all.insert(all.end(), after.begin(), after.end());
+  ExpectContinuous(all);
+  const v1::Job done = WaitForEnd(restarted.stub(), id);
+  EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.failure_reason();
+  EXPECT_EQ(done.attempts(), 0);  // a server restart is not the job's failure
+  EXPECT_EQ(done.progress().step(), 80);
+  bool resumed = false;
+  for (const v1::JobEvent& e : all) {
+    if (e.has_state() && e.state().to_state() == v1::QUEUED && e.state().reason().find("restarted") != std::string::npos) {
+      resumed = true;
+      EXPECT_THAT(e.state().reason(), HasSubstr("checkpoint at step"));
+    }
+  }
+  EXPECT_TRUE(resumed);
+}
+
+TEST(Service, SigtermCheckpointsRunningJobsWhichResumeAtTheNextStart) {
+  TempDir dir;
+  const std::string data_dir = absl::StrCat(dir.path(), "/server");
+  const std::string data_root = absl::StrCat(dir.path(), "/data");
+  std::filesystem::create_directories(data_root);
+  std::string id;
+  {
+    ServerProcess server(data_dir, data_root, {"--grace-seconds", "20"});
+    ASSERT_TRUE(server.serving());
+    id = Submit(server.stub(), TinyJob(/*max_steps=*/100000, /*epochs=*/1000)).job().id();
+    WaitFor(server.stub(), id, [](const v1::Job& j) { return j.progress().step() >= 5; });
+    const auto start = std::chrono::steady_clock::now();
+    const int status = server.Stop(SIGTERM, std::chrono::seconds(30));
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(20));
+  }
+  ServerProcess restarted(data_dir, data_root);
+  ASSERT_TRUE(restarted.serving());
+  grpc::Status status;
+  std::vector<v1::JobEvent> events;
+  // Read the log as it is now: the shutdown checkpoint and the way back to the queue.
+  v1::Job job = WaitFor(restarted.stub(), id, [](const v1::Job& j) { return j.state() == v1::RUNNING; });
+  bool stop_checkpoint = false;
+  {
+    grpc::ClientContext context;
+    v1::WatchJobRequest request;
+    request.set_job_id(id);
+    auto reader = restarted.stub().WatchJob(&context, request);
+    v1::WatchJobResponse response;
+    while (reader->Read(&response)) {
+      if (response.event().has_checkpoint() && response.event().checkpoint().reason() == "stop") stop_checkpoint = true;
+      if (response.event().sequence() >= job.last_sequence()) break;
+    }
+    context.TryCancel();
+    reader->Finish();
+  }
+  EXPECT_TRUE(stop_checkpoint);
+  v1::CancelJobResponse cancelled;
+  EXPECT_TRUE(Cancel(restarted.stub(), id, &cancelled).ok());
+  EXPECT_EQ(WaitForEnd(restarted.stub(), id).state(), v1::CANCELLED);
+}
+
+TEST(Service, HigherPriorityRunsFirst) {
+  ServerOptions options;
+  options.devices = {DeviceState{"cpu", int64_t{4} << 30, 1}};
+  auto test = TestServer::Start(options);
+  ASSERT_NE(test, nullptr);
+  const std::string first = Submit(*test->stub, TinyJob(40)).job().id();
+  WaitFor(*test->stub, first, [](const v1::Job& j) { return j.state() == v1::RUNNING; });
+  v1::JobSpec low = TinyJob(5);
+  v1::JobSpec high = TinyJob(5);
+  high.set_priority(10);
+  const std::string low_id = Submit(*test->stub, low).job().id();
+  const std::string high_id = Submit(*test->stub, high).job().id();
+  v1::Job waiting = WaitFor(*test->stub, low_id, [](const v1::Job& j) { return j.queue_position() > 0; });
+  EXPECT_EQ(waiting.queue_position(), 2);
+  EXPECT_FALSE(waiting.waiting_reason().empty());
+  const v1::Job high_done = WaitForEnd(*test->stub, high_id);
+  const v1::Job low_done = WaitForEnd(*test->stub, low_id);
+  ASSERT_EQ(high_done.state(), v1::SUCCEEDED);
+  ASSERT_EQ(low_done.state(), v1::SUCCEEDED);
+  EXPECT_LE(TimestampSeconds(high_done.end_time()), TimestampSeconds(low_done.start_time()));
+}
+
+TEST(Service, TwoJobsPackOnOneDeviceWithShrunkPlansEachUnderItsBudget) {
+  // Learn the job's figures, then give a device room for one exact job but not two.
+  v1::JobSpec spec = TinyJob(/*max_steps=*/40, /*epochs=*/10);
+  spec.mutable_model()->set_width(16);
+  spec.mutable_dataset()->set_synthetic_size(28);
+  v1::PlanJobResponse plan;
+  {
+    auto probe = TestServer::Start();
+    ASSERT_NE(probe, nullptr);
+    ASSERT_TRUE(Plan(*probe->stub, spec, &plan).ok());
+  }
+  const int64_t exact = plan.plan().exact_peak_bytes();
+  const int64_t minimum = plan.plan().minimum_budget_bytes();
+  ASSERT_LT(minimum, exact * 0.8) << "the tiny job must leave room to shrink";
+  ServerOptions options;
+  const int64_t capacity = exact * 1.05 + minimum * 1.1;
+  options.devices = {DeviceState{"cpu", capacity, 2}};
+  auto test = TestServer::Start(options);
+  ASSERT_NE(test, nullptr);
+  spec.mutable_memory()->set_budget_bytes(exact * 1.05);
+  const std::string a = Submit(*test->stub, spec).job().id();
+  const std::string b = Submit(*test->stub, spec).job().id();
+  // Both run at once: the second on a smaller plan beside the first.
+  v1::Job b_running = WaitFor(*test->stub, b, [](const v1::Job& j) { return j.state() == v1::RUNNING || IsTerminal(j.state()); });
+  v1::Job a_now;
+  {
+    grpc::ClientContext context;
+    v1::GetJobRequest request;
+    request.set_job_id(a);
+    v1::GetJobResponse response;
+    ASSERT_TRUE(test->stub->GetJob(&context, request, &response).ok());
+    a_now = response.job();
+  }
+  EXPECT_EQ(a_now.state(), v1::RUNNING);
+  EXPECT_EQ(b_running.state(), v1::RUNNING);
+  EXPECT_LE(a_now.budget_bytes() + b_running.budget_bytes(), capacity);
+  EXPECT_LT(b_running.budget_bytes(), spec.memory().budget_bytes());
+  for (const std::string& id : {a, b}) {
+    const v1::Job done = WaitForEnd(*test->stub, id);
+    EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.failure_reason();
+    grpc::Status status;
+    for (const v1::JobEvent& e : WatchToEnd(*test->stub, id, 0, &status)) {
+      if (e.has_step()) EXPECT_LE(e.step().measured_peak_bytes(), done.budget_bytes()) << id << " step " << e.step().step();
+    }
+  }
+}
+
+TEST(Service, ListJobsPaginatesNewestFirstAndFilters) {
+  auto test = TestServer::Start();
+  ASSERT_NE(test, nullptr);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 7; ++i) {
+    v1::JobSpec spec = TinyJob(1);
+    (*spec.mutable_labels())["team"] = i % 2 == 0 ? "even" : "odd";
+    ids.push_back(Submit(*test->stub, spec).job().id());
+  }
+  std::vector<std::string> listed;
+  std::string token;
+  int pages = 0;
+  do {
+    grpc::ClientContext context;
+    v1::ListJobsRequest request;
+    request.set_page_size(3);
+    request.set_page_token(token);
+    v1::ListJobsResponse response;
+    ASSERT_TRUE(test->stub->ListJobs(&context, request, &response).ok());
+    for (const v1::Job& j : response.jobs()) listed.push_back(j.id());
+    token = response.next_page_token();
+    ++pages;
+  } while (!token.empty() && pages < 10);
+  EXPECT_EQ(pages, 3);
+  std::vector<std::string> newest_first(ids.rbegin(), ids.rend());
+  EXPECT_EQ(listed, newest_first);
+  grpc::ClientContext context;
+  v1::ListJobsRequest request;
+  (*request.mutable_labels())["team"] = "odd";
+  v1::ListJobsResponse odd;
+  ASSERT_TRUE(test->stub->ListJobs(&context, request, &odd).ok());
+  EXPECT_EQ(odd.jobs_size(), 3);
+  grpc::ClientContext bad_context;
+  request.set_page_token("not-a-token");
+  EXPECT_EQ(test->stub->ListJobs(&bad_context, request, &odd).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST(Service, UploadFinetuneFromItAndDownloadResumably) {
+  auto test = TestServer::Start();
+  ASSERT_NE(test, nullptr);
+  const v1::Job trained = WaitForEnd(*test->stub, Submit(*test->stub, TinyJob(8)).job().id());
+  ASSERT_EQ(trained.state(), v1::SUCCEEDED);
+  grpc::Status status;
+  v1::ArtifactInfo info;
+  const std::string weights = Download(*test->stub, trained.weights_artifact_id(), 0, &status, &info);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_FALSE(weights.empty());
+  EXPECT_EQ(static_cast<int64_t>(weights.size()), info.size_bytes());
+  EXPECT_EQ(Sha256Hex(weights), info.sha256());
+  // Resumed from the middle: the rest, byte for byte.
+  const std::string rest = Download(*test->stub, trained.weights_artifact_id(), weights.size() / 2, &status);
+  ASSERT_TRUE(status.ok());
+  EXPECT_EQ(rest, weights.substr(weights.size() / 2));
+
+  v1::UploadArtifactResponse bad;
+  EXPECT_EQ(Upload(*test->stub, weights, std::string(64, 'a'), weights.size(), &bad).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(Upload(*test->stub, weights.substr(0, weights.size() / 2), Sha256Hex(weights), weights.size(), &bad).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  v1::UploadArtifactResponse uploaded;
+  ASSERT_TRUE(Upload(*test->stub, weights, Sha256Hex(weights), weights.size(), &uploaded).ok());
+  EXPECT_EQ(uploaded.artifact().sha256(), Sha256Hex(weights));
+
+  v1::JobSpec finetune = TinyJob(4);
+  finetune.mutable_model()->set_init_artifact_id(uploaded.artifact().id());
+  finetune.mutable_model()->add_freeze("features.0");
+  const v1::Job tuned = WaitForEnd(*test->stub, Submit(*test->stub, finetune).job().id());
+  ASSERT_EQ(tuned.state(), v1::SUCCEEDED) << tuned.failure_reason();
+  const std::string tuned_weights = Download(*test->stub, tuned.weights_artifact_id(), 0, &status);
+  ASSERT_TRUE(status.ok());
+  EXPECT_NE(tuned_weights, weights);  // trained further
+
+  v1::JobSpec missing = TinyJob(4);
+  missing.mutable_model()->set_init_artifact_id("art-0000000000000000");
+  grpc::ClientContext context;
+  v1::SubmitJobRequest request;
+  *request.mutable_spec() = missing;
+  v1::SubmitJobResponse response;
+  EXPECT_EQ(test->stub->SubmitJob(&context, request, &response).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST(Service, HealthCheckSaysServing) {
+  auto test = TestServer::Start();
+  ASSERT_NE(test, nullptr);
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", test->server->port()), grpc::InsecureChannelCredentials());
+  grpc::ByteBuffer reply;
+  // grpc.health.v1.Health/Check with an empty request: SERVING (field 1 = 1).
+  grpc::GenericStub generic(channel);
+  grpc::ClientContext context;
+  std::atomic<bool> done{false};
+  grpc::Status status;
+  grpc::Slice empty;
+  grpc::ByteBuffer request(&empty, 1);
+  generic.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &reply,
+                    [&](grpc::Status s) {
+                      status = s;
+                      done = true;
+                    });
+  while (!done) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(reply.Dump(&slices).ok());
+  std::string bytes;
+  for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  EXPECT_EQ(bytes, std::string("\x08\x01", 2));
+}
+
+}  // namespace
+}  // namespace xtrain::server::testing

@@ -1,0 +1,215 @@
+#include "tests/server/service_test_util.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+
+namespace xtrain::server::testing {
+namespace v1 = ::xtrain::v1;
+namespace fs = std::filesystem;
+
+TempDir::TempDir() {
+  std::string pattern = (fs::temp_directory_path() / "xtrain-test-XXXXXX").string();
+  if (mkdtemp(pattern.data()) == nullptr) ADD_FAILURE() << "mkdtemp failed";
+  path_ = pattern;
+}
+
+TempDir::~TempDir() {
+  std::error_code error;
+  fs::remove_all(path_, error);
+}
+
+std::string WorkerPath() {
+  if (const char* env = std::getenv("XTRAIN_TEST_WORKER"); env != nullptr && *env) return env;
+  return XTRAIN_WORKER_PATH;
+}
+
+std::string ServerPath() {
+  if (const char* env = std::getenv("XTRAIN_TEST_SERVER"); env != nullptr && *env) return env;
+  return XTRAIN_SERVER_PATH;
+}
+
+std::unique_ptr<v1::TrainingService::Stub> StubFor(int port) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  return v1::TrainingService::NewStub(
+      grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials(), args));
+}
+
+std::unique_ptr<TestServer> TestServer::Start(ServerOptions options) {
+  auto test = std::make_unique<TestServer>();
+  test->data_root = absl::StrCat(test->dir.path(), "/data");
+  fs::create_directories(test->data_root);
+  options.listen = "127.0.0.1:0";
+  if (options.data_dir == "xtrain-data") options.data_dir = absl::StrCat(test->dir.path(), "/server");
+  options.data_roots = {test->data_root};
+  if (options.worker_path.empty()) options.worker_path = WorkerPath();
+  if (options.threads_per_job == 0) options.threads_per_job = 1;
+  absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(options);
+  if (!server.ok()) {
+    ADD_FAILURE() << "the server did not start: " << server.status();
+    return nullptr;
+  }
+  test->server = *std::move(server);
+  test->stub = StubFor(test->server->port());
+  return test;
+}
+
+ServerProcess::ServerProcess(const std::string& data_dir, const std::string& data_root, std::vector<std::string> flags) {
+  const std::string port_file = absl::StrCat(data_dir, ".port");
+  std::error_code error;
+  fs::remove(port_file, error);
+  std::vector<std::string> args = {ServerPath(), "--listen", "127.0.0.1:0", "--data-dir", data_dir,
+                                   "--data-root", data_root, "--worker", WorkerPath(), "--port-file", port_file,
+                                   "--threads-per-job", "1", "--log-level", "warn"};
+  args.insert(args.end(), flags.begin(), flags.end());
+  pid_ = fork();
+  if (pid_ == 0) {
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::ifstream in(port_file);
+    std::string text;
+    if (in && std::getline(in, text) && absl::SimpleAtoi(absl::StripAsciiWhitespace(text), &port_) && port_ > 0) break;
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      ADD_FAILURE() << "xtrain-server exited at start (status " << status << ")";
+      pid_ = -1;
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (port_ <= 0) {
+    ADD_FAILURE() << "xtrain-server did not write its port within 60 s";
+    return;
+  }
+  stub_ = StubFor(port_);
+}
+
+ServerProcess::~ServerProcess() {
+  if (pid_ > 0) Stop(SIGKILL);
+}
+
+int ServerProcess::Stop(int signal, std::chrono::seconds timeout) {
+  if (pid_ <= 0) return -1;
+  kill(pid_, signal);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  int status = 0;
+  while (waitpid(pid_, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      ADD_FAILURE() << "xtrain-server did not end within " << timeout.count() << " s of signal " << signal;
+      kill(pid_, SIGKILL);
+      waitpid(pid_, &status, 0);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  pid_ = -1;
+  return status;
+}
+
+v1::JobSpec TinyJob(int64_t max_steps, int64_t epochs) {
+  v1::JobSpec spec;
+  spec.set_display_name("tiny");
+  spec.mutable_model()->set_name("small_cnn");
+  spec.mutable_model()->set_width(4);
+  v1::DatasetSpec& data = *spec.mutable_dataset();
+  data.set_kind(v1::DatasetSpec::SYNTHETIC);
+  data.set_synthetic_examples(256);
+  data.set_synthetic_size(16);
+  data.set_synthetic_classes(4);
+  v1::TrainingSpec& training = *spec.mutable_training();
+  training.set_batch_size(32);
+  training.set_epochs(epochs);
+  training.set_max_steps(max_steps);
+  training.set_optimizer("sgd_momentum");
+  training.set_lr(0.05);
+  training.set_seed(7);
+  training.set_fidelity_interval(-1);
+  return spec;
+}
+
+std::vector<v1::JobEvent> WatchToEnd(v1::TrainingService::Stub& stub, const std::string& job_id, int64_t from_sequence,
+                                     grpc::Status* status, std::chrono::seconds timeout) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + timeout);
+  v1::WatchJobRequest request;
+  request.set_job_id(job_id);
+  request.set_from_sequence(from_sequence);
+  std::unique_ptr<grpc::ClientReader<v1::WatchJobResponse>> reader = stub.WatchJob(&context, request);
+  std::vector<v1::JobEvent> events;
+  v1::WatchJobResponse response;
+  while (reader->Read(&response)) events.push_back(response.event());
+  *status = reader->Finish();
+  return events;
+}
+
+namespace {
+bool Ended(const v1::Job& job) {
+  return job.state() == v1::SUCCEEDED || job.state() == v1::FAILED || job.state() == v1::CANCELLED;
+}
+}  // namespace
+
+v1::Job WaitFor(v1::TrainingService::Stub& stub, const std::string& job_id,
+                const std::function<bool(const v1::Job&)>& predicate, std::chrono::seconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  v1::Job job;
+  while (std::chrono::steady_clock::now() < deadline) {
+    grpc::ClientContext context;
+    v1::GetJobRequest request;
+    request.set_job_id(job_id);
+    v1::GetJobResponse response;
+    if (stub.GetJob(&context, request, &response).ok()) {
+      job = response.job();
+      if (predicate(job)) return job;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ADD_FAILURE() << "job " << job_id << " did not reach the expected state within " << timeout.count()
+                << " s; last: " << job.ShortDebugString();
+  return job;
+}
+
+v1::Job WaitForEnd(v1::TrainingService::Stub& stub, const std::string& job_id, std::chrono::seconds timeout) {
+  return WaitFor(stub, job_id, Ended, timeout);
+}
+
+std::vector<pid_t> WorkerChildren() {
+  std::vector<pid_t> pids;
+  const pid_t self = getpid();
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    pid_t pid = 0;
+    if (!absl::SimpleAtoi(entry.path().filename().string(), &pid)) continue;
+    std::ifstream stat(entry.path() / "stat");
+    std::string line;
+    if (!std::getline(stat, line)) continue;
+    // pid (comm) state ppid ...
+    const size_t close = line.rfind(')');
+    if (close == std::string::npos) continue;
+    const std::string comm = line.substr(line.find('(') + 1, close - line.find('(') - 1);
+    std::istringstream rest(line.substr(close + 2));
+    std::string state;
+    pid_t parent = 0;
+    rest >> state >> parent;
+    if (parent == self && comm.rfind("xtrain-worker", 0) == 0 && state != "Z") pids.push_back(pid);
+  }
+  return pids;
+}
+
+}  // namespace xtrain::server::testing

@@ -1,0 +1,92 @@
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "server/api/server.h"
+#include "xtrain/v1/training_service.grpc.pb.h"
+
+namespace xtrain::server::testing {
+
+// A fresh temporary folder, removed with everything in it when this goes out of scope (also when a
+// test fails).
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// The binaries under test: the build's own (compile definitions), or XTRAIN_TEST_WORKER /
+// XTRAIN_TEST_SERVER from the environment (a sanitizer tree without LibTorch uses another tree's worker).
+std::string WorkerPath();
+std::string ServerPath();
+
+// A stub on 127.0.0.1:port.
+std::unique_ptr<xtrain::v1::TrainingService::Stub> StubFor(int port);
+
+// A real xtrain-server in this process, on port 0, with its own data dir (and data root) that go
+// away with it.
+struct TestServer {
+  TempDir dir;
+  std::string data_root;                 // <dir>/data: the server's only data root
+  std::unique_ptr<Server> server;
+  std::unique_ptr<xtrain::v1::TrainingService::Stub> stub;
+
+  // `options` with listen, data_dir, data_roots and worker_path filled in where empty.
+  static std::unique_ptr<TestServer> Start(ServerOptions options = {});
+};
+
+// xtrain-server as a child process (the SIGKILL tests), on port 0 with --port-file.
+class ServerProcess {
+ public:
+  // Starts it with `data_dir`, `data_root` and extra flags; waits until it serves (or fails the test).
+  ServerProcess(const std::string& data_dir, const std::string& data_root, std::vector<std::string> flags = {});
+  ~ServerProcess();  // SIGKILL if still running
+  ServerProcess(const ServerProcess&) = delete;
+  ServerProcess& operator=(const ServerProcess&) = delete;
+
+  bool serving() const { return port_ > 0; }
+  int port() const { return port_; }
+  pid_t pid() const { return pid_; }
+  xtrain::v1::TrainingService::Stub& stub() { return *stub_; }
+  // Sends `signal` and waits for the process to end; returns its wait status.
+  int Stop(int signal, std::chrono::seconds timeout = std::chrono::seconds(60));
+
+ private:
+  pid_t pid_ = -1;
+  int port_ = 0;
+  std::unique_ptr<xtrain::v1::TrainingService::Stub> stub_;
+};
+
+// A tiny job: small_cnn (width 4) on 256 synthetic 16x16 images of 4 classes, batch 32, SGD.
+xtrain::v1::JobSpec TinyJob(int64_t max_steps, int64_t epochs = 1);
+
+// Every event of a job's stream from `from_sequence` until the server ends it; `status` gets how it ended.
+std::vector<xtrain::v1::JobEvent> WatchToEnd(xtrain::v1::TrainingService::Stub& stub, const std::string& job_id,
+                                             int64_t from_sequence, grpc::Status* status,
+                                             std::chrono::seconds timeout = std::chrono::seconds(300));
+
+// Polls GetJob until the job is in a terminal state (or the timeout passes); returns the last read.
+xtrain::v1::Job WaitForEnd(xtrain::v1::TrainingService::Stub& stub, const std::string& job_id,
+                           std::chrono::seconds timeout = std::chrono::seconds(300));
+// Polls until `predicate(job)` holds; the last job read.
+xtrain::v1::Job WaitFor(xtrain::v1::TrainingService::Stub& stub, const std::string& job_id,
+                        const std::function<bool(const xtrain::v1::Job&)>& predicate,
+                        std::chrono::seconds timeout = std::chrono::seconds(300));
+
+// Process ids of this process's xtrain-worker children (the in-process server's workers).
+std::vector<pid_t> WorkerChildren();
+
+}  // namespace xtrain::server::testing
