@@ -384,22 +384,43 @@ std::string CommandLine::Get(const std::string& name, const std::string& fallbac
 
 absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& args) {
   CommandLine line;
-  if (args.empty()) return Usage("no command given");
+  // Global flags may come before the command (xtrainctl --server HOST:PORT get JOB): they go after it.
+  std::vector<std::string> leading;
   size_t i = 0;
-  if (args[0] == "--help" || args[0] == "-h") {
+  while (i < args.size() && absl::StartsWith(args[i], "-") && args[i] != "--help" && args[i] != "-h") {
+    const size_t start = args[i].find_first_not_of('-');
+    if (start == std::string::npos) return Usage(absl::StrCat("'", args[i], "' is not a flag"));
+    std::string name = args[i] == "-o" ? "output" : args[i].substr(start);
+    const bool inline_value = name.find('=') != std::string::npos;
+    name = name.substr(0, name.find('='));
+    const FlagInfo* flag = nullptr;
+    for (const FlagInfo& global : kGlobalFlags) {
+      if (name == global.name) flag = &global;
+    }
+    if (flag == nullptr) return Usage(absl::StrCat("'", args[i], "' before the command is not a flag of every command"));
+    leading.push_back(args[i++]);
+    if (flag->takes_value && !inline_value) {
+      if (i >= args.size()) return Usage(absl::StrCat("--", name, " needs a value"));
+      leading.push_back(args[i++]);
+    }
+  }
+  if (i >= args.size()) return Usage("no command given");
+  if (args[i] == "--help" || args[i] == "-h") {
     line.command = "help";
     return line;
   }
   line.command = args[i++];
   const CommandInfo* command = FindCommand(line.command);
   if (command == nullptr) return Usage(absl::StrCat("unknown command '", line.command, "'"));
-  for (; i < args.size(); ++i) {
-    std::string arg = args[i];
+  std::vector<std::string> rest(args.begin() + static_cast<long>(i), args.end());
+  rest.insert(rest.begin(), leading.begin(), leading.end());
+  for (i = 0; i < rest.size(); ++i) {
+    std::string arg = rest[i];
     if (arg == "-o") arg = "--output";
     if (arg == "-f") arg = "--file";
     if (arg == "-h") arg = "--help";
     if (arg == "--") {
-      line.positional.insert(line.positional.end(), args.begin() + static_cast<long>(i) + 1, args.end());
+      line.positional.insert(line.positional.end(), rest.begin() + static_cast<long>(i) + 1, rest.end());
       break;
     }
     if (!absl::StartsWith(arg, "--") || arg.size() == 2) {
@@ -420,8 +441,8 @@ absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& arg
       continue;
     }
     if (!value) {
-      if (i + 1 >= args.size()) return Usage(absl::StrCat("--", name, " needs a value"));
-      value = args[++i];
+      if (i + 1 >= rest.size()) return Usage(absl::StrCat("--", name, " needs a value"));
+      value = rest[++i];
     }
     line.flags[name].push_back(*value);
   }

@@ -306,6 +306,10 @@ TEST_F(Xtrainctl, CommandLineErrorsAreUsageErrors) {
       {"download", "--server", "127.0.0.1:1"},
       {"download", "art-1", "--job", "job-1", "--server", "127.0.0.1:1"},
       {"plan", "a.yaml", "--file", "b.yaml", "--server", "127.0.0.1:1"},
+      {"--server", "127.0.0.1:1", "get"},
+      {"--server"},
+      {"-", "get", "job-1"},
+      {"--model", "x", "plan", "--server", "127.0.0.1:1"},  // not a flag of every command
   };
   for (const std::vector<std::string>& args : cases) {
     std::ostringstream out, err;
@@ -319,6 +323,17 @@ TEST_F(Xtrainctl, CommandLineErrorsAreUsageErrors) {
   std::ostringstream out2, err2;
   EXPECT_EQ(RunXtrainctl({"submit", "--help"}, out2, err2), kExitOk);
   EXPECT_EQ(out2.str(), out.str());
+}
+
+TEST_F(Xtrainctl, GlobalFlagsMayComeBeforeTheCommand) {
+  const CommandLine line = Line({"--server", "host:1", "-o", "json", "--token=t", "get", "job-1", "--timeout", "5"});
+  EXPECT_EQ(line.command, "get");
+  EXPECT_EQ(line.positional, std::vector<std::string>{"job-1"});
+  EXPECT_EQ(line.Get("server"), "host:1");
+  EXPECT_EQ(line.Get("output"), "json");
+  EXPECT_EQ(line.Get("token"), "t");
+  EXPECT_EQ(line.Get("timeout"), "5");
+  EXPECT_EQ(Run({"--output", "json", "get", "job-9"}), kExitNotFound);  // Run adds --server after it
 }
 
 TEST_F(Xtrainctl, ExitCodeForEachStatus) {
