@@ -66,7 +66,6 @@ void Line(std::string& out, absl::string_view label, absl::string_view text) {
 std::string ToJson(const google::protobuf::Message& message, bool pretty) {
   google::protobuf::util::JsonPrintOptions options;
   options.add_whitespace = pretty;
-  options.preserve_proto_field_names = true;
   std::string out;
   (void)google::protobuf::util::MessageToJsonString(message, &out, options);  // fails only on Any without a type
   if (pretty && !out.empty() && out.back() == '\n') out.pop_back();

@@ -12,8 +12,8 @@ namespace xtrain::client {
 
 // What xtrainctl prints: the proto's JSON mapping for scripts, text for people.
 
-// The proto's JSON mapping with the proto's field names (as spec files use them); one line, or
-// indented when `pretty`.
+// The proto's JSON mapping (lowerCamelCase names, 64-bit integers as strings, as protobuf's and
+// Python's printers write it; spec files read it back); one line, or indented when `pretty`.
 std::string ToJson(const google::protobuf::Message& message, bool pretty);
 
 // "12.50 MiB", "512 B": bytes for people, binary units.

@@ -439,6 +439,8 @@ TEST_F(Xtrainctl, RefusedPlanExitsResourceExhaustedWithTheSmallestBudget) {
   v1::PlanJobResponse parsed;
   ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(out_.str(), &parsed).ok()) << out_.str();
   EXPECT_EQ(parsed.plan().budget_bytes(), 16 << 20);
+  // The mapping's own names, as scripts read them (scripts/demo.sh: plan.exactPeakBytes).
+  EXPECT_TRUE(absl::StrContains(out_.str(), "\"budgetBytes\": \"16777216\"")) << out_.str();
 }
 
 TEST_F(Xtrainctl, UnreachableServerExitsUnavailable) {
