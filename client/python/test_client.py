@@ -1,0 +1,196 @@
+"""The Python client against a real xtrain-server (started here on port 0, with its own data dir).
+
+    /usr/bin/python3 client/python/test_client.py --server BUILD/server/xtrain-server \
+        --worker BUILD/server/worker/xtrain-worker --proto-path BUILD/python
+
+ctest runs it as client.python.Client with the build's own binaries.
+"""
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+ARGS = None
+SERVER = None  # the xtrain-server process
+ADDRESS = None
+DIR = None
+
+# small_cnn (width 4) on 256 generated 16x16 images of 4 classes, batch 32.
+def tiny_job(max_steps=4, **labels):
+    return {
+        "display_name": "python-test",
+        "model": {"name": "small_cnn", "width": 4},
+        "dataset": {"kind": "SYNTHETIC", "synthetic_examples": 256, "synthetic_size": 16, "synthetic_classes": 4},
+        "training": {"batch_size": 32, "max_steps": max_steps, "seed": 7, "fidelity_interval": -1},
+        "labels": labels,
+    }
+
+
+def setUpModule():
+    global SERVER, ADDRESS, DIR
+    DIR = tempfile.mkdtemp(prefix="xtrain-python-test-")
+    data_root = os.path.join(DIR, "data")
+    os.makedirs(data_root)
+    port_file = os.path.join(DIR, "port")
+    SERVER = subprocess.Popen([ARGS.server, "--listen", "127.0.0.1:0", "--port-file", port_file,
+                               "--data-dir", os.path.join(DIR, "store"), "--data-root", data_root,
+                               "--worker", ARGS.worker, "--threads-per-job", "1", "--log-level", "warn"])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if SERVER.poll() is not None:
+            raise RuntimeError(f"xtrain-server exited at start with {SERVER.returncode}")
+        try:
+            with open(port_file) as f:
+                port = int(f.read().strip() or 0)
+            if port > 0:
+                ADDRESS = f"127.0.0.1:{port}"
+                return
+        except (FileNotFoundError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError("xtrain-server did not write its port within 60 s")
+
+
+def tearDownModule():
+    try:
+        if SERVER is not None and SERVER.poll() is None:
+            SERVER.send_signal(signal.SIGTERM)
+            try:
+                SERVER.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                SERVER.kill()
+                SERVER.wait()
+    finally:
+        shutil.rmtree(DIR, ignore_errors=True)
+
+
+class ClientTest(unittest.TestCase):
+    def setUp(self):
+        from xtrain_client import XtrainClient, XtrainError  # noqa: F401
+        self.Error = XtrainError
+        self.client = XtrainClient(ADDRESS, proto_path=ARGS.proto_path, timeout=60, plan_timeout=300)
+        self.pb = self.client.pb
+
+    def tearDown(self):
+        self.client.close()
+
+    def watch_all(self, job_id, from_sequence=0):
+        return list(self.client.watch(job_id, from_sequence))
+
+    def test_plan_then_from_the_cache(self):
+        first = self.client.plan(tiny_job())
+        self.assertEqual(first.plan.batch_size, 32)
+        self.assertGreater(first.plan.predicted_peak_bytes, 0)
+        self.assertGreater(len(first.plan.layers), 0)
+        self.assertTrue(first.devices)
+        second = self.client.plan(tiny_job())
+        self.assertTrue(second.cached)
+        self.assertEqual(second.plan.predicted_peak_bytes, first.plan.predicted_peak_bytes)
+
+    def test_plan_refused_under_a_tiny_budget(self):
+        spec = tiny_job()
+        spec["memory"] = {"budget_bytes": 4096}
+        with self.assertRaises(self.Error) as caught:
+            self.client.plan(spec)
+        self.assertEqual(caught.exception.code.name, "RESOURCE_EXHAUSTED")
+        self.assertIn("budget", caught.exception.message)
+
+    def test_invalid_spec_names_the_field(self):
+        spec = tiny_job()
+        spec["training"]["batch_size"] = -4
+        with self.assertRaises(self.Error) as caught:
+            self.client.submit(spec)
+        self.assertEqual(caught.exception.code.name, "INVALID_ARGUMENT")
+        self.assertIn("training.batch_size", caught.exception.message)
+
+    def test_submit_watch_to_the_end(self):
+        response = self.client.submit(tiny_job(max_steps=4, test="watch"))
+        job_id = response.job.id
+        events = [r.event for r in self.watch_all(job_id)]
+        sequences = [e.sequence for e in events]
+        self.assertEqual(sequences, list(range(1, len(events) + 1)))  # the whole log, no gap, no repeat
+        self.assertEqual(events[-1].WhichOneof("kind"), "state")
+        self.assertEqual(events[-1].state.to_state, self.pb.SUCCEEDED, events[-1])
+        steps = [e.step.step for e in events if e.WhichOneof("kind") == "step"]
+        self.assertTrue(steps)
+        self.assertEqual(max(steps), 4)
+        job = self.client.get(job_id)
+        self.assertEqual(job.state, self.pb.SUCCEEDED)
+        self.assertEqual(job.progress.step, 4)
+        self.assertTrue(job.weights_artifact_id)
+        # Watching again from the middle replays the rest.
+        tail = [r.event.sequence for r in self.watch_all(job_id, from_sequence=3)]
+        self.assertEqual(tail, sequences[2:])
+
+    def test_submit_is_idempotent_by_request_id(self):
+        first = self.client.submit(tiny_job(max_steps=1), client_request_id="python-idempotent")
+        again = self.client.submit(tiny_job(max_steps=1), client_request_id="python-idempotent")
+        self.assertFalse(first.existing)
+        self.assertTrue(again.existing)
+        self.assertEqual(first.job.id, again.job.id)
+        self.watch_all(first.job.id)
+
+    def test_list_by_label(self):
+        job_id = self.client.submit(tiny_job(max_steps=1, test="list")).job.id
+        listed = self.client.list(labels={"test": "list"})
+        self.assertEqual([j.id for j in listed.jobs], [job_id])
+        self.watch_all(job_id)
+        self.assertEqual([j.id for j in self.client.list(states=["SUCCEEDED"], labels={"test": "list"}).jobs],
+                         [job_id])
+
+    def test_cancel(self):
+        job_id = self.client.submit(tiny_job(max_steps=100000, test="cancel")).job.id
+        for response in self.client.watch(job_id):
+            if response.event.WhichOneof("kind") == "step":
+                break  # running
+        self.client.cancel(job_id)
+        last = self.watch_all(job_id)[-1].event
+        self.assertEqual(last.state.to_state, self.pb.CANCELLED)
+        self.assertEqual(self.client.get(job_id).state, self.pb.CANCELLED)
+
+    def test_unknown_job_is_not_found(self):
+        with self.assertRaises(self.Error) as caught:
+            self.client.get("job-0000000000000000")
+        self.assertEqual(caught.exception.code.name, "NOT_FOUND")
+
+    def test_upload_then_download_resuming(self):
+        content = random.Random(5).randbytes((5 << 20) // 2)
+        source = os.path.join(DIR, "upload.bin")
+        with open(source, "wb") as f:
+            f.write(content)
+        info = self.client.upload(source, name="weights")
+        self.assertEqual(info.size_bytes, len(content))
+        self.assertEqual(info.name, "weights")
+        target = os.path.join(DIR, "download.bin")
+        with open(target + ".part", "wb") as f:
+            f.write(content[:1000])  # an interrupted download
+        downloaded = self.client.download(info.id, target)
+        self.assertEqual(downloaded.sha256, info.sha256)
+        with open(target, "rb") as f:
+            self.assertEqual(f.read(), content)
+        self.assertFalse(os.path.exists(target + ".part"))
+
+    def test_example_runs_a_job_to_success(self):
+        result = subprocess.run([sys.executable, os.path.join(HERE, "example.py"), "--server", ADDRESS,
+                                 "--proto-path", ARGS.proto_path], capture_output=True, text=True, timeout=300)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("SUCCEEDED after 6 steps", result.stdout)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--server", required=True, help="the xtrain-server executable")
+    parser.add_argument("--worker", required=True, help="the xtrain-worker executable")
+    parser.add_argument("--proto-path", required=True, help="the build's python/ folder")
+    ARGS, rest = parser.parse_known_args()
+    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
