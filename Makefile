@@ -8,7 +8,7 @@ export CCACHE_SLOPPINESS := pch_defines,time_macros,include_file_mtime,include_f
 # Paths under the checkout are hashed relative to it, so a clone in another folder (CI) hits the cache.
 export CCACHE_BASEDIR ?= $(CURDIR)
 
-.PHONY: all deps configure build test demo demo-layer bench bench-quick sanitize clean
+.PHONY: all deps configure build test demo demo-core demo-layer bench bench-quick sanitize sanitize-asan sanitize-tsan clean
 
 all: build
 
@@ -26,8 +26,14 @@ build: configure
 test: build
 	bash scripts/run-tests.sh $(BUILD_DIR)
 
-# The main job end to end: plan a ResNet into 85% of its exact memory, train on Fashion-MNIST, evaluate.
+# The main job end to end through the service: xtrain-server on its SQLite store, a Fashion-MNIST job
+# planned into about half of its exact peak, submitted, watched and reported by xtrainctl.
 demo: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target xtrain-server xtrain-worker xtrainctl
+	bash scripts/demo.sh $(BUILD_DIR)
+
+# The core alone, in one process: plan a ResNet into 85% of its exact memory, train, evaluate.
+demo-core: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS) --target train-demo
 	$(BUILD_DIR)/examples/train-demo
 
@@ -67,12 +73,22 @@ bench-quick: bench-tool
 	$(BENCH_TOOL) memory --quick --json $(BUILD_DIR)/memory-quick.jsonl --markdown $(BUILD_DIR)/memory-quick.md
 	$(BENCH_TOOL) accuracy --quick --json $(BUILD_DIR)/accuracy-quick.jsonl --markdown $(BUILD_DIR)/accuracy-quick.md
 
-# ASan/UBSan (with leak checks) build of the tests in its own tree. The Python op test is left
-# out: an ASan-built library cannot load into a Python without the ASan runtime.
-sanitize: deps
+# Sanitizer builds, each in its own tree. ASan/UBSan (with leak checks) of every test; the Python op
+# test is left out: an ASan-built library cannot load into a Python without the ASan runtime.
+# ThreadSanitizer of the service alone (LibTorch is not TSan-built): its tests start the worker that
+# `make build` made.
+sanitize: sanitize-asan sanitize-tsan
+
+sanitize-asan: deps
 	cmake -S . -B $(BUILD_DIR)-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DXTRAIN_SANITIZE=ON -DXTRAIN_BUILD_BENCH=OFF
 	cmake --build $(BUILD_DIR)-asan -j $(JOBS)
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 bash scripts/run-tests.sh $(BUILD_DIR)-asan -E python
 
+sanitize-tsan: build
+	cmake -S . -B $(BUILD_DIR)-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DXTRAIN_TSAN=ON \
+	  -DXTRAIN_BUILD_CORE=OFF -DXTRAIN_BUILD_BENCH=OFF -DXTRAIN_WORKER_PATH=$(CURDIR)/$(BUILD_DIR)/server/worker/xtrain-worker
+	cmake --build $(BUILD_DIR)-tsan -j $(JOBS)
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 bash scripts/run-tests.sh $(BUILD_DIR)-tsan
+
 clean:
-	rm -rf $(BUILD_DIR) $(BUILD_DIR)-asan
+	rm -rf $(BUILD_DIR) $(BUILD_DIR)-asan $(BUILD_DIR)-tsan
