@@ -56,8 +56,10 @@ class WatchHub::Watcher : public grpc::ServerWriteReactor<v1::WatchJobResponse> 
       return log_->ended ? FinishLocked(grpc::Status::OK, status) : Action::kNone;
     }
     int64_t index = next_ - 1;
-    if (size - index > coalesce_lag) {
-      // Behind: skip step events older than the newest one; everything else is delivered.
+    if (index >= backlog_ && size - index > coalesce_lag) {
+      // Behind on live events: skip step events older than the newest one; everything else is
+      // delivered. The backlog the watch asked for is never coalesced (a reconnecting client sees
+      // one log without gaps).
       while (index < log_->last_step_index && log_->events[index]->has_step()) {
         ++index;
         ++skipped_;
@@ -72,6 +74,8 @@ class WatchHub::Watcher : public grpc::ServerWriteReactor<v1::WatchJobResponse> 
     in_flight_ = true;
     return Action::kWrite;
   }
+
+  void SetBacklogLocked(int64_t size) ABSL_EXCLUSIVE_LOCKS_REQUIRED(log_->mutex) { backlog_ = size; }
 
   void Perform(Action action, const grpc::Status& status) {
     if (action == Action::kWrite) StartWrite(&response_);
@@ -123,6 +127,7 @@ class WatchHub::Watcher : public grpc::ServerWriteReactor<v1::WatchJobResponse> 
   bool finish_called_ = false;
   bool cancelled_ = false;
   int64_t skipped_ = 0;          // step events skipped since the last write
+  int64_t backlog_ = 0;          // the log's size when the watch began: replayed whole
   v1::WatchJobResponse response_;
 };
 
@@ -192,6 +197,7 @@ grpc::ServerWriteReactor<v1::WatchJobResponse>* WatchHub::Watch(const std::strin
     MutexLock lock(&log->mutex);
     const int64_t size = static_cast<int64_t>(log->events.size());
     log->watchers.insert(watcher);
+    watcher->SetBacklogLocked(size);
     if (shut_down) log->shut_down = true;
     if (next > size + 1) {
       action = watcher->FinishLocked(

@@ -18,8 +18,9 @@
 namespace xtrain::server {
 
 struct WatchHubOptions {
-  // A watcher this many events behind the log's end skips step events (keeping the newest) until it
-  // catches up; state changes, plans, validations, checkpoints and the final event are never skipped.
+  // A watcher this many events behind the log's end skips step events published after it connected
+  // (keeping the newest) until it catches up; the backlog it asked for is replayed whole, and state
+  // changes, plans, validations, checkpoints and the final event are never skipped.
   int64_t coalesce_lag = 16;
 };
 

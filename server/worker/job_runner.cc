@@ -159,7 +159,9 @@ int JobRunner::Plan(const wv1::PlanCall& call) {
   *result.mutable_plan() = PlanMessage(*planned);
   result.set_total_steps(TotalSteps(*options));
   result.set_mode(std::string(core::ProbeModeName(options->memory.planner.modes.front())));
-  for (const core::ChainPoint& point : planned->chain) {
+  // The scheduler reads the chain cheapest first; the planner's runs from the plan itself down.
+  for (auto it = planned->chain.rbegin(); it != planned->chain.rend(); ++it) {
+    const core::ChainPoint& point = *it;
     wv1::ChainPoint& p = *result.add_chain();
     p.set_peak_bytes(point.peak_bytes);
     p.set_fidelity(point.fidelity);

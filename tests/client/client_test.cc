@@ -50,7 +50,7 @@ void AddJob(FakeState& state, const std::string& id, int steps, v1::JobState fin
   job.set_state(final);
   state.jobs[id] = job;
   std::vector<v1::JobEvent>& log = state.logs[id];
-  log.push_back(StateEvent(1, v1::PENDING, v1::QUEUED));
+  log.push_back(StateEvent(1, v1::JOB_STATE_UNSPECIFIED, v1::QUEUED));
   log.push_back(StateEvent(2, v1::QUEUED, v1::RUNNING));
   for (int step = 1; step <= steps; ++step) log.push_back(StepEvent(static_cast<int64_t>(log.size()) + 1, step, steps, 2.0 / step));
   if (ended) {

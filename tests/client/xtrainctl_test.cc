@@ -410,7 +410,7 @@ TEST_F(Xtrainctl, ProgressBarFitsItsWidth) {
 TEST_F(Xtrainctl, ProgressBeforeTheFirstStepShowsTheState) {
   WatchProgress progress;
   v1::WatchJobResponse response;
-  *response.mutable_event() = StateEvent(1, v1::PENDING, v1::QUEUED, "waiting for cpu: 12 MiB missing");
+  *response.mutable_event() = StateEvent(1, v1::JOB_STATE_UNSPECIFIED, v1::QUEUED, "waiting for cpu: 12 MiB missing");
   progress.Update(response);
   EXPECT_EQ(FormatProgressBar(progress, 80), "QUEUED: waiting for cpu: 12 MiB missing");
   EXPECT_LT(progress.EtaSeconds(), 0);
@@ -526,7 +526,7 @@ TEST_F(Xtrainctl, WatchDrawsABarOnATerminalAndPrintsTheOutcome) {
 TEST_F(Xtrainctl, SubmitWatchFollowsTheNewJobToItsEnd) {
   {
     absl::MutexLock lock(&state_->mutex);
-    state_->logs["job-1"] = {StateEvent(1, v1::PENDING, v1::QUEUED), StateEvent(2, v1::QUEUED, v1::CANCELLED)};
+    state_->logs["job-1"] = {StateEvent(1, v1::JOB_STATE_UNSPECIFIED, v1::QUEUED), StateEvent(2, v1::QUEUED, v1::CANCELLED)};
     state_->ended["job-1"] = true;
   }
   EXPECT_EQ(Run({"submit", "--model", "small_cnn", "--watch"}), kExitJobFailed) << out_.str() << err_.str();

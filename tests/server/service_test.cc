@@ -4,11 +4,13 @@
 #include <sys/wait.h>
 
 #include <atomic>
+#include <filesystem>
 #include <set>
 #include <thread>
 
 #include <gmock/gmock.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <gtest/gtest.h>
 
@@ -102,7 +104,7 @@ grpc::Status Upload(v1::TrainingService::Stub& stub, const std::string& content,
 TEST(Service, LifecycleFromSubmitToSucceeded) {
   auto test = TestServer::Start();
   ASSERT_NE(test, nullptr);
-  v1::SubmitJobResponse submitted = Submit(*test->stub, TinyJob(/*max_steps=*/12));
+  v1::SubmitJobResponse submitted = Submit(*test->stub, TinyJob(/*max_steps=*/12, /*epochs=*/2));
   const v1::Job& job = submitted.job();
   ASSERT_FALSE(job.id().empty());
   EXPECT_EQ(job.state(), v1::QUEUED);
@@ -453,7 +455,9 @@ TEST(Service, TwoJobsPackOnOneDeviceWithShrunkPlansEachUnderItsBudget) {
     EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.failure_reason();
     grpc::Status status;
     for (const v1::JobEvent& e : WatchToEnd(*test->stub, id, 0, &status)) {
-      if (e.has_step()) EXPECT_LE(e.step().measured_peak_bytes(), done.budget_bytes()) << id << " step " << e.step().step();
+      if (e.has_step()) {
+        EXPECT_LE(e.step().measured_peak_bytes(), done.budget_bytes()) << id << " step " << e.step().step();
+      }
     }
   }
 }
