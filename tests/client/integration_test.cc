@@ -1,6 +1,7 @@
 // The clients against the real xtrain-server: started as a child process on port 0 (--port-file), with
 // a fresh data dir and data root in a temporary folder, driven through xtrainctl (a subprocess) and the
 // C++ Client. Tiny synthetic jobs, so each test runs in seconds.
+#include <sys/prctl.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -68,6 +69,7 @@ class ServerProcess {
                                      "--log-level", "warn"};
     pid_ = ::fork();
     if (pid_ == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // a crashed test leaves no server behind (ctest waits on its pipes)
       std::vector<char*> argv;
       for (std::string& arg : args) argv.push_back(arg.data());
       argv.push_back(nullptr);
@@ -115,6 +117,7 @@ CtlResult Ctl(const std::string& dir, std::vector<std::string> args) {
   const std::string out_path = dir + "/ctl.out", err_path = dir + "/ctl.err";
   const pid_t pid = ::fork();
   if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     const int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     const int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     ::dup2(out, STDOUT_FILENO);
@@ -315,7 +318,9 @@ TEST(Client, WatchIsUnbrokenAcrossAServerKilledAndRestarted) {
     status = client->Watch(job_id, 0, [&](const v1::WatchJobResponse& response) {
       absl::MutexLock lock(&mutex);
       events.push_back(response.event());
-      if (response.event().has_step() && response.event().step().step() >= 8) training.Notify();
+      if (response.event().has_step() && response.event().step().step() >= 8 && !training.HasBeenNotified()) {
+        training.Notify();
+      }
       return true;
     });
   });

@@ -396,13 +396,16 @@ TEST(Service, HigherPriorityRunsFirst) {
   options.devices = {DeviceState{"cpu", int64_t{4} << 30, 1}};
   auto test = TestServer::Start(options);
   ASSERT_NE(test, nullptr);
-  const std::string first = Submit(*test->stub, TinyJob(40)).job().id();
+  const std::string first = Submit(*test->stub, TinyJob(/*max_steps=*/40, /*epochs=*/10)).job().id();
   WaitFor(*test->stub, first, [](const v1::Job& j) { return j.state() == v1::RUNNING; });
   v1::JobSpec low = TinyJob(5);
   v1::JobSpec high = TinyJob(5);
   high.set_priority(10);
   const std::string low_id = Submit(*test->stub, low).job().id();
   const std::string high_id = Submit(*test->stub, high).job().id();
+  // Once the scheduler has placed the later (high) submit in the queue, the earlier low one is behind it.
+  const v1::Job high_waiting = WaitFor(*test->stub, high_id, [](const v1::Job& j) { return j.queue_position() > 0; });
+  EXPECT_EQ(high_waiting.queue_position(), 1);
   v1::Job waiting = WaitFor(*test->stub, low_id, [](const v1::Job& j) { return j.queue_position() > 0; });
   EXPECT_EQ(waiting.queue_position(), 2);
   EXPECT_FALSE(waiting.waiting_reason().empty());
