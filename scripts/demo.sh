@@ -33,7 +33,7 @@ echo "== the exact job needs $exact bytes at its peak; the budget is $share of t
 echo "== xtrainctl plan $spec --budget $budget"
 "$ctl" plan "$spec" --budget "$budget"
 echo "== xtrainctl submit $spec --budget $budget --watch"
-"$ctl" submit "$spec" --budget "$budget" --watch --output text | tee "$demo/watch.log"
+"$ctl" submit "$spec" --budget "$budget" --watch   # a progress bar on a terminal, one line per event otherwise
 job=$("$ctl" list --label demo=true --output json |
       /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["id"])')
 "$ctl" get "$job" --output json > "$demo/job.json"

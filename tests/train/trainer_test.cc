@@ -311,6 +311,39 @@ TrainOptions PlannedCnnOptions() {
   return options;
 }
 
+// The worker caps its process at the job's budget (CpuMemoryMeter::SetLimit); every part of the job
+// must then fit, the epoch-end evaluation as well as the planned steps. At the full batch, the
+// inference forward of this net holds two 32-channel 28x28 maps of 64 images at once, more than the
+// budget leaves; the evaluation must take smaller chunks.
+TEST(Trainer, BudgetedJobEvaluatesWithinItsBudget) {
+  TrainOptions options = SmallCnnOptions();
+  options.model.width = 32;
+  options.model.classes = 10;
+  Split split = Classification(128, 256, {28, 28}, 10, 5);
+  options.data.train = split.train;
+  options.data.validation = split.validation;
+  options.batch_size = 64;
+  options.epochs = 1;
+  absl::StatusOr<TrainingPlan> exact = PlanTraining(options);
+  ASSERT_TRUE(exact.ok()) << exact.status();
+  options.memory.budget_bytes = exact->exact_peak_bytes * 55 / 100;
+  absl::StatusOr<std::unique_ptr<Trainer>> created = Trainer::Create(options);
+  ASSERT_TRUE(created.ok()) << created.status();
+  Trainer& trainer = **created;
+  CpuMemoryMeter& meter = CpuMemoryMeter::Install();
+  const int64_t refusals = meter.refusals();
+  meter.SetLimit(trainer.baseline_bytes() + options.memory.budget_bytes);
+  std::vector<TrainEvent> epochs;
+  const absl::Status run = trainer.Run([&](const TrainEvent& e) {
+    if (e.kind == TrainEventKind::kEpoch) epochs.push_back(e);
+  });
+  meter.SetLimit(0);
+  ASSERT_TRUE(run.ok()) << run << " (last refused allocation " << meter.last_refused_bytes() << " bytes)";
+  EXPECT_EQ(meter.refusals(), refusals);
+  ASSERT_EQ(epochs.size(), 1u);
+  EXPECT_TRUE(epochs[0].metrics.count("accuracy"));
+}
+
 TEST(Trainer, PlannedRunMeasuresWhatItPredicts) {
   TrainOptions options = PlannedCnnOptions();
   absl::StatusOr<TrainingPlan> exact = PlanTraining(options);
