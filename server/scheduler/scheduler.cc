@@ -362,8 +362,22 @@ absl::StatusOr<v1::PlanJobResponse> Scheduler::PlanResponse(const wv1::JobContex
   v1::PlanJobResponse response;
   *response.mutable_plan() = result.plan();
   response.set_cached(cached);
-  int64_t floor_budget = result.plan().floor_budget_bytes();
-  if (floor_budget <= 0) floor_budget = result.plan().budget_bytes();
+  // The floor: the cheapest chain point within the spec's min_fidelity (the planner's chain already
+  // honours min_probes), the one the scheduler may shrink the job to; fixed probes have none below
+  // the plan itself.
+  int64_t floor_budget = result.plan().budget_bytes();
+  const v1::MemorySpec& memory = context.spec().memory();
+  if (memory.probes() != v1::MemorySpec::PROBES_FIXED) {
+    const int64_t loader = result.plan().loader_bytes();
+    for (const wv1::ChainPoint& p : result.chain()) {
+      if (p.fidelity() >= memory.min_fidelity()) {
+        floor_budget = std::min(floor_budget > 0 ? floor_budget : INT64_MAX,
+                                BudgetFor(p.peak_bytes(), loader, options_.planner_margin));
+        break;
+      }
+    }
+  }
+  response.mutable_plan()->set_floor_budget_bytes(floor_budget);
   for (const DeviceState& device : options_.devices) {
     if (!context.spec().device().empty() && device.name != context.spec().device()) continue;
     int64_t used = 0;

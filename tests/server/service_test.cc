@@ -430,6 +430,10 @@ TEST(Service, TwoJobsPackOnOneDeviceWithShrunkPlansEachUnderItsBudget) {
   const int64_t exact = plan.plan().exact_peak_bytes();
   const int64_t minimum = plan.plan().minimum_budget_bytes();
   ASSERT_LT(minimum, exact * 0.8) << "the tiny job must leave room to shrink";
+  // Without a min_fidelity the floor is the chain's cheapest point: the smallest budget, give or take
+  // the rounding of the margin.
+  EXPECT_GE(plan.plan().floor_budget_bytes(), minimum * 0.99);
+  EXPECT_LE(plan.plan().floor_budget_bytes(), minimum * 1.01);
   ServerOptions options;
   const int64_t capacity = exact * 1.05 + minimum * 1.1;
   options.devices = {DeviceState{"cpu", capacity, 2}};
