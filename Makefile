@@ -101,7 +101,7 @@ sanitize-tsan: build
 	cmake -S . -B $(BUILD_DIR)-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DXTRAIN_TSAN=ON \
 	  -DXTRAIN_BUILD_CORE=OFF -DXTRAIN_BUILD_BENCH=OFF $(SAN_WORKER)
 	cmake --build $(BUILD_DIR)-tsan -j $(JOBS)
-	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 bash scripts/run-tests.sh $(BUILD_DIR)-tsan
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:ignore_noninstrumented_modules=1:suppressions=$(CURDIR)/tests/tsan.supp bash scripts/run-tests.sh $(BUILD_DIR)-tsan
 
 clean:
 	rm -rf $(BUILD_DIR) $(BUILD_DIR)-asan $(BUILD_DIR)-asan-svc $(BUILD_DIR)-tsan

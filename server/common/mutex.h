@@ -2,6 +2,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 
 #ifdef XTRAIN_TSAN
 #include <sanitizer/tsan_interface.h>
@@ -47,6 +49,35 @@ class ABSL_SCOPED_LOCKABLE MutexLock {
   }
 
   absl::Mutex* const mu_;
+};
+
+// absl::Notification that ThreadSanitizer can see (for the same reason as MutexLock): what the
+// notifying thread wrote before Notify happens before what a thread reads after seeing it.
+class Notification {
+ public:
+  void Notify() {
+#ifdef XTRAIN_TSAN
+    __tsan_release(this);
+#endif
+    notification_.Notify();
+  }
+  bool HasBeenNotified() const { return Seen(notification_.HasBeenNotified()); }
+  void WaitForNotification() const {
+    notification_.WaitForNotification();
+    Seen(true);
+  }
+  bool WaitForNotificationWithTimeout(absl::Duration timeout) const {
+    return Seen(notification_.WaitForNotificationWithTimeout(timeout));
+  }
+
+ private:
+  bool Seen(bool notified) const {
+#ifdef XTRAIN_TSAN
+    if (notified) __tsan_acquire(const_cast<Notification*>(this));
+#endif
+    return notified;
+  }
+  absl::Notification notification_;
 };
 
 }  // namespace xtrain::server

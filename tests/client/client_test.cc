@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/synchronization/notification.h"
+#include "server/common/mutex.h"
 #include "tests/client/fake_server.h"
 
 namespace xtrain::client {
@@ -44,7 +45,7 @@ std::unique_ptr<Client> Connected(const FakeServer& server, ClientOptions option
 
 // A job with a log of `steps` steps that ends in `final`.
 void AddJob(FakeState& state, const std::string& id, int steps, v1::JobState final, bool ended = true) {
-  absl::MutexLock lock(&state.mutex);
+  ::xtrain::server::MutexLock lock(&state.mutex);
   v1::Job job;
   job.set_id(id);
   job.set_state(final);
@@ -124,7 +125,7 @@ TEST(Client, WatchReconnectsFromTheLastSequenceSeen) {
   auto state = std::make_shared<FakeState>();
   AddJob(*state, "job-1", 6, v1::SUCCEEDED);
   {
-    absl::MutexLock lock(&state->mutex);
+    ::xtrain::server::MutexLock lock(&state->mutex);
     state->watch_breaks[0] = 3;  // the first stream drops after 3 events, the second after 2 more
     state->watch_breaks[1] = 2;
   }
@@ -133,7 +134,7 @@ TEST(Client, WatchReconnectsFromTheLastSequenceSeen) {
   absl::Status status;
   EXPECT_EQ(Collect(*Connected(*server), "job-1", 0, &status), Range(1, 9));  // each once, in order
   EXPECT_TRUE(status.ok()) << status;
-  absl::MutexLock lock(&state->mutex);
+  ::xtrain::server::MutexLock lock(&state->mutex);
   ASSERT_EQ(state->watch_requests.size(), 3u);
   EXPECT_EQ(state->watch_requests[0].from_sequence(), 0);
   EXPECT_EQ(state->watch_requests[1].from_sequence(), 4);
@@ -149,7 +150,7 @@ TEST(Client, WatchResumesAcrossAServerRestart) {
   std::unique_ptr<Client> client = Connected(*server);
 
   std::vector<int64_t> sequences;
-  absl::Notification five_seen;
+  ::xtrain::server::Notification five_seen;
   absl::Status status;
   std::thread watcher([&] {
     status = client->Watch("job-1", 0, [&](const v1::WatchJobResponse& response) {
@@ -162,7 +163,7 @@ TEST(Client, WatchResumesAcrossAServerRestart) {
   server->Stop();  // open watches end with UNAVAILABLE; nothing listens for a while
   absl::SleepFor(absl::Milliseconds(300));
   {
-    absl::MutexLock lock(&state->mutex);
+    ::xtrain::server::MutexLock lock(&state->mutex);
     std::vector<v1::JobEvent>& log = state->logs["job-1"];
     log.push_back(StepEvent(6, 4, 4, 0.4));
     log.push_back(StateEvent(7, v1::RUNNING, v1::SUCCEEDED));
@@ -173,7 +174,7 @@ TEST(Client, WatchResumesAcrossAServerRestart) {
   watcher.join();
   EXPECT_TRUE(status.ok()) << status;
   EXPECT_EQ(sequences, Range(1, 7));
-  absl::MutexLock lock(&state->mutex);
+  ::xtrain::server::MutexLock lock(&state->mutex);
   EXPECT_EQ(state->watch_requests.back().from_sequence(), 6);
 }
 
@@ -185,7 +186,7 @@ TEST(Client, WatchGivesUpAfterTheReconnectTimeout) {
   ClientOptions options = FastOptions();
   options.reconnect_timeout = absl::Milliseconds(500);
   std::unique_ptr<Client> client = Connected(*server, options);
-  absl::Notification started;
+  ::xtrain::server::Notification started;
   absl::Status status;
   std::thread watcher([&] {
     status = client->Watch("job-1", 0, [&](const v1::WatchJobResponse& response) {
@@ -230,7 +231,7 @@ TEST(Client, RetriesIdempotentCallsOnUnavailableButNotCancel) {
   auto state = std::make_shared<FakeState>();
   AddJob(*state, "job-1", 1, v1::RUNNING, /*ended=*/false);
   {
-    absl::MutexLock lock(&state->mutex);
+    ::xtrain::server::MutexLock lock(&state->mutex);
     state->jobs["job-1"].set_state(v1::RUNNING);
     state->unavailable["GetJob"] = 2;
     state->unavailable["SubmitJob"] = 1;
@@ -252,7 +253,7 @@ TEST(Client, RetriesIdempotentCallsOnUnavailableButNotCancel) {
   absl::StatusOr<v1::Job> cancelled = client->CancelJob("job-1");
   EXPECT_TRUE(absl::IsUnavailable(cancelled.status())) << cancelled.status();
 
-  absl::MutexLock lock(&state->mutex);
+  ::xtrain::server::MutexLock lock(&state->mutex);
   EXPECT_EQ(state->calls["GetJob"], 3);
   EXPECT_EQ(state->calls["CancelJob"], 1);
   ASSERT_EQ(state->submits.size(), 1u);  // the refused call is not recorded; the retry carries the same id
@@ -263,14 +264,14 @@ TEST(Client, RetriesIdempotentCallsOnUnavailableButNotCancel) {
 TEST(Client, SubmitWithoutARequestIdIsNotRetried) {
   auto state = std::make_shared<FakeState>();
   {
-    absl::MutexLock lock(&state->mutex);
+    ::xtrain::server::MutexLock lock(&state->mutex);
     state->unavailable["SubmitJob"] = 1;
   }
   auto server = FakeServer::Start(state);
   ASSERT_NE(server, nullptr);
   absl::StatusOr<v1::SubmitJobResponse> submitted = Connected(*server)->SubmitJob(v1::JobSpec(), "");
   EXPECT_TRUE(absl::IsUnavailable(submitted.status())) << submitted.status();
-  absl::MutexLock lock(&state->mutex);
+  ::xtrain::server::MutexLock lock(&state->mutex);
   EXPECT_EQ(state->calls["SubmitJob"], 1);
 }
 
@@ -315,7 +316,7 @@ TEST(Client, SendsTheTokenFromOptionsOrEnvironment) {
   ASSERT_TRUE(Connected(*server)->GetJob("job-1").ok());
   ::unsetenv("XTRAIN_TOKEN");
   ASSERT_TRUE(Connected(*server)->GetJob("job-1").ok());
-  absl::MutexLock lock(&state->mutex);
+  ::xtrain::server::MutexLock lock(&state->mutex);
   ASSERT_EQ(state->authorization.size(), 3u);
   EXPECT_EQ(state->authorization[0], "Bearer from-options");
   EXPECT_EQ(state->authorization[1], "Bearer from-environment");
@@ -332,7 +333,7 @@ TEST(Client, UploadSendsSizeChecksumAndMebibyteChunks) {
   absl::StatusOr<v1::ArtifactInfo> info = Connected(*server)->Upload(dir.File("weights.pt"));
   ASSERT_TRUE(info.ok()) << info.status();  // the fake checks size and SHA-256 against the content
   EXPECT_EQ(info->id(), "art-uploaded");
-  absl::MutexLock lock(&state->mutex);
+  ::xtrain::server::MutexLock lock(&state->mutex);
   ASSERT_TRUE(state->upload_header.has_value());
   EXPECT_EQ(state->upload_header->name(), "weights.pt");
   EXPECT_EQ(state->upload_header->size_bytes(), static_cast<int64_t>(content.size()));
@@ -347,14 +348,14 @@ TEST(Client, UploadOfAMissingFileIsNotFound) {
   ASSERT_NE(server, nullptr);
   TempDir dir;
   EXPECT_TRUE(absl::IsNotFound(Connected(*server)->Upload(dir.File("missing.pt")).status()));
-  absl::MutexLock lock(&state->mutex);
+  ::xtrain::server::MutexLock lock(&state->mutex);
   EXPECT_EQ(state->calls["UploadArtifact"], 0);
 }
 
 // A fake holding one artifact of 3.5 MiB, served in 1 MiB chunks; returns its content.
 std::string AddArtifact(FakeState& state) {
   const std::string content = RandomBytes((7 << 20) / 2, 11);
-  absl::MutexLock lock(&state.mutex);
+  ::xtrain::server::MutexLock lock(&state.mutex);
   state.artifact.set_id("art-1");
   state.artifact.set_name("weights");
   state.artifact.set_size_bytes(static_cast<int64_t>(content.size()));
@@ -367,7 +368,7 @@ TEST(Client, DownloadResumesAfterADroppedStream) {
   auto state = std::make_shared<FakeState>();
   const std::string content = AddArtifact(*state);
   {
-    absl::MutexLock lock(&state->mutex);
+    ::xtrain::server::MutexLock lock(&state->mutex);
     state->download_breaks[0] = 1;  // the first stream drops after one chunk
   }
   auto server = FakeServer::Start(state);
@@ -377,7 +378,7 @@ TEST(Client, DownloadResumesAfterADroppedStream) {
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_EQ(ReadAll(dir.File("out.pt")), content);
   EXPECT_FALSE(std::filesystem::exists(dir.File("out.pt.part")));
-  absl::MutexLock lock(&state->mutex);
+  ::xtrain::server::MutexLock lock(&state->mutex);
   ASSERT_EQ(state->download_requests.size(), 2u);
   EXPECT_EQ(state->download_requests[0].offset(), 0);
   EXPECT_EQ(state->download_requests[1].offset(), 1 << 20);
@@ -393,7 +394,7 @@ TEST(Client, DownloadContinuesAPartialFile) {
   absl::StatusOr<v1::ArtifactInfo> info = Connected(*server)->Download("art-1", dir.File("out.pt"));
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_EQ(ReadAll(dir.File("out.pt")), content);
-  absl::MutexLock lock(&state->mutex);
+  ::xtrain::server::MutexLock lock(&state->mutex);
   ASSERT_EQ(state->download_requests.size(), 1u);
   EXPECT_EQ(state->download_requests[0].offset(), 1000);
 }

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "server/common/mutex.h"
 
 namespace xtrain::client::testing {
 namespace v1 = ::xtrain::v1;
@@ -32,7 +33,7 @@ class FakeServer::Service : public v1::TrainingService::Service {
 
   grpc::Status PlanJob(grpc::ServerContext* context, const v1::PlanJobRequest* request,
                        v1::PlanJobResponse* response) override {
-    absl::MutexLock lock(&state_->mutex);
+    ::xtrain::server::MutexLock lock(&state_->mutex);
     if (std::optional<grpc::Status> s = Enter(context, "PlanJob")) return *s;
     state_->plans.push_back(*request);
     const int64_t budget = request->spec().memory().budget_bytes();
@@ -55,7 +56,7 @@ class FakeServer::Service : public v1::TrainingService::Service {
 
   grpc::Status SubmitJob(grpc::ServerContext* context, const v1::SubmitJobRequest* request,
                          v1::SubmitJobResponse* response) override {
-    absl::MutexLock lock(&state_->mutex);
+    ::xtrain::server::MutexLock lock(&state_->mutex);
     if (std::optional<grpc::Status> s = Enter(context, "SubmitJob")) return *s;
     state_->submits.push_back(*request);
     for (const auto& [id, job] : state_->jobs) {
@@ -81,7 +82,7 @@ class FakeServer::Service : public v1::TrainingService::Service {
   }
 
   grpc::Status GetJob(grpc::ServerContext* context, const v1::GetJobRequest* request, v1::GetJobResponse* response) override {
-    absl::MutexLock lock(&state_->mutex);
+    ::xtrain::server::MutexLock lock(&state_->mutex);
     if (std::optional<grpc::Status> s = Enter(context, "GetJob")) return *s;
     auto it = state_->jobs.find(request->job_id());
     if (it == state_->jobs.end()) return NotFound(request->job_id());
@@ -91,7 +92,7 @@ class FakeServer::Service : public v1::TrainingService::Service {
 
   grpc::Status ListJobs(grpc::ServerContext* context, const v1::ListJobsRequest* request,
                         v1::ListJobsResponse* response) override {
-    absl::MutexLock lock(&state_->mutex);
+    ::xtrain::server::MutexLock lock(&state_->mutex);
     if (std::optional<grpc::Status> s = Enter(context, "ListJobs")) return *s;
     std::vector<v1::Job> matching;
     for (const auto& [id, job] : state_->jobs) {
@@ -116,7 +117,7 @@ class FakeServer::Service : public v1::TrainingService::Service {
 
   grpc::Status CancelJob(grpc::ServerContext* context, const v1::CancelJobRequest* request,
                          v1::CancelJobResponse* response) override {
-    absl::MutexLock lock(&state_->mutex);
+    ::xtrain::server::MutexLock lock(&state_->mutex);
     if (std::optional<grpc::Status> s = Enter(context, "CancelJob")) return *s;
     auto it = state_->jobs.find(request->job_id());
     if (it == state_->jobs.end()) return NotFound(request->job_id());
@@ -132,7 +133,7 @@ class FakeServer::Service : public v1::TrainingService::Service {
                         grpc::ServerWriter<v1::WatchJobResponse>* writer) override {
     int call = 0;
     {
-      absl::MutexLock lock(&state_->mutex);
+      ::xtrain::server::MutexLock lock(&state_->mutex);
       call = state_->calls["WatchJob"];
       if (std::optional<grpc::Status> s = Enter(context, "WatchJob")) return *s;
       state_->watch_requests.push_back(*request);
@@ -143,7 +144,7 @@ class FakeServer::Service : public v1::TrainingService::Service {
     while (true) {
       v1::WatchJobResponse response;
       {
-        absl::MutexLock lock(&state_->mutex);
+        ::xtrain::server::MutexLock lock(&state_->mutex);
         if (state_->shutting_down) {
           return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                               absl::StrCat("the server is shutting down; reconnect with from_sequence = ", next));
@@ -177,7 +178,7 @@ class FakeServer::Service : public v1::TrainingService::Service {
     std::string content;
     int breaks_after = -1;
     {
-      absl::MutexLock lock(&state_->mutex);
+      ::xtrain::server::MutexLock lock(&state_->mutex);
       call = state_->calls["DownloadArtifact"];
       if (std::optional<grpc::Status> s = Enter(context, "DownloadArtifact")) return *s;
       state_->download_requests.push_back(*request);
@@ -210,7 +211,7 @@ class FakeServer::Service : public v1::TrainingService::Service {
   grpc::Status UploadArtifact(grpc::ServerContext* context, grpc::ServerReader<v1::UploadArtifactRequest>* reader,
                               v1::UploadArtifactResponse* response) override {
     {
-      absl::MutexLock lock(&state_->mutex);
+      ::xtrain::server::MutexLock lock(&state_->mutex);
       if (std::optional<grpc::Status> s = Enter(context, "UploadArtifact")) return *s;
       state_->upload_header.reset();
       state_->upload_chunks.clear();
@@ -229,7 +230,7 @@ class FakeServer::Service : public v1::TrainingService::Service {
       chunks.push_back(static_cast<int64_t>(request.data().size()));
       content += request.data();
     }
-    absl::MutexLock lock(&state_->mutex);
+    ::xtrain::server::MutexLock lock(&state_->mutex);
     state_->upload_header = header;
     state_->upload_chunks = chunks;
     state_->upload_content = content;
@@ -272,7 +273,7 @@ class FakeServer::Service : public v1::TrainingService::Service {
 std::unique_ptr<FakeServer> FakeServer::Start(std::shared_ptr<FakeState> state, int port) {
   auto server = std::unique_ptr<FakeServer>(new FakeServer());
   {
-    absl::MutexLock lock(&state->mutex);
+    ::xtrain::server::MutexLock lock(&state->mutex);
     state->shutting_down = false;
   }
   server->state_ = state;
@@ -290,7 +291,7 @@ FakeServer::~FakeServer() { Stop(); }
 void FakeServer::Stop() {
   if (server_ == nullptr) return;
   {
-    absl::MutexLock lock(&state_->mutex);
+    ::xtrain::server::MutexLock lock(&state_->mutex);
     state_->shutting_down = true;
   }
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));

@@ -24,6 +24,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "client/client.h"
+#include "server/common/mutex.h"
 
 namespace xtrain::client {
 namespace {
@@ -312,11 +313,11 @@ TEST(Client, WatchIsUnbrokenAcrossAServerKilledAndRestarted) {
 
   absl::Mutex mutex;
   std::vector<v1::JobEvent> events;
-  absl::Notification training;
+  ::xtrain::server::Notification training;
   absl::Status status;
   std::thread watcher([&] {
     status = client->Watch(job_id, 0, [&](const v1::WatchJobResponse& response) {
-      absl::MutexLock lock(&mutex);
+      ::xtrain::server::MutexLock lock(&mutex);
       events.push_back(response.event());
       if (response.event().has_step() && response.event().step().step() >= 8 && !training.HasBeenNotified()) {
         training.Notify();
@@ -332,7 +333,7 @@ TEST(Client, WatchIsUnbrokenAcrossAServerKilledAndRestarted) {
   watcher.join();
   ASSERT_TRUE(status.ok()) << status;
 
-  absl::MutexLock lock(&mutex);
+  ::xtrain::server::MutexLock lock(&mutex);
   ASSERT_FALSE(events.empty());
   for (size_t i = 0; i < events.size(); ++i) {
     ASSERT_EQ(events[i].sequence(), static_cast<int64_t>(i) + 1) << "a gap or a repeat at " << i;

@@ -16,6 +16,7 @@
 #include "client/output.h"
 #include "client/spec_file.h"
 #include "client/xtrainctl_commands.h"
+#include "server/common/mutex.h"
 #include "tests/client/fake_server.h"
 
 namespace xtrain::client {
@@ -104,7 +105,7 @@ class Xtrainctl : public ::testing::Test {
   }
 
   void AddJob(const std::string& id, v1::JobState final, int steps) {
-    absl::MutexLock lock(&state_->mutex);
+    ::xtrain::server::MutexLock lock(&state_->mutex);
     v1::Job job;
     job.set_id(id);
     job.set_state(final);
@@ -460,7 +461,7 @@ TEST_F(Xtrainctl, SubmitSendsTheFileWithTheFlagsAndAFreshRequestId) {
   EXPECT_EQ(Run({"submit", "-f", file, "--max-steps", "9"}), kExitOk) << err_.str();
   std::filesystem::remove(file);
   EXPECT_TRUE(absl::StrContains(out_.str(), "job-2 submitted")) << out_.str();
-  absl::MutexLock lock(&state_->mutex);
+  ::xtrain::server::MutexLock lock(&state_->mutex);
   ASSERT_EQ(state_->submits.size(), 2u);
   v1::JobSpec expected = TinySpec();
   expected.mutable_training()->set_max_steps(9);
@@ -472,14 +473,14 @@ TEST_F(Xtrainctl, SubmitSendsTheFileWithTheFlagsAndAFreshRequestId) {
 
 TEST_F(Xtrainctl, SubmitRetriesKeepTheRequestId) {
   {
-    absl::MutexLock lock(&state_->mutex);
+    ::xtrain::server::MutexLock lock(&state_->mutex);
     state_->unavailable["SubmitJob"] = 2;
   }
   EXPECT_EQ(Run({"submit", "--model", "small_cnn", "--dataset-kind", "synthetic", "-o", "json"}), kExitOk) << err_.str();
   EXPECT_EQ(Run({"submit", "--model", "small_cnn", "--client-request-id", "mine"}), kExitOk) << err_.str();
   EXPECT_EQ(Run({"submit", "--model", "small_cnn", "--client-request-id", "mine"}), kExitOk) << err_.str();
   EXPECT_TRUE(absl::StrContains(out_.str(), "job-2 already submitted with request id mine")) << out_.str();
-  absl::MutexLock lock(&state_->mutex);
+  ::xtrain::server::MutexLock lock(&state_->mutex);
   EXPECT_EQ(state_->calls["SubmitJob"], 5);
   EXPECT_EQ(state_->jobs.size(), 2u);
 }
@@ -525,7 +526,7 @@ TEST_F(Xtrainctl, WatchDrawsABarOnATerminalAndPrintsTheOutcome) {
 
 TEST_F(Xtrainctl, SubmitWatchFollowsTheNewJobToItsEnd) {
   {
-    absl::MutexLock lock(&state_->mutex);
+    ::xtrain::server::MutexLock lock(&state_->mutex);
     state_->logs["job-1"] = {StateEvent(1, v1::JOB_STATE_UNSPECIFIED, v1::QUEUED), StateEvent(2, v1::QUEUED, v1::CANCELLED)};
     state_->ended["job-1"] = true;
   }
@@ -551,7 +552,7 @@ TEST_F(Xtrainctl, ListPagesAndFilters) {
 
 TEST_F(Xtrainctl, CancelAndItsErrors) {
   {
-    absl::MutexLock lock(&state_->mutex);
+    ::xtrain::server::MutexLock lock(&state_->mutex);
     state_->jobs["job-1"].set_id("job-1");
     state_->jobs["job-1"].set_state(v1::QUEUED);
   }
@@ -566,7 +567,7 @@ TEST_F(Xtrainctl, DownloadAJobsWeights) {
   AddJob("job-2", v1::FAILED, 1);
   const std::string content = "weights of job-1";
   {
-    absl::MutexLock lock(&state_->mutex);
+    ::xtrain::server::MutexLock lock(&state_->mutex);
     state_->artifact.set_id("art-1");
     state_->artifact.set_name("job-1 weights");
     state_->artifact.set_size_bytes(static_cast<int64_t>(content.size()));
