@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -341,6 +342,14 @@ bool Terminal(v1::JobState state) { return state == v1::SUCCEEDED || state == v1
 int64_t SystemNanos() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
+}
+
+// CPU time of this process (user + system), seconds.
+double OwnCpuSeconds() {
+  rusage usage{};
+  ::getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6; };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
 double MillisSince(SteadyClock::time_point start) {
@@ -772,6 +781,7 @@ class Watcher : public grpc::ClientReadReactor<v1::WatchJobResponse> {
     }
     shared_.events.fetch_add(1, std::memory_order_relaxed);
     shared_.coalesced.fetch_add(response_.coalesced(), std::memory_order_relaxed);
+    last_sequence_.store(response_.event().sequence(), std::memory_order_relaxed);
     const google::protobuf::Timestamp& time = response_.event().time();
     const int64_t at = time.seconds() * 1000000000 + time.nanos();
     if (at >= shared_.window_start_ns.load() && at < shared_.window_end_ns.load()) {
@@ -793,9 +803,11 @@ class Watcher : public grpc::ClientReadReactor<v1::WatchJobResponse> {
   }
 
   void Cancel() { context_.TryCancel(); }
+  int64_t last_sequence() const { return last_sequence_.load(std::memory_order_relaxed); }
 
  private:
   WatchShared& shared_;
+  std::atomic<int64_t> last_sequence_{0};
   grpc::ClientContext context_;
   v1::WatchJobRequest request_;
   v1::WatchJobResponse response_;
@@ -849,13 +861,30 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
 
   // The measured window: lag of every event the server timed inside it.
   absl::StatusOr<v1::Job> at_start = GetJob(*control, job_id);
+  absl::StatusOr<double> server_cpu_start = server.CpuSeconds();
+  const double client_cpu_start = OwnCpuSeconds();
+  const auto window_start = SteadyClock::now();
   shared.window_start_ns = SystemNanos();
   std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int64_t>(sizes.watch_window_s * 1000)));
   shared.window_end_ns = SystemNanos();
+  const double window_s = MillisSince(window_start) / 1000;
+  absl::StatusOr<double> server_cpu_end = server.CpuSeconds();
+  const double client_cpu = (OwnCpuSeconds() - client_cpu_start) / window_s;
   absl::StatusOr<int64_t> rss_window = server.Rss();
   absl::StatusOr<v1::Job> at_end = GetJob(*control, job_id);
-  // Events of the window still on their way.
-  std::this_thread::sleep_for(std::chrono::seconds(2));
+  // Events of the window still on their way: wait until every watcher has received the window's last
+  // event or a later one (coalescing skips to the newest step, so a watcher behind still gets there).
+  const auto drain_start = SteadyClock::now();
+  int64_t caught_up = 0;
+  if (at_end.ok()) {
+    const auto drain_deadline = drain_start + std::chrono::seconds(60);
+    do {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      caught_up = 0;
+      for (const auto& stream : streams) caught_up += stream->last_sequence() >= at_end->last_sequence() ? 1 : 0;
+    } while (caught_up < watchers && SteadyClock::now() < drain_deadline);
+  }
+  const double drain_s = MillisSince(drain_start) / 1000;
 
   for (auto& stream : streams) stream->Cancel();
   bool all_done = false;
@@ -881,6 +910,9 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
   if (!at_start.ok()) return at_start.status();
   if (!at_end.ok()) return at_end.status();
   if (at_end->state() != v1::RUNNING) return absl::InternalError("the watched job stopped running during the window");
+  if (!server_cpu_start.ok()) return server_cpu_start.status();
+  if (!server_cpu_end.ok()) return server_cpu_end.status();
+  const double server_cpu = (*server_cpu_end - *server_cpu_start) / window_s;
 
   const Summary s = Summarize(shared.lags_ms);
   if (s.samples == 0) return absl::InternalError("no event was delivered inside the measured window");
@@ -896,6 +928,10 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
       .Number("delivered_fraction", delivered)
       .Int("events_coalesced", shared.coalesced.load())
       .Number("connect_s", connect_s)
+      .Number("drain_s", drain_s)
+      .Int("watchers_caught_up", caught_up)
+      .Number("server_cpu_cores", server_cpu)
+      .Number("client_cpu_cores", client_cpu)
       .Int("rss_before_bytes", *rss_before)
       .Int("rss_connected_bytes", *rss_connected)
       .Int("rss_window_bytes", *rss_window)
@@ -912,8 +948,11 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
              {"watch_job (delivery lag)", absl::StrCat(watchers, " watchers"), absl::StrCat(s.samples), Ms(s.p50),
               Ms(s.p99),
               absl::StrFormat("%.1f KB server RSS per watcher; %d events in %.0f s, %.0f%% delivered (rest coalesced); "
-                              "connected in %.1f s",
-                              per_watcher / 1000, published, sizes.watch_window_s, 100 * delivered, connect_s),
+                              "connected in %.1f s; CPU cores busy: server %.2f, clients %.2f%s",
+                              per_watcher / 1000, published, sizes.watch_window_s, 100 * delivered, connect_s,
+                              server_cpu, client_cpu,
+                              caught_up < watchers ? absl::StrFormat("; %d watchers had not caught up 60 s after", watchers - caught_up)
+                                                   : std::string()),
               goal});
   return absl::OkStatus();
 }
