@@ -73,7 +73,9 @@ bench: bench-layer bench-memory bench-accuracy
 # worker (tests/server/xtrain-fake-worker runs it without LibTorch; the rows say which).
 SERVICE_WORKER ?= $(BUILD_DIR)/server/worker/xtrain-worker
 bench-service: configure
-	cmake --build $(BUILD_DIR) -j $(JOBS) --target xtrain-service-bench xtrain-server $(if $(findstring fake,$(SERVICE_WORKER)),xtrain-fake-worker,xtrain-worker)
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target xtrain-service-bench xtrain-server \
+	  $(if $(filter $(BUILD_DIR)/server/worker/xtrain-worker,$(SERVICE_WORKER)),xtrain-worker) \
+	  $(if $(filter $(BUILD_DIR)/tests/server/xtrain-fake-worker,$(SERVICE_WORKER)),xtrain-fake-worker)
 	$(BUILD_DIR)/bench/xtrain-service-bench --server-bin $(BUILD_DIR)/server/xtrain-server --worker-bin $(SERVICE_WORKER) --json bench/results/service-cpu-$(BENCH_DATE).jsonl --markdown bench/results/service-cpu-$(BENCH_DATE).md
 
 bench-quick: bench-tool
