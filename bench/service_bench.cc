@@ -924,10 +924,12 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
   if (fake) row.Int("fake_step_ms", sizes.watch_step_ms);
   std::string goal;
   if (watchers == 10000) {
-    const bool met = s.p99 < 250.0 && per_watcher < 20000.0;
+    const bool lag_met = s.p99 < 250.0, memory_met = per_watcher < 20000.0;
     row.String("goal", "p99 lag < 250 ms and < 20 KB (20,000 bytes) of server memory per watcher at 10,000 watchers")
-        .Bool("goal_met", met);
-    goal = GoalText(met, "p99 < 250 ms, < 20 KB each");
+        .Bool("goal_met", lag_met && memory_met)
+        .Bool("lag_goal_met", lag_met)
+        .Bool("memory_goal_met", memory_met);
+    goal = absl::StrCat(GoalText(lag_met, "p99 lag < 250 ms"), "; ", GoalText(memory_met, "< 20 KB each"));
   }
   report.Add(row, 0,
              {"watch_job (delivery lag)", absl::StrCat(watchers, " watchers"), absl::StrCat(s.samples), Ms(s.p50),

@@ -176,7 +176,8 @@ void SendCheckpoint(const std::string& dir, int64_t step, const std::string& rea
   using Clock = std::chrono::steady_clock;
   auto next = Clock::now();
   for (int64_t step = 1; step <= total; ++step) {
-    next += std::chrono::milliseconds(step_ms);
+    // No bursts to catch up after a stall (a loaded machine): at most one step per step_ms.
+    next = std::max(next + std::chrono::milliseconds(step_ms), Clock::now());
     for (;;) {
       const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next - Clock::now()).count();
       pollfd fd{kSocket, POLLIN, 0};
