@@ -21,7 +21,7 @@ FIGURES = [
     ("submit_to_first_step", "clients", [1], []),
     ("watch_job", "watchers", None,
      ["channels", "window_s", "events_published", "events_per_second", "delivered_fraction", "connect_s",
-      "server_cpu_cores", "client_cpu_cores", "rss_before_bytes",
+      "server_cpu_cores", "client_cpu_cores", "server_busiest_thread_cores", "rss_before_bytes",
       "rss_connected_bytes", "rss_window_bytes", "memory_per_watcher_bytes"]),
 ]
 

@@ -18,6 +18,7 @@
 #include <fstream>
 #include <functional>
 #include <latch>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -149,6 +150,36 @@ bool FakeWorker(const Options& options) {
 // ---------------------------------------------------------------------------------------------------
 // The server under test.
 
+// SIGINT and SIGTERM: a thread takes them (blocked everywhere else), kills the server and removes the
+// data dir, then exits; destructors do the same on every other way out.
+std::atomic<pid_t> g_server_pid{-1};
+std::atomic<bool> g_stopping{false};  // the main thread then waits for the signal thread's _Exit
+
+void HandleStopSignals(const std::string& scratch_dir) {
+  // Never destroyed: the thread may still use it while the main thread returns from main.
+  const std::string& scratch = *new std::string(scratch_dir);
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::thread([signals, &scratch] {
+    int signal = 0;
+    if (sigwait(&signals, &signal) != 0) return;
+    g_stopping = true;
+    if (const pid_t pid = g_server_pid.load(); pid > 0) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+    // The main thread may be removing it too (its calls fail once the server is gone): retry until it is.
+    std::error_code error;
+    for (int attempt = 0; attempt < 20 && fs::exists(scratch, error); ++attempt) fs::remove_all(scratch, error);
+    std::fprintf(stderr, "xtrain-bench service: stopped by signal %d; the server was killed and %s %s\n", signal,
+                 scratch.c_str(), fs::exists(scratch, error) ? "could not be removed" : "removed");
+    std::_Exit(128 + signal);
+  }).detach();
+}
+
 // A fresh folder under `parent`, removed with everything in it when this goes (also on failure).
 class ScratchDir {
  public:
@@ -161,7 +192,7 @@ class ScratchDir {
   }
   ~ScratchDir() {
     std::error_code error;
-    fs::remove_all(path_, error);
+    for (int attempt = 0; attempt < 20 && fs::exists(path_, error); ++attempt) fs::remove_all(path_, error);
   }
   ScratchDir(const ScratchDir&) = delete;
   ScratchDir& operator=(const ScratchDir&) = delete;
@@ -199,6 +230,9 @@ class ServerProcess {
     }
     if (server->pid_ == 0) {
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      sigset_t none;
+      sigemptyset(&none);
+      pthread_sigmask(SIG_SETMASK, &none, nullptr);  // the stop signals are blocked here, not in the server
       if (::getppid() != parent) ::_exit(126);
       ::dup2(log, STDOUT_FILENO);
       ::dup2(log, STDERR_FILENO);
@@ -206,6 +240,7 @@ class ServerProcess {
       ::_exit(127);
     }
     ::close(log);
+    g_server_pid = server->pid_;
     const auto deadline = SteadyClock::now() + std::chrono::seconds(60);
     while (SteadyClock::now() < deadline) {
       std::ifstream in(port_file);
@@ -218,6 +253,7 @@ class ServerProcess {
       int status = 0;
       if (::waitpid(server->pid_, &status, WNOHANG) == server->pid_) {
         server->pid_ = -1;
+        g_server_pid = -1;
         return absl::UnavailableError(absl::StrCat("xtrain-server exited at start (wait status ", status,
                                                    "); its log: ", server->LogTail()));
       }
@@ -228,6 +264,7 @@ class ServerProcess {
 
   ~ServerProcess() {
     if (pid_ <= 0) return;
+    g_server_pid = -1;
     // SIGTERM lets it stop its workers; SIGKILL if it takes longer than its grace period and a margin.
     ::kill(pid_, SIGTERM);
     const auto deadline = SteadyClock::now() + std::chrono::seconds(15);
@@ -274,6 +311,29 @@ class ServerProcess {
       if (i == 15) stime = std::stod(field);
     }
     return (utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+  }
+
+  // CPU seconds of each of the server's threads by thread id, with the thread's name.
+  std::map<std::string, std::pair<std::string, double>> ThreadCpuSeconds() const {
+    std::map<std::string, std::pair<std::string, double>> threads;
+    std::error_code error;
+    for (const auto& entry : fs::directory_iterator(absl::StrCat("/proc/", pid_, "/task"), error)) {
+      std::ifstream in(entry.path() / "stat");
+      std::string line;
+      if (!std::getline(in, line)) continue;
+      const size_t open = line.find('('), close = line.rfind(')');
+      if (open == std::string::npos || close == std::string::npos) continue;
+      std::istringstream rest(line.substr(close + 2));
+      std::string field;
+      double utime = 0, stime = 0;
+      for (int i = 3; i <= 15 && rest >> field; ++i) {
+        if (i == 14) utime = std::stod(field);
+        if (i == 15) stime = std::stod(field);
+      }
+      threads[entry.path().filename().string()] = {line.substr(open + 1, close - open - 1),
+                                                   (utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK))};
+    }
+    return threads;
   }
 
   std::string LogTail() const {
@@ -861,6 +921,7 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
   std::this_thread::sleep_for(std::chrono::seconds(1));
   absl::StatusOr<v1::Job> at_start = GetJob(*control, job_id);
   absl::StatusOr<double> server_cpu_start = server.CpuSeconds();
+  const auto threads_start = server.ThreadCpuSeconds();
   const double client_cpu_start = OwnCpuSeconds();
   const auto window_start = SteadyClock::now();
   shared.window_start_ns = SystemNanos();
@@ -868,6 +929,17 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
   shared.window_end_ns = SystemNanos();
   const double window_s = MillisSince(window_start) / 1000;
   absl::StatusOr<double> server_cpu_end = server.CpuSeconds();
+  // The server's busiest thread in the window (one thread near 1.0 is a serial bottleneck).
+  std::string busiest_thread;
+  double busiest_cpu = 0;
+  for (const auto& [tid, end] : server.ThreadCpuSeconds()) {
+    auto start = threads_start.find(tid);
+    const double used = end.second - (start == threads_start.end() ? 0.0 : start->second.second);
+    if (used > busiest_cpu) {
+      busiest_cpu = used;
+      busiest_thread = absl::StrCat(end.first, " (", tid, ")");
+    }
+  }
   const double client_cpu = (OwnCpuSeconds() - client_cpu_start) / window_s;
   absl::StatusOr<int64_t> rss_window = server.Rss();
   absl::StatusOr<v1::Job> at_end = GetJob(*control, job_id);
@@ -917,6 +989,8 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
       .Number("connect_s", connect_s)
       .Number("server_cpu_cores", server_cpu)
       .Number("client_cpu_cores", client_cpu)
+      .String("server_busiest_thread", busiest_thread)
+      .Number("server_busiest_thread_cores", busiest_cpu / window_s)
       .Int("rss_before_bytes", *rss_before)
       .Int("rss_connected_bytes", *rss_connected)
       .Int("rss_window_bytes", *rss_window)
@@ -935,9 +1009,9 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
              {"watch_job (delivery lag)", absl::StrCat(watchers, " watchers"), absl::StrCat(s.samples), Ms(s.p50),
               Ms(s.p99),
               absl::StrFormat("%.1f KB server RSS per watcher; %d events in %.0f s, %.0f%% delivered (rest coalesced); "
-                              "connected in %.1f s; CPU cores busy: server %.2f, clients %.2f",
+                              "connected in %.1f s; CPU cores busy: server %.2f (its busiest thread %.2f), clients %.2f",
                               per_watcher / 1000, published, sizes.watch_window_s, 100 * delivered, connect_s,
-                              server_cpu, client_cpu),
+                              server_cpu, busiest_cpu / window_s, client_cpu),
               goal});
   return absl::OkStatus();
 }
@@ -993,6 +1067,7 @@ absl::Status Run(const Options& options) {
   if (absl::Status s = report.Open(); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<ScratchDir>> dir = ScratchDir::Create(options.data_root);
   if (!dir.ok()) return dir.status();
+  HandleStopSignals((*dir)->path());
   std::fprintf(stderr, "xtrain-service-bench: server %s, worker %s%s, data dir %s\n", options.server_bin.c_str(),
                options.worker_bin.c_str(), fake ? " (fake)" : "", (*dir)->path().c_str());
   absl::StatusOr<std::unique_ptr<ServerProcess>> server = ServerProcess::Start(options, (*dir)->path());
@@ -1040,6 +1115,8 @@ int RunServiceBench(int argc, char** argv) {
     return 0;
   }
   const absl::Status status = Run(*options);
+  // Stopped by a signal: its thread cleans up and exits; this one must not return first.
+  while (g_stopping.load()) ::pause();
   if (!status.ok()) {
     std::fprintf(stderr, "xtrain-bench service: %s\n", status.ToString().c_str());
     return 1;
