@@ -607,9 +607,12 @@ absl::StatusOr<std::pair<std::vector<double>, double>> RunClients(const std::str
 absl::Status UnaryFigures(Report& report, const Sizes& sizes, const ServerProcess& server,
                           const std::vector<std::string>& ids) {
   const std::string target = server.target();
+  // The connecting call (call -1) waits for the channel to be ready (a failed connect attempt is
+  // retried); the timed calls do not.
   const UnaryCall get = [&ids](v1::TrainingService::Stub& stub, int client, int call) {
     grpc::ClientContext context;
     SetDeadline(context, std::chrono::seconds(60));
+    context.set_wait_for_ready(call < 0);
     v1::GetJobRequest request;
     request.set_job_id(ids[(static_cast<size_t>(client) * 7919 + static_cast<size_t>(call + 1) * 31) % ids.size()]);
     v1::GetJobResponse response;
@@ -619,9 +622,10 @@ absl::Status UnaryFigures(Report& report, const Sizes& sizes, const ServerProces
     }
     return status;
   };
-  const UnaryCall list = [&sizes](v1::TrainingService::Stub& stub, int, int) {
+  const UnaryCall list = [&sizes](v1::TrainingService::Stub& stub, int, int call) {
     grpc::ClientContext context;
     SetDeadline(context, std::chrono::seconds(60));
+    context.set_wait_for_ready(call < 0);
     v1::ListJobsRequest request;
     request.set_page_size(50);
     v1::ListJobsResponse response;
