@@ -817,9 +817,6 @@ struct WatchShared {
   std::atomic<int64_t> coalesced{0};
   std::atomic<int64_t> window_start_ns{INT64_MAX};  // lag is recorded for events received in the window
   std::atomic<int64_t> window_end_ns{INT64_MAX};
-  // Sequence numbers of the first and last events the server timed inside the window, as received.
-  std::atomic<int64_t> first_sequence{INT64_MAX};
-  std::atomic<int64_t> last_sequence{0};
   std::mutex mutex;
   std::condition_variable done_cv;
   int64_t done = 0;
@@ -850,17 +847,7 @@ class Watcher : public grpc::ClientReadReactor<v1::WatchJobResponse> {
     shared_.coalesced.fetch_add(response_.coalesced(), std::memory_order_relaxed);
     const google::protobuf::Timestamp& time = response_.event().time();
     const int64_t at = time.seconds() * 1000000000 + time.nanos();
-    const int64_t start = shared_.window_start_ns.load(), end = shared_.window_end_ns.load();
-    if (at >= start && at < end) {
-      const int64_t sequence = response_.event().sequence();
-      int64_t seen = shared_.first_sequence.load();
-      while (sequence < seen && !shared_.first_sequence.compare_exchange_weak(seen, sequence)) {
-      }
-      seen = shared_.last_sequence.load();
-      while (sequence > seen && !shared_.last_sequence.compare_exchange_weak(seen, sequence)) {
-      }
-    }
-    if (now >= start && now < end) {
+    if (now >= shared_.window_start_ns.load() && now < shared_.window_end_ns.load()) {
       std::lock_guard<std::mutex> lock(shared_.mutex);
       shared_.lags_ms.push_back(static_cast<double>(now - at) / 1e6);
     }
@@ -936,6 +923,7 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
   // Let the connecting burst pass, then the measured window: the lag of every event a watcher receives
   // inside it (by receipt time, so a watcher that stays behind still counts).
   std::this_thread::sleep_for(std::chrono::seconds(1));
+  absl::StatusOr<v1::Job> at_start = GetJob(*control, job_id);
   absl::StatusOr<double> server_cpu_start = server.CpuSeconds();
   const auto threads_start = server.ThreadCpuSeconds();
   const double client_cpu_start = OwnCpuSeconds();
@@ -981,6 +969,7 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
   }
   if (!rss_connected.ok()) return rss_connected.status();
   if (!rss_window.ok()) return rss_window.status();
+  if (!at_start.ok()) return at_start.status();
   if (!at_end.ok()) return at_end.status();
   if (at_end->state() != v1::RUNNING) return absl::InternalError("the watched job stopped running during the window");
   if (!server_cpu_start.ok()) return server_cpu_start.status();
@@ -989,11 +978,13 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
 
   const Summary s = Summarize(shared.lags_ms);
   if (s.samples == 0) return absl::InternalError("no event was delivered inside the measured window");
-  // Events published in the window: from the sequence numbers received (GetJob answers late when the
-  // server is busy, so the job's last_sequence around the window would overcount).
-  const int64_t published = shared.last_sequence >= shared.first_sequence
-                                ? shared.last_sequence.load() - shared.first_sequence.load() + 1
-                                : 0;
+  // The job's event rate from two snapshots (last_sequence at update_time: exact however late GetJob
+  // answers under load), and the events published in the window at that rate.
+  auto seconds = [](const google::protobuf::Timestamp& t) { return static_cast<double>(t.seconds()) + t.nanos() / 1e9; };
+  const double snapshot_s = seconds(at_end->update_time()) - seconds(at_start->update_time());
+  const double events_per_second =
+      snapshot_s > 0 ? static_cast<double>(at_end->last_sequence() - at_start->last_sequence()) / snapshot_s : 0;
+  const int64_t published = std::llround(events_per_second * window_s);
   const int64_t rss_after = std::max(*rss_connected, *rss_window);
   const double per_watcher = static_cast<double>(rss_after - *rss_before) / watchers;
   const double delivered = published > 0 ? static_cast<double>(s.samples) / (static_cast<double>(published) * watchers) : 0;
@@ -1002,7 +993,7 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
       .Int("channels", channels)
       .Number("window_s", sizes.watch_window_s)
       .Int("events_published", published)
-      .Number("events_per_second", static_cast<double>(published) / window_s)
+      .Number("events_per_second", events_per_second)
       .Number("delivered_fraction", delivered)
       .Int("events_coalesced", shared.coalesced.load())
       .Number("connect_s", connect_s)
