@@ -48,7 +48,7 @@ BENCH_THREADS ?= 1
 BENCH_DATE := $(shell date +%F)
 BENCH_TOOL := $(BUILD_DIR)/bench/xtrain-bench
 
-.PHONY: bench-tool bench-layer bench-memory bench-accuracy
+.PHONY: bench-tool bench-layer bench-memory bench-accuracy bench-service
 bench-tool: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS) --target xtrain-bench
 
@@ -67,6 +67,16 @@ bench-accuracy: bench-tool
 	/usr/bin/python3 bench/plot_accuracy.py bench/results/accuracy-cpu-$(BENCH_DATE)-curves.jsonl bench/results/accuracy-cpu-$(BENCH_DATE).png
 
 bench: bench-layer bench-memory bench-accuracy
+
+# The service against a real xtrain-server on loopback (about 2 minutes): unary latencies at 1/16/64 clients,
+# PlanJob cold and cached, submit-to-first-step, 1,000 and 10,000 watchers. SERVICE_WORKER=path picks the
+# worker (tests/server/xtrain-fake-worker runs it without LibTorch; the rows say which).
+SERVICE_WORKER ?= $(BUILD_DIR)/server/worker/xtrain-worker
+bench-service: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target xtrain-service-bench xtrain-server \
+	  $(if $(filter $(BUILD_DIR)/server/worker/xtrain-worker,$(SERVICE_WORKER)),xtrain-worker) \
+	  $(if $(filter $(BUILD_DIR)/tests/server/xtrain-fake-worker,$(SERVICE_WORKER)),xtrain-fake-worker)
+	$(BUILD_DIR)/bench/xtrain-service-bench --server-bin $(BUILD_DIR)/server/xtrain-server --worker-bin $(SERVICE_WORKER) --json bench/results/service-cpu-$(BENCH_DATE).jsonl --markdown bench/results/service-cpu-$(BENCH_DATE).md
 
 bench-quick: bench-tool
 	$(BENCH_TOOL) layer --quick --json $(BUILD_DIR)/layer-quick.jsonl --markdown $(BUILD_DIR)/layer-quick.md

@@ -9,6 +9,9 @@
 #include "bench/accuracy_bench.h"
 #include "bench/layer_bench.h"
 #include "bench/memory_bench.h"
+#if XTRAIN_BENCH_SERVICE
+#include "bench/service_bench.h"
+#endif
 
 namespace {
 
@@ -30,6 +33,9 @@ void PrintUsage(std::FILE* out) {
     std::fprintf(out, "  %-10.*s %.*s\n", static_cast<int>(command.name.size()), command.name.data(),
                  static_cast<int>(command.summary.size()), command.summary.data());
   }
+#if XTRAIN_BENCH_SERVICE
+  std::fprintf(out, "  %-10s %s\n", "service", "the service's latencies against a real xtrain-server (also xtrain-service-bench)");
+#endif
 }
 
 }  // namespace
@@ -44,6 +50,10 @@ int main(int argc, char** argv) {
     PrintUsage(stdout);
     return 0;
   }
+#if XTRAIN_BENCH_SERVICE
+  // Its own exit codes and flag parsing (shared with the standalone xtrain-service-bench).
+  if (name == "service") return xtrain::bench::RunServiceBench(argc - 1, argv + 1);
+#endif
   for (const Subcommand& command : kSubcommands) {
     if (command.name != name) continue;
     const absl::Status status = command.run(std::vector<std::string>(argv + 2, argv + argc));

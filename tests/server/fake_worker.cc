@@ -12,14 +12,20 @@
 //   child        forks a grandchild that sleeps, logs "grandchild PID", then waits like hang
 //   deaf         sleeps without reading its socket (only a signal ends it)
 //   inspect      Finished whose message lists its fds, stdin, stdout, process group, env and arguments
+// A job id a real xtrain-server gives (plan-..., job-...) makes it a stand-in for xtrain-worker behind a
+// real server (the service benchmark): a PlanCall gets a one-point plan of 1 MiB at once; a TrainCall
+// reports max_steps steps (1000 when 0), one every `fake_step_ms` milliseconds (a label of the spec;
+// default 50), and obeys CANCEL, STOP, CHECKPOINT and REPLAN between them.
 #include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
@@ -31,6 +37,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
+#include "xtrain/v1/training_service.pb.h"
 #include "server/protocol/frame.h"
 #include "xtrain/worker/v1/worker.pb.h"
 
@@ -112,6 +119,113 @@ std::string Inspect(int argc, char** argv) {
                       absl::StrJoin(std::vector<std::string>(argv + 1, argv + argc), ","));
 }
 
+// The plan a server's PlanCall gets: one point, 1 MiB, exact.
+constexpr int64_t kFakePeakBytes = int64_t{1} << 20;
+
+int64_t FakeTotalSteps(const xtrain::v1::JobSpec& spec) {
+  return spec.training().max_steps() > 0 ? spec.training().max_steps() : 1000;
+}
+
+xtrain::v1::Plan FakePlan(const xtrain::worker::v1::JobContext& job) {
+  xtrain::v1::Plan plan;
+  plan.set_batch_size(job.spec().training().batch_size() > 0 ? job.spec().training().batch_size() : 32);
+  plan.set_budget_bytes(job.budget_bytes());
+  plan.set_predicted_peak_bytes(kFakePeakBytes);
+  plan.set_exact_peak_bytes(kFakePeakBytes);
+  plan.set_fidelity(1);
+  plan.set_largest_batch(plan.batch_size());
+  plan.set_minimum_budget_bytes(kFakePeakBytes);
+  plan.set_table("fake worker: no layers");
+  return plan;
+}
+
+[[noreturn]] void ServePlan(const xtrain::worker::v1::PlanCall& call) {
+  WorkerMessage message;
+  xtrain::worker::v1::PlanResult& result = *message.mutable_plan_result();
+  *result.mutable_plan() = FakePlan(call.job());
+  xtrain::worker::v1::ChainPoint& point = *result.add_chain();
+  point.set_peak_bytes(kFakePeakBytes);
+  point.set_fidelity(1);
+  result.set_mode("independent");
+  result.set_total_steps(FakeTotalSteps(call.job().spec()));
+  Send(message);
+  std::exit(0);
+}
+
+void SendCheckpoint(const std::string& dir, int64_t step, const std::string& reason) {
+  WorkerMessage message;
+  message.mutable_checkpoint()->set_step(step);
+  message.mutable_checkpoint()->set_path(absl::StrCat(dir, "/fake-", step));
+  message.mutable_checkpoint()->set_reason(reason);
+  Send(message);
+}
+
+// Steps at the spec's pace; Controls are read between steps (poll on the socket while it waits).
+[[noreturn]] void ServeTrain(const xtrain::worker::v1::TrainCall& call) {
+  const xtrain::v1::JobSpec& spec = call.job().spec();
+  int64_t step_ms = 50;
+  if (auto it = spec.labels().find("fake_step_ms"); it != spec.labels().end()) {
+    if (!absl::SimpleAtoi(it->second, &step_ms) || step_ms < 0) Die("label fake_step_ms is not a count of ms");
+  }
+  const int64_t total = FakeTotalSteps(spec);
+  {
+    WorkerMessage message;
+    *message.mutable_plan() = FakePlan(call.job());
+    Send(message);
+  }
+  using Clock = std::chrono::steady_clock;
+  auto next = Clock::now();
+  for (int64_t step = 1; step <= total; ++step) {
+    // No bursts to catch up after a stall (a loaded machine): at most one step per step_ms.
+    next = std::max(next + std::chrono::milliseconds(step_ms), Clock::now());
+    for (;;) {
+      const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next - Clock::now()).count();
+      pollfd fd{kSocket, POLLIN, 0};
+      const int ready = ::poll(&fd, 1, static_cast<int>(std::max<int64_t>(0, wait)));
+      if (ready < 0 && errno == EINTR) continue;
+      if (ready <= 0) break;  // time for the next step
+      absl::StatusOr<std::optional<std::string>> payload = ReadFrame(kSocket);
+      if (!payload.ok()) Die(payload.status().ToString());
+      if (!payload->has_value()) std::exit(0);  // the server is gone
+      WorkerRequest request;
+      if (!request.ParseFromString(**payload)) Die("a request that does not parse");
+      if (!request.has_control()) continue;
+      const Control& control = request.control();
+      if (control.action() == Control::CANCEL) {
+        Finish(static_cast<int>(absl::StatusCode::kCancelled), absl::StrCat("cancelled after step ", step - 1), step - 1);
+        std::exit(0);
+      }
+      if (control.action() == Control::STOP) {
+        SendCheckpoint(call.checkpoint_dir(), step - 1, "stop");
+        WorkerMessage message;
+        message.mutable_finished()->set_step(step - 1);
+        message.mutable_finished()->set_stopped(true);
+        Send(message);
+        std::exit(0);
+      }
+      if (control.action() == Control::CHECKPOINT) SendCheckpoint(call.checkpoint_dir(), step - 1, control.reason());
+      if (control.action() == Control::REPLAN) {
+        SendCheckpoint(call.checkpoint_dir(), step - 1, "shrink");
+        WorkerMessage message;
+        message.mutable_replanned()->set_reason(control.reason());
+        message.mutable_replanned()->set_new_budget_bytes(control.plan().budget_bytes());
+        Send(message);
+      }
+    }
+    WorkerMessage message;
+    xtrain::v1::StepMetrics& metrics = *message.mutable_step();
+    metrics.set_step(step);
+    metrics.set_total_steps(total);
+    metrics.set_loss(1.0 / static_cast<double>(step));
+    metrics.set_step_seconds(static_cast<double>(step_ms) / 1000);
+    metrics.set_predicted_peak_bytes(kFakePeakBytes);
+    metrics.set_measured_peak_bytes(kFakePeakBytes);
+    Send(message);
+  }
+  Finish(0, absl::StrCat("fake training of ", total, " steps"), total);
+  std::exit(0);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -121,6 +235,10 @@ int main(int argc, char** argv) {
   WorkerRequest first;
   if (!first.ParseFromString(**payload)) Die("a first request that does not parse");
   const std::string mode = first.has_plan() ? first.plan().job().job_id() : first.train().job().job_id();
+  if (mode.rfind("plan-", 0) == 0 || mode.rfind("job-", 0) == 0) {
+    if (first.has_plan()) ServePlan(first.plan());
+    ServeTrain(first.train());
+  }
 
   int count = 0;
   if (mode.rfind("echo-", 0) == 0 && absl::SimpleAtoi(mode.substr(5), &count)) {

@@ -1,0 +1,1137 @@
+#include "bench/service_bench.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <latch>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
+#include "bench/bench_util.h"
+#include "client/client.h"
+#include "xtrain/v1/training_service.grpc.pb.h"
+
+#ifndef XTRAIN_BENCH_SERVER_PATH
+#define XTRAIN_BENCH_SERVER_PATH ""
+#endif
+#ifndef XTRAIN_BENCH_WORKER_PATH
+#define XTRAIN_BENCH_WORKER_PATH ""
+#endif
+
+namespace xtrain::bench {
+namespace {
+
+namespace v1 = ::xtrain::v1;
+namespace fs = std::filesystem;
+using SteadyClock = std::chrono::steady_clock;
+
+// ---------------------------------------------------------------------------------------------------
+// Options and sizes.
+
+struct Options {
+  std::string server_bin = XTRAIN_BENCH_SERVER_PATH;
+  std::string worker_bin = XTRAIN_BENCH_WORKER_PATH;
+  bool quick = false;
+  std::string json;
+  std::string markdown;
+  std::string data_root;
+  bool help = false;
+};
+
+// How much each figure measures (the full run, or --quick's few seconds).
+struct Sizes {
+  int store_jobs;
+  std::vector<int> clients;
+  int get_calls_total;       // per concurrency level, shared among its clients
+  int get_calls_min;         // per client at least
+  int list_calls_total;
+  int list_calls_min;
+  int plan_cold;
+  int plan_cached;
+  int submit_runs;           // per variant (plan cached or not)
+  std::vector<int> watchers;
+  double watch_window_s;
+  int watch_step_ms;         // the fake worker's step interval in the watched job
+};
+
+Sizes SizesFor(bool quick) {
+  if (quick) return Sizes{100, {1, 16, 64}, 320, 10, 160, 5, 3, 50, 2, {300, 1000}, 2.0, 100};
+  return Sizes{200, {1, 16, 64}, 6400, 100, 1600, 30, 8, 500, 5, {1000, 10000}, 10.0, 100};
+}
+
+constexpr int kWatchersPerChannel = 500;
+
+std::string Usage() {
+  return R"(xtrain-bench service (also xtrain-service-bench): the service's latencies against a real
+xtrain-server started here on 127.0.0.1 (port 0) with a fresh data dir, stopped and removed at the end.
+
+Figures (one JSON object per line in --json; a table in --markdown):
+  get_job, list_jobs     latency at 1, 16 and 64 concurrent clients (each its own channel)
+  plan_job_cold          PlanJob of a spec not planned before (a planning worker runs)
+  plan_job_cached        PlanJob of the same spec again (answered from the plan cache)
+  submit_to_first_step   SubmitJob until WatchJob delivers the job's first step event
+  watch_job              1,000 and 10,000 watchers on one running job: delivery lag, server memory each
+
+Flags:
+  --server-bin PATH   xtrain-server (default: this build's)
+  --worker-bin PATH   the worker the server starts (default: this build's xtrain-worker); the fake worker
+                      (tests/server/xtrain-fake-worker) plans and steps without LibTorch: rows say which
+  --quick             small counts (seconds; for tests)
+  --json FILE         one JSON object per figure row
+  --markdown FILE     the table and the goals
+  --data-root DIR     where the temporary data dir goes (default: $TMPDIR or /tmp)
+)";
+}
+
+absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  absl::StatusOr<std::vector<Flag>> flags =
+      SplitFlags(args, {"--quick", "--help", "-h"}, {"--server-bin", "--worker-bin", "--json", "--markdown", "--data-root"},
+                 "service");
+  if (!flags.ok()) return flags.status();
+  Options options;
+  for (const Flag& flag : *flags) {
+    if (flag.name == "--help" || flag.name == "-h") options.help = true;
+    if (flag.name == "--quick") options.quick = true;
+    if (flag.name == "--server-bin") options.server_bin = flag.value;
+    if (flag.name == "--worker-bin") options.worker_bin = flag.value;
+    if (flag.name == "--json") options.json = flag.value;
+    if (flag.name == "--markdown") options.markdown = flag.value;
+    if (flag.name == "--data-root") options.data_root = flag.value;
+  }
+  if (options.help) return options;
+  if (options.server_bin.empty()) return absl::InvalidArgumentError("this build has no xtrain-server: give --server-bin");
+  if (options.worker_bin.empty()) {
+    return absl::InvalidArgumentError("this build has no xtrain-worker: give --worker-bin (the real or the fake worker)");
+  }
+  for (const std::string* path : {&options.server_bin, &options.worker_bin}) {
+    if (::access(path->c_str(), X_OK) != 0) return absl::InvalidArgumentError(absl::StrCat(*path, " is not an executable"));
+  }
+  if (options.data_root.empty()) {
+    const char* tmp = std::getenv("TMPDIR");
+    options.data_root = tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
+  }
+  return options;
+}
+
+bool FakeWorker(const Options& options) {
+  return absl::StrContains(fs::path(options.worker_bin).filename().string(), "fake");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The server under test.
+
+// SIGINT and SIGTERM: a thread takes them (blocked everywhere else), kills the server and removes the
+// data dir, then exits; destructors do the same on every other way out.
+std::atomic<pid_t> g_server_pid{-1};
+std::atomic<bool> g_stopping{false};  // the main thread then waits for the signal thread's _Exit
+
+void HandleStopSignals(const std::string& scratch_dir) {
+  // Never destroyed: the thread may still use it while the main thread returns from main.
+  const std::string& scratch = *new std::string(scratch_dir);
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::thread([signals, &scratch] {
+    int signal = 0;
+    if (sigwait(&signals, &signal) != 0) return;
+    g_stopping = true;
+    if (const pid_t pid = g_server_pid.load(); pid > 0) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+    // The main thread may be removing it too (its calls fail once the server is gone): retry until it is.
+    std::error_code error;
+    for (int attempt = 0; attempt < 20 && fs::exists(scratch, error); ++attempt) fs::remove_all(scratch, error);
+    std::fprintf(stderr, "xtrain-bench service: stopped by signal %d; the server was killed and %s %s\n", signal,
+                 scratch.c_str(), fs::exists(scratch, error) ? "could not be removed" : "removed");
+    std::_Exit(128 + signal);
+  }).detach();
+}
+
+// A fresh folder under `parent`, removed with everything in it when this goes (also on failure).
+class ScratchDir {
+ public:
+  static absl::StatusOr<std::unique_ptr<ScratchDir>> Create(const std::string& parent) {
+    std::string pattern = (fs::path(parent) / "xtrain-service-bench-XXXXXX").string();
+    if (::mkdtemp(pattern.data()) == nullptr) {
+      return absl::UnavailableError(absl::StrCat("cannot make a temporary folder under ", parent));
+    }
+    return std::unique_ptr<ScratchDir>(new ScratchDir(pattern));
+  }
+  ~ScratchDir() {
+    std::error_code error;
+    for (int attempt = 0; attempt < 20 && fs::exists(path_, error); ++attempt) fs::remove_all(path_, error);
+  }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  explicit ScratchDir(std::string path) : path_(std::move(path)) {}
+  std::string path_;
+};
+
+// xtrain-server as a child process on 127.0.0.1, port 0 (--port-file), its log in the scratch folder.
+// It dies with this process (PR_SET_PDEATHSIG) and is stopped when this object goes.
+class ServerProcess {
+ public:
+  static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(const Options& options, const std::string& dir) {
+    auto server = std::unique_ptr<ServerProcess>(new ServerProcess());
+    server->log_path_ = absl::StrCat(dir, "/server.log");
+    const std::string port_file = absl::StrCat(dir, "/port");
+    const std::string data_root = absl::StrCat(dir, "/data");
+    fs::create_directories(data_root);
+    std::vector<std::string> args = {options.server_bin, "--listen", "127.0.0.1:0", "--port-file", port_file,
+                                     "--data-dir", absl::StrCat(dir, "/server"), "--data-root", data_root,
+                                     "--worker", options.worker_bin, "--device", "cpu:slots=1",
+                                     "--threads-per-job", "1", "--grace-seconds", "5", "--log-level", "warn"};
+    std::vector<char*> argv;
+    for (std::string& arg : args) argv.push_back(arg.data());
+    argv.push_back(nullptr);
+    const int log = ::open(server->log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (log < 0) return absl::UnavailableError(absl::StrCat("cannot create ", server->log_path_));
+    const pid_t parent = ::getpid();
+    server->pid_ = ::fork();
+    if (server->pid_ < 0) {
+      ::close(log);
+      return absl::UnavailableError("fork failed");
+    }
+    if (server->pid_ == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      sigset_t none;
+      sigemptyset(&none);
+      pthread_sigmask(SIG_SETMASK, &none, nullptr);  // the stop signals are blocked here, not in the server
+      if (::getppid() != parent) ::_exit(126);
+      ::dup2(log, STDOUT_FILENO);
+      ::dup2(log, STDERR_FILENO);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    ::close(log);
+    g_server_pid = server->pid_;
+    const auto deadline = SteadyClock::now() + std::chrono::seconds(60);
+    while (SteadyClock::now() < deadline) {
+      std::ifstream in(port_file);
+      std::string text;
+      int port = 0;
+      if (in && std::getline(in, text) && absl::SimpleAtoi(absl::StripAsciiWhitespace(text), &port) && port > 0) {
+        server->port_ = port;
+        return server;
+      }
+      int status = 0;
+      if (::waitpid(server->pid_, &status, WNOHANG) == server->pid_) {
+        server->pid_ = -1;
+        g_server_pid = -1;
+        return absl::UnavailableError(absl::StrCat("xtrain-server exited at start (wait status ", status,
+                                                   "); its log: ", server->LogTail()));
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return absl::DeadlineExceededError(absl::StrCat("xtrain-server wrote no port within 60 s; its log: ", server->LogTail()));
+  }
+
+  ~ServerProcess() {
+    if (pid_ <= 0) return;
+    g_server_pid = -1;
+    // SIGTERM lets it stop its workers; SIGKILL if it takes longer than its grace period and a margin.
+    ::kill(pid_, SIGTERM);
+    const auto deadline = SteadyClock::now() + std::chrono::seconds(15);
+    int status = 0;
+    while (::waitpid(pid_, &status, WNOHANG) == 0) {
+      if (SteadyClock::now() > deadline) {
+        ::kill(pid_, SIGKILL);
+        ::waitpid(pid_, &status, 0);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  ServerProcess(const ServerProcess&) = delete;
+  ServerProcess& operator=(const ServerProcess&) = delete;
+
+  pid_t pid() const { return pid_; }
+  std::string target() const { return absl::StrCat("127.0.0.1:", port_); }
+
+  // The server's resident memory (VmRSS), bytes.
+  absl::StatusOr<int64_t> Rss() const {
+    std::ifstream in(absl::StrCat("/proc/", pid_, "/status"));
+    std::string line;
+    while (std::getline(in, line)) {
+      if (!absl::StartsWith(line, "VmRSS:")) continue;
+      std::istringstream fields(line.substr(6));
+      int64_t kib = 0;
+      if (fields >> kib) return kib * 1024;
+    }
+    return absl::UnavailableError(absl::StrCat("no VmRSS in /proc/", pid_, "/status"));
+  }
+
+  // CPU time the server has used (user + system), seconds.
+  absl::StatusOr<double> CpuSeconds() const {
+    std::ifstream in(absl::StrCat("/proc/", pid_, "/stat"));
+    std::string line;
+    if (!std::getline(in, line)) return absl::UnavailableError(absl::StrCat("cannot read /proc/", pid_, "/stat"));
+    // pid (comm) state ppid ... : utime and stime are fields 14 and 15, the 12th and 13th after ")".
+    std::istringstream rest(line.substr(line.rfind(')') + 2));
+    std::string field;
+    double utime = 0, stime = 0;
+    for (int i = 3; i <= 15 && rest >> field; ++i) {
+      if (i == 14) utime = std::stod(field);
+      if (i == 15) stime = std::stod(field);
+    }
+    return (utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+  }
+
+  // CPU seconds of each of the server's threads by thread id, with the thread's name.
+  std::map<std::string, std::pair<std::string, double>> ThreadCpuSeconds() const {
+    std::map<std::string, std::pair<std::string, double>> threads;
+    std::error_code error;
+    for (const auto& entry : fs::directory_iterator(absl::StrCat("/proc/", pid_, "/task"), error)) {
+      std::ifstream in(entry.path() / "stat");
+      std::string line;
+      if (!std::getline(in, line)) continue;
+      const size_t open = line.find('('), close = line.rfind(')');
+      if (open == std::string::npos || close == std::string::npos) continue;
+      std::istringstream rest(line.substr(close + 2));
+      std::string field;
+      double utime = 0, stime = 0;
+      for (int i = 3; i <= 15 && rest >> field; ++i) {
+        if (i == 14) utime = std::stod(field);
+        if (i == 15) stime = std::stod(field);
+      }
+      threads[entry.path().filename().string()] = {line.substr(open + 1, close - open - 1),
+                                                   (utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK))};
+    }
+    return threads;
+  }
+
+  std::string LogTail() const {
+    std::ifstream in(log_path_);
+    std::stringstream text;
+    text << in.rdbuf();
+    std::string all = text.str();
+    return all.size() > 2000 ? all.substr(all.size() - 2000) : all;
+  }
+
+ private:
+  ServerProcess() = default;
+  pid_t pid_ = -1;
+  int port_ = 0;
+  std::string log_path_;
+};
+
+// A stub on its own channel and its own connection (a local subchannel pool: channels with equal
+// arguments would otherwise share one connection).
+std::unique_ptr<v1::TrainingService::Stub> OwnStub(const std::string& target) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  args.SetMaxReceiveMessageSize(64 << 20);
+  return v1::TrainingService::NewStub(grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args));
+}
+
+void SetDeadline(grpc::ClientContext& context, std::chrono::seconds seconds) {
+  context.set_deadline(std::chrono::system_clock::now() + seconds);
+}
+
+absl::Status Failed(const std::string& what, const grpc::Status& status) {
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), absl::StrCat(what, ": ", status.error_message()));
+}
+
+// A job of the benchmark: the tests' tiny small_cnn job (16x16 synthetic images), `max_steps` steps.
+// `seed` goes into model.init_seed, so each seed is a spec the plan cache has not seen. The fake worker
+// steps every `step_ms` (a label the real worker ignores).
+v1::JobSpec BenchSpec(uint64_t seed, int64_t max_steps, int step_ms) {
+  v1::JobSpec spec;
+  spec.set_display_name("service-bench");
+  spec.mutable_model()->set_name("small_cnn");
+  spec.mutable_model()->set_width(4);
+  spec.mutable_model()->set_init_seed(seed);
+  v1::DatasetSpec& data = *spec.mutable_dataset();
+  data.set_kind(v1::DatasetSpec::SYNTHETIC);
+  data.set_synthetic_examples(256);
+  data.set_synthetic_size(16);
+  data.set_synthetic_classes(4);
+  data.set_no_validation(true);
+  v1::TrainingSpec& training = *spec.mutable_training();
+  training.set_batch_size(32);
+  training.set_max_steps(max_steps);
+  training.set_epochs(std::min<int64_t>(100000, max_steps / 8 + 1));  // 8 batches an epoch; the API's most
+  training.set_optimizer("sgd_momentum");
+  training.set_lr(0.05);
+  training.set_seed(7);
+  training.set_fidelity_interval(-1);
+  spec.mutable_checkpoint()->set_every_seconds(-1);
+  (*spec.mutable_labels())["bench"] = "service";
+  (*spec.mutable_labels())["fake_step_ms"] = absl::StrCat(step_ms);
+  return spec;
+}
+
+bool Terminal(v1::JobState state) { return state == v1::SUCCEEDED || state == v1::FAILED || state == v1::CANCELLED; }
+
+int64_t SystemNanos() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// CPU time of this process (user + system), seconds.
+double OwnCpuSeconds() {
+  rusage usage{};
+  ::getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6; };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
+double MillisSince(SteadyClock::time_point start) {
+  return std::chrono::duration<double, std::milli>(SteadyClock::now() - start).count();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Statistics and output.
+
+struct Summary {
+  int64_t samples = 0;
+  double p50 = 0, p99 = 0, mean = 0, max = 0;
+};
+
+// Nearest-rank percentiles.
+Summary Summarize(std::vector<double> values) {
+  Summary s;
+  if (values.empty()) return s;
+  std::sort(values.begin(), values.end());
+  auto rank = [&](double q) {
+    const size_t index = static_cast<size_t>(std::ceil(q * static_cast<double>(values.size())));
+    return values[std::min(values.size() - 1, index == 0 ? 0 : index - 1)];
+  };
+  s.samples = static_cast<int64_t>(values.size());
+  s.p50 = rank(0.50);
+  s.p99 = rank(0.99);
+  double sum = 0;
+  for (double v : values) sum += v;
+  s.mean = sum / static_cast<double>(values.size());
+  s.max = values.back();
+  return s;
+}
+
+struct MarkdownRow {
+  std::string figure, who, samples, p50, p99, details, goal;
+};
+
+class Report {
+ public:
+  Report(const Options& options, const Sizes& sizes) : options_(options), sizes_(sizes) {}
+
+  absl::Status Open() {
+    if (options_.json.empty()) return absl::OkStatus();
+    json_.open(options_.json, std::ios::trunc);
+    if (!json_) return absl::UnavailableError(absl::StrCat("cannot write ", options_.json));
+    return absl::OkStatus();
+  }
+
+  // The fields every row starts with.
+  JsonObject Begin(const std::string& name, const std::string& who_key, int64_t who, const Summary& s) const {
+    JsonObject row;
+    row.String("name", name).Int(who_key, who).Number("p50_ms", s.p50).Number("p99_ms", s.p99);
+    row.Number("mean_ms", s.mean).Number("max_ms", s.max).Int("samples", s.samples);
+    return row;
+  }
+
+  // Adds the shared fields (worker, machine) and writes the row; `markdown` is its table line.
+  void Add(JsonObject& row, int client_threads, MarkdownRow markdown) {
+    double load[1] = {0};
+    ::getloadavg(load, 1);
+    row.String("worker", FakeWorker(options_) ? "fake" : "xtrain-worker")
+        .String("worker_bin", options_.worker_bin)
+        .Int("cores", std::thread::hardware_concurrency())
+        .Int("client_threads", client_threads)
+        .Number("loadavg_1m", load[0])
+        .Bool("quick", options_.quick)
+        .String("date", Now("%Y-%m-%dT%H:%M:%S"));
+    if (json_) {
+      json_ << row.Text() << "\n";
+      json_.flush();
+    }
+    std::fprintf(stderr, "  %s\n", row.Text().c_str());
+    rows_.push_back(std::move(markdown));
+    WriteMarkdown();
+  }
+
+  void Note(const std::string& line) { notes_.push_back(line); }
+
+  void WriteMarkdown() const {
+    if (options_.markdown.empty()) return;
+    std::ofstream out(options_.markdown, std::ios::trunc);
+    out << "# xtrain-bench service" << (options_.quick ? " --quick" : "") << "\n\n";
+    out << "Date " << Now("%F %H:%M") << "; " << std::thread::hardware_concurrency()
+        << " cores shared by the server, its workers and the benchmark's clients (all on this machine, "
+           "over loopback). Worker: `"
+        << options_.worker_bin << "`"
+        << (FakeWorker(options_) ? " (**the fake worker**: plans at once and steps every "
+                                   "`fake_step_ms`, no LibTorch; PlanJob cold and submit-to-first-step do not "
+                                   "include real planning or training)"
+                                 : "")
+        << ". Store: " << sizes_.store_jobs << " jobs.\n\n";
+    out << "| figure | clients / watchers | samples | p50 ms | p99 ms | details | goal |\n";
+    out << "|---|---|---|---|---|---|---|\n";
+    for (const MarkdownRow& r : rows_) {
+      out << "| " << r.figure << " | " << r.who << " | " << r.samples << " | " << r.p50 << " | " << r.p99 << " | "
+          << r.details << " | " << r.goal << " |\n";
+    }
+    if (!notes_.empty()) {
+      out << "\n";
+      for (const std::string& note : notes_) out << "- " << note << "\n";
+    }
+  }
+
+ private:
+  const Options& options_;
+  const Sizes& sizes_;
+  std::ofstream json_;
+  std::vector<MarkdownRow> rows_;
+  std::vector<std::string> notes_;
+};
+
+std::string Ms(double value) { return absl::StrFormat("%.2f", value); }
+
+std::string GoalText(bool met, const std::string& goal) { return absl::StrCat(met ? "met: " : "**missed**: ", goal); }
+
+// ---------------------------------------------------------------------------------------------------
+// The store: jobs for GetJob and ListJobs to read, cancelled so nothing trains while they are read.
+
+absl::StatusOr<std::vector<std::string>> FillStore(client::Client& client, int jobs) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < jobs; ++i) {
+    // One spec for all: planned once, then from the cache.
+    absl::StatusOr<v1::SubmitJobResponse> submitted =
+        client.SubmitJob(BenchSpec(1, 1000, 50), absl::StrCat("service-bench-store-", i));
+    if (!submitted.ok()) return submitted.status();
+    ids.push_back(submitted->job().id());
+  }
+  for (const std::string& id : ids) {
+    absl::StatusOr<v1::Job> cancelled = client.CancelJob(id);
+    if (!cancelled.ok()) return cancelled.status();
+  }
+  const auto deadline = SteadyClock::now() + std::chrono::minutes(2);
+  for (const std::string& id : ids) {
+    for (;;) {
+      absl::StatusOr<v1::Job> job = client.GetJob(id);
+      if (!job.ok()) return job.status();
+      if (Terminal(job->state())) break;
+      if (SteadyClock::now() > deadline) return absl::DeadlineExceededError(absl::StrCat("job ", id, " did not end after its cancel"));
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  return ids;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Figure 1: unary latency at concurrent clients.
+
+using UnaryCall = std::function<grpc::Status(v1::TrainingService::Stub&, int client, int call)>;
+
+// `clients` threads, each with its own channel; one untimed call each to connect, then `calls` timed ones
+// each, all starting together. Returns every call's milliseconds and the wall time.
+absl::StatusOr<std::pair<std::vector<double>, double>> RunClients(const std::string& target, int clients, int calls,
+                                                                  const UnaryCall& call) {
+  std::vector<std::unique_ptr<v1::TrainingService::Stub>> stubs;
+  for (int c = 0; c < clients; ++c) stubs.push_back(OwnStub(target));
+  std::vector<std::vector<double>> times(clients);
+  std::vector<grpc::Status> errors(clients);
+  std::latch ready(clients);
+  std::latch go(1);
+  std::vector<std::thread> threads;
+  for (int c = 0; c < clients; ++c) {
+    threads.emplace_back([&, c] {
+      grpc::Status warm = call(*stubs[c], c, -1);
+      ready.count_down();
+      go.wait();
+      if (!warm.ok()) {
+        errors[c] = warm;
+        return;
+      }
+      times[c].reserve(calls);
+      for (int i = 0; i < calls; ++i) {
+        const auto start = SteadyClock::now();
+        grpc::Status status = call(*stubs[c], c, i);
+        times[c].push_back(MillisSince(start));
+        if (!status.ok()) {
+          errors[c] = status;
+          return;
+        }
+      }
+    });
+  }
+  ready.wait();
+  const auto start = SteadyClock::now();
+  go.count_down();
+  for (std::thread& t : threads) t.join();
+  const double wall_s = MillisSince(start) / 1000;
+  std::vector<double> all;
+  for (int c = 0; c < clients; ++c) {
+    if (!errors[c].ok()) return Failed(absl::StrCat("client ", c), errors[c]);
+    all.insert(all.end(), times[c].begin(), times[c].end());
+  }
+  return std::make_pair(std::move(all), wall_s);
+}
+
+absl::Status UnaryFigures(Report& report, const Sizes& sizes, const ServerProcess& server,
+                          const std::vector<std::string>& ids) {
+  const std::string target = server.target();
+  // The connecting call (call -1) waits for the channel to be ready (a failed connect attempt is
+  // retried); the timed calls do not.
+  const UnaryCall get = [&ids](v1::TrainingService::Stub& stub, int client, int call) {
+    grpc::ClientContext context;
+    SetDeadline(context, std::chrono::seconds(60));
+    context.set_wait_for_ready(call < 0);
+    v1::GetJobRequest request;
+    request.set_job_id(ids[(static_cast<size_t>(client) * 7919 + static_cast<size_t>(call + 1) * 31) % ids.size()]);
+    v1::GetJobResponse response;
+    grpc::Status status = stub.GetJob(&context, request, &response);
+    if (status.ok() && response.job().id() != request.job_id()) {
+      return grpc::Status(grpc::StatusCode::INTERNAL, "GetJob answered another job");
+    }
+    return status;
+  };
+  const UnaryCall list = [&sizes](v1::TrainingService::Stub& stub, int, int call) {
+    grpc::ClientContext context;
+    SetDeadline(context, std::chrono::seconds(60));
+    context.set_wait_for_ready(call < 0);
+    v1::ListJobsRequest request;
+    request.set_page_size(50);
+    v1::ListJobsResponse response;
+    grpc::Status status = stub.ListJobs(&context, request, &response);
+    if (status.ok() && response.jobs_size() != std::min(50, sizes.store_jobs)) {
+      return grpc::Status(grpc::StatusCode::INTERNAL, absl::StrCat("ListJobs gave ", response.jobs_size(), " jobs"));
+    }
+    return status;
+  };
+  struct Kind {
+    const char* name;
+    const UnaryCall* call;
+    int total, min;
+    const char* what;
+  };
+  const Kind kinds[] = {
+      {"get_job", &get, sizes.get_calls_total, sizes.get_calls_min, "one job of the store"},
+      {"list_jobs", &list, sizes.list_calls_total, sizes.list_calls_min, "first page, 50 jobs"},
+  };
+  for (const Kind& kind : kinds) {
+    for (int clients : sizes.clients) {
+      const int calls = std::max(kind.min, kind.total / clients);
+      std::fprintf(stderr, "%s: %d clients x %d calls\n", kind.name, clients, calls);
+      absl::StatusOr<double> cpu_before = server.CpuSeconds();
+      absl::StatusOr<std::pair<std::vector<double>, double>> run = RunClients(target, clients, calls, *kind.call);
+      absl::StatusOr<double> cpu_after = server.CpuSeconds();
+      if (!run.ok()) return absl::Status(run.status().code(), absl::StrCat(kind.name, ": ", run.status().message()));
+      if (!cpu_before.ok()) return cpu_before.status();
+      if (!cpu_after.ok()) return cpu_after.status();
+      const Summary s = Summarize(run->first);
+      const double qps = static_cast<double>(s.samples) / run->second;
+      // Includes the untimed connecting call of each client.
+      const double server_cpu_ms = 1000 * (*cpu_after - *cpu_before) / static_cast<double>(s.samples + clients);
+      JsonObject row = report.Begin(kind.name, "clients", clients, s);
+      row.Int("calls_per_client", calls)
+          .Number("calls_per_second", qps)
+          .Number("server_cpu_ms_per_call", server_cpu_ms)
+          .Int("store_jobs", sizes.store_jobs);
+      std::string goal;
+      if (std::string(kind.name) == "get_job" && clients == 64) {
+        const bool met = s.p99 < 5.0;
+        row.String("goal", "p99 < 5 ms at 64 clients").Bool("goal_met", met);
+        goal = GoalText(met, "p99 < 5 ms");
+      }
+      report.Add(row, clients,
+                 {kind.name, absl::StrCat(clients, clients == 1 ? " client" : " clients"), absl::StrCat(s.samples), Ms(s.p50), Ms(s.p99),
+                  absl::StrFormat("%s; %.0f calls/s; server CPU %.3f ms a call", kind.what, qps, server_cpu_ms),
+                  goal});
+    }
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Figure 2: PlanJob, cold and cached.
+
+absl::Status PlanFigures(Report& report, const Sizes& sizes, const std::string& target) {
+  std::unique_ptr<v1::TrainingService::Stub> stub = OwnStub(target);
+  auto plan = [&stub](uint64_t seed, bool want_cached, double* ms) -> absl::Status {
+    grpc::ClientContext context;
+    SetDeadline(context, std::chrono::seconds(600));
+    v1::PlanJobRequest request;
+    *request.mutable_spec() = BenchSpec(seed, 1000, 50);
+    v1::PlanJobResponse response;
+    const auto start = SteadyClock::now();
+    grpc::Status status = stub->PlanJob(&context, request, &response);
+    *ms = MillisSince(start);
+    if (!status.ok()) return Failed("PlanJob", status);
+    if (response.cached() != want_cached) {
+      return absl::InternalError(absl::StrCat("PlanJob of seed ", seed, " answered cached=", response.cached(),
+                                              ", expected ", want_cached));
+    }
+    if (response.plan().predicted_peak_bytes() <= 0) return absl::InternalError("PlanJob gave no predicted peak");
+    return absl::OkStatus();
+  };
+  std::fprintf(stderr, "plan_job: %d cold, %d cached\n", sizes.plan_cold, sizes.plan_cached);
+  std::vector<double> cold, cached;
+  for (int i = 0; i < sizes.plan_cold; ++i) {
+    double ms = 0;
+    if (absl::Status s = plan(1000 + i, false, &ms); !s.ok()) return s;
+    cold.push_back(ms);
+  }
+  for (int i = 0; i < sizes.plan_cached; ++i) {
+    double ms = 0;
+    if (absl::Status s = plan(1000, true, &ms); !s.ok()) return s;
+    cached.push_back(ms);
+  }
+  const Summary c = Summarize(cold);
+  JsonObject cold_row = report.Begin("plan_job_cold", "clients", 1, c);
+  cold_row.String("what", "a spec not planned before: a planning worker process runs");
+  report.Add(cold_row, 1,
+             {"plan_job_cold", "1 client", absl::StrCat(c.samples), Ms(c.p50), Ms(c.p99),
+              "new spec each call: a planning worker runs", ""});
+  const Summary h = Summarize(cached);
+  const bool met = h.p99 < 20.0;
+  JsonObject cached_row = report.Begin("plan_job_cached", "clients", 1, h);
+  cached_row.String("what", "the same spec again: answered from the plan cache")
+      .String("goal", "p99 < 20 ms")
+      .Bool("goal_met", met);
+  report.Add(cached_row, 1,
+             {"plan_job_cached", "1 client", absl::StrCat(h.samples), Ms(h.p50), Ms(h.p99), "same spec again (cache)",
+              GoalText(met, "p99 < 20 ms")});
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Figure 3: submit to first step.
+
+// Submits `spec`, watches it from the start, and returns the milliseconds from the submit until the
+// first step event arrived; then cancels the job and waits for its stream to end.
+absl::StatusOr<double> SubmitToFirstStep(v1::TrainingService::Stub& stub, const v1::JobSpec& spec,
+                                         const std::string& request_id) {
+  const auto start = SteadyClock::now();
+  v1::SubmitJobResponse submitted;
+  {
+    grpc::ClientContext context;
+    SetDeadline(context, std::chrono::seconds(600));
+    v1::SubmitJobRequest request;
+    *request.mutable_spec() = spec;
+    request.set_client_request_id(request_id);
+    grpc::Status status = stub.SubmitJob(&context, request, &submitted);
+    if (!status.ok()) return Failed("SubmitJob", status);
+  }
+  const std::string id = submitted.job().id();
+  grpc::ClientContext context;
+  SetDeadline(context, std::chrono::seconds(600));
+  v1::WatchJobRequest request;
+  request.set_job_id(id);
+  std::unique_ptr<grpc::ClientReader<v1::WatchJobResponse>> reader = stub.WatchJob(&context, request);
+  v1::WatchJobResponse response;
+  std::optional<double> first_step_ms;
+  bool cancelled = false;
+  while (reader->Read(&response)) {
+    if (!first_step_ms && response.event().has_step()) {
+      first_step_ms = MillisSince(start);
+      grpc::ClientContext cancel_context;
+      SetDeadline(cancel_context, std::chrono::seconds(60));
+      v1::CancelJobRequest cancel;
+      cancel.set_job_id(id);
+      v1::CancelJobResponse cancel_response;
+      grpc::Status status = stub.CancelJob(&cancel_context, cancel, &cancel_response);
+      if (!status.ok()) return Failed("CancelJob", status);
+      cancelled = true;
+    }
+  }
+  grpc::Status status = reader->Finish();
+  if (!status.ok()) return Failed(absl::StrCat("WatchJob of ", id), status);
+  if (!first_step_ms) {
+    return absl::InternalError(absl::StrCat("job ", id, "'s stream ended without a step event (last event: ",
+                                            response.event().ShortDebugString(), ")"));
+  }
+  if (!cancelled) return absl::InternalError("no cancel was sent");
+  return *first_step_ms;
+}
+
+absl::Status SubmitFigures(Report& report, const Sizes& sizes, const std::string& target, bool fake) {
+  std::unique_ptr<v1::TrainingService::Stub> stub = OwnStub(target);
+  for (bool cached : {false, true}) {
+    std::fprintf(stderr, "submit_to_first_step: %d runs, plan %s\n", sizes.submit_runs, cached ? "cached" : "not cached");
+    std::vector<double> times;
+    for (int i = 0; i < sizes.submit_runs; ++i) {
+      // Seeds 2000+: not planned before; the cached runs reuse the first of them.
+      const uint64_t seed = cached ? 2000 : 2000 + static_cast<uint64_t>(i);
+      absl::StatusOr<double> ms =
+          SubmitToFirstStep(*stub, BenchSpec(seed, 100000, 50), absl::StrCat("service-bench-submit-", cached ? "cached-" : "cold-", i));
+      if (!ms.ok()) return ms.status();
+      times.push_back(*ms);
+    }
+    const Summary s = Summarize(times);
+    JsonObject row = report.Begin("submit_to_first_step", "clients", 1, s);
+    row.Bool("plan_cached", cached)
+        .String("what", fake ? "fake worker: its first step comes 50 ms after it starts (fake_step_ms)"
+                             : "tiny small_cnn job (16x16 synthetic, batch 32) on the real worker");
+    report.Add(row, 1,
+               {"submit_to_first_step", "1 client", absl::StrCat(s.samples), Ms(s.p50), Ms(s.p99),
+                absl::StrCat(cached ? "plan cached" : "plan not cached (planning worker first)",
+                             fake ? "; fake worker, first step 50 ms after start" : "; real worker, tiny job"),
+                ""});
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Figure 4: many watchers on one running job (gRPC's callback API: no thread per watcher).
+
+struct WatchShared {
+  std::atomic<int64_t> receiving{0};     // watchers that got at least one event
+  std::atomic<int64_t> events{0};
+  std::atomic<int64_t> coalesced{0};
+  std::atomic<int64_t> window_start_ns{INT64_MAX};  // lag is recorded for events received in the window
+  std::atomic<int64_t> window_end_ns{INT64_MAX};
+  std::mutex mutex;
+  std::condition_variable done_cv;
+  int64_t done = 0;
+  int64_t errors = 0;
+  std::string first_error;
+  std::vector<double> lags_ms;
+};
+
+class Watcher : public grpc::ClientReadReactor<v1::WatchJobResponse> {
+ public:
+  Watcher(WatchShared& shared, v1::TrainingService::Stub& stub, const std::string& job_id, int64_t from_sequence)
+      : shared_(shared) {
+    request_.set_job_id(job_id);
+    request_.set_from_sequence(from_sequence);
+    stub.async()->WatchJob(&context_, &request_, this);
+    StartRead(&response_);
+    StartCall();
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // OnDone follows
+    const int64_t now = SystemNanos();
+    if (!receiving_) {
+      receiving_ = true;
+      shared_.receiving.fetch_add(1);
+    }
+    shared_.events.fetch_add(1, std::memory_order_relaxed);
+    shared_.coalesced.fetch_add(response_.coalesced(), std::memory_order_relaxed);
+    const google::protobuf::Timestamp& time = response_.event().time();
+    const int64_t at = time.seconds() * 1000000000 + time.nanos();
+    if (now >= shared_.window_start_ns.load() && now < shared_.window_end_ns.load()) {
+      std::lock_guard<std::mutex> lock(shared_.mutex);
+      shared_.lags_ms.push_back(static_cast<double>(now - at) / 1e6);
+    }
+    StartRead(&response_);
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    std::lock_guard<std::mutex> lock(shared_.mutex);
+    if (!status.ok() && status.error_code() != grpc::StatusCode::CANCELLED) {
+      if (shared_.errors++ == 0) {
+        shared_.first_error = absl::StrCat(static_cast<int>(status.error_code()), ": ", status.error_message());
+      }
+    }
+    ++shared_.done;
+    shared_.done_cv.notify_all();
+  }
+
+  void Cancel() { context_.TryCancel(); }
+
+ private:
+  WatchShared& shared_;
+  grpc::ClientContext context_;
+  v1::WatchJobRequest request_;
+  v1::WatchJobResponse response_;
+  bool receiving_ = false;  // only touched by this stream's callbacks, which never overlap
+};
+
+absl::StatusOr<v1::Job> GetJob(v1::TrainingService::Stub& stub, const std::string& id) {
+  grpc::ClientContext context;
+  SetDeadline(context, std::chrono::seconds(60));
+  v1::GetJobRequest request;
+  request.set_job_id(id);
+  v1::GetJobResponse response;
+  grpc::Status status = stub.GetJob(&context, request, &response);
+  if (!status.ok()) return Failed("GetJob", status);
+  return response.job();
+}
+
+absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess& server, const std::string& job_id,
+                         int watchers, bool fake) {
+  std::unique_ptr<v1::TrainingService::Stub> control = OwnStub(server.target());
+  absl::StatusOr<v1::Job> job = GetJob(*control, job_id);
+  if (!job.ok()) return job.status();
+  if (job->state() != v1::RUNNING) return absl::InternalError(absl::StrCat("the watched job is ", v1::JobState_Name(job->state())));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // let the server settle after the last figure
+  absl::StatusOr<int64_t> rss_before = server.Rss();
+  if (!rss_before.ok()) return rss_before.status();
+  job = GetJob(*control, job_id);
+  if (!job.ok()) return job.status();
+
+  const int channels = (watchers + kWatchersPerChannel - 1) / kWatchersPerChannel;
+  std::fprintf(stderr, "watch_job: %d watchers on %d channels\n", watchers, channels);
+  std::vector<std::unique_ptr<v1::TrainingService::Stub>> stubs;
+  for (int c = 0; c < channels; ++c) stubs.push_back(OwnStub(server.target()));
+  WatchShared shared;
+  std::vector<std::unique_ptr<Watcher>> streams;
+  streams.reserve(watchers);
+  const auto connect_start = SteadyClock::now();
+  // Live events only: from the sequence after the newest.
+  for (int w = 0; w < watchers; ++w) {
+    streams.push_back(std::make_unique<Watcher>(shared, *stubs[w % channels], job_id, job->last_sequence() + 1));
+  }
+  const auto connect_deadline = connect_start + std::chrono::seconds(60) + std::chrono::milliseconds(10) * watchers;
+  while (shared.receiving.load() < watchers && SteadyClock::now() < connect_deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    std::lock_guard<std::mutex> lock(shared.mutex);
+    if (shared.done > 0) break;
+  }
+  const double connect_s = MillisSince(connect_start) / 1000;
+  const int64_t receiving = shared.receiving.load();
+  absl::StatusOr<int64_t> rss_connected = server.Rss();
+
+  // Let the connecting burst pass, then the measured window: the lag of every event a watcher receives
+  // inside it (by receipt time, so a watcher that stays behind still counts).
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  absl::StatusOr<v1::Job> at_start = GetJob(*control, job_id);
+  absl::StatusOr<double> server_cpu_start = server.CpuSeconds();
+  const auto threads_start = server.ThreadCpuSeconds();
+  const double client_cpu_start = OwnCpuSeconds();
+  const auto window_start = SteadyClock::now();
+  shared.window_start_ns = SystemNanos();
+  std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int64_t>(sizes.watch_window_s * 1000)));
+  shared.window_end_ns = SystemNanos();
+  const double window_s = MillisSince(window_start) / 1000;
+  absl::StatusOr<double> server_cpu_end = server.CpuSeconds();
+  // The server's busiest thread in the window (one thread near 1.0 is a serial bottleneck).
+  std::string busiest_thread;
+  double busiest_cpu = 0;
+  for (const auto& [tid, end] : server.ThreadCpuSeconds()) {
+    auto start = threads_start.find(tid);
+    const double used = end.second - (start == threads_start.end() ? 0.0 : start->second.second);
+    if (used > busiest_cpu) {
+      busiest_cpu = used;
+      busiest_thread = absl::StrCat(end.first, " (", tid, ")");
+    }
+  }
+  const double client_cpu = (OwnCpuSeconds() - client_cpu_start) / window_s;
+  absl::StatusOr<int64_t> rss_window = server.Rss();
+  absl::StatusOr<v1::Job> at_end = GetJob(*control, job_id);
+
+  for (auto& stream : streams) stream->Cancel();
+  bool all_done = false;
+  {
+    std::unique_lock<std::mutex> lock(shared.mutex);
+    all_done = shared.done_cv.wait_for(lock, std::chrono::seconds(120), [&] { return shared.done == watchers; });
+  }
+  if (!all_done) {
+    // A reactor must outlive its OnDone: leave the stragglers allocated rather than free them under gRPC.
+    for (auto& stream : streams) (void)stream.release();
+    return absl::DeadlineExceededError("watch streams did not end within 120 s of their cancel");
+  }
+  if (receiving < watchers) {
+    return absl::DeadlineExceededError(absl::StrCat("only ", receiving, " of ", watchers, " watchers received an event within ",
+                                                    absl::StrFormat("%.1f", connect_s), " s",
+                                                    shared.first_error.empty() ? "" : "; first error: ", shared.first_error));
+  }
+  if (shared.errors > 0) {
+    return absl::InternalError(absl::StrCat(shared.errors, " watch streams failed; the first: ", shared.first_error));
+  }
+  if (!rss_connected.ok()) return rss_connected.status();
+  if (!rss_window.ok()) return rss_window.status();
+  if (!at_start.ok()) return at_start.status();
+  if (!at_end.ok()) return at_end.status();
+  if (at_end->state() != v1::RUNNING) return absl::InternalError("the watched job stopped running during the window");
+  if (!server_cpu_start.ok()) return server_cpu_start.status();
+  if (!server_cpu_end.ok()) return server_cpu_end.status();
+  const double server_cpu = (*server_cpu_end - *server_cpu_start) / window_s;
+
+  const Summary s = Summarize(shared.lags_ms);
+  if (s.samples == 0) return absl::InternalError("no event was delivered inside the measured window");
+  // The job's event rate from two snapshots (last_sequence at update_time: exact however late GetJob
+  // answers under load), and the events published in the window at that rate.
+  auto seconds = [](const google::protobuf::Timestamp& t) { return static_cast<double>(t.seconds()) + t.nanos() / 1e9; };
+  const double snapshot_s = seconds(at_end->update_time()) - seconds(at_start->update_time());
+  const double events_per_second =
+      snapshot_s > 0 ? static_cast<double>(at_end->last_sequence() - at_start->last_sequence()) / snapshot_s : 0;
+  const int64_t published = std::llround(events_per_second * window_s);
+  const int64_t rss_after = std::max(*rss_connected, *rss_window);
+  const double per_watcher = static_cast<double>(rss_after - *rss_before) / watchers;
+  const double delivered = published > 0 ? static_cast<double>(s.samples) / (static_cast<double>(published) * watchers) : 0;
+  JsonObject row = report.Begin("watch_job", "watchers", watchers, s);
+  row.String("lag", "receipt time on the client minus the event's time, events received in the window")
+      .Int("channels", channels)
+      .Number("window_s", sizes.watch_window_s)
+      .Int("events_published", published)
+      .Number("events_per_second", events_per_second)
+      .Number("delivered_fraction", delivered)
+      .Int("events_coalesced", shared.coalesced.load())
+      .Number("connect_s", connect_s)
+      .Number("server_cpu_cores", server_cpu)
+      .Number("client_cpu_cores", client_cpu)
+      .String("server_busiest_thread", busiest_thread)
+      .Number("server_busiest_thread_cores", busiest_cpu / window_s)
+      .Int("rss_before_bytes", *rss_before)
+      .Int("rss_connected_bytes", *rss_connected)
+      .Int("rss_window_bytes", *rss_window)
+      .Number("memory_per_watcher_bytes", per_watcher);
+  if (fake) row.Int("fake_step_ms", sizes.watch_step_ms);
+  std::string goal;
+  if (watchers == 10000) {
+    const bool lag_met = s.p99 < 250.0, memory_met = per_watcher < 20000.0;
+    row.String("goal", "p99 lag < 250 ms and < 20 KB (20,000 bytes) of server memory per watcher at 10,000 watchers")
+        .Bool("goal_met", lag_met && memory_met)
+        .Bool("lag_goal_met", lag_met)
+        .Bool("memory_goal_met", memory_met);
+    goal = absl::StrCat(GoalText(lag_met, "p99 lag < 250 ms"), "; ", GoalText(memory_met, "< 20 KB each"));
+  }
+  report.Add(row, 0,
+             {"watch_job (delivery lag)", absl::StrCat(watchers, " watchers"), absl::StrCat(s.samples), Ms(s.p50),
+              Ms(s.p99),
+              absl::StrFormat("%.1f KB server RSS per watcher; %d events in %.0f s, %.0f%% delivered (rest coalesced); "
+                              "connected in %.1f s; CPU cores busy: server %.2f (its busiest thread %.2f), clients %.2f",
+                              per_watcher / 1000, published, sizes.watch_window_s, 100 * delivered, connect_s,
+                              server_cpu, busiest_cpu / window_s, client_cpu),
+              goal});
+  return absl::OkStatus();
+}
+
+absl::Status WatchFigures(Report& report, const Sizes& sizes, const ServerProcess& server, bool fake) {
+  std::unique_ptr<v1::TrainingService::Stub> stub = OwnStub(server.target());
+  // A job that runs through both figures: many steps; cancelled at the end.
+  v1::SubmitJobResponse submitted;
+  {
+    grpc::ClientContext context;
+    SetDeadline(context, std::chrono::seconds(600));
+    v1::SubmitJobRequest request;
+    *request.mutable_spec() = BenchSpec(3000, 10000000, sizes.watch_step_ms);
+    request.set_client_request_id("service-bench-watched");
+    grpc::Status status = stub->SubmitJob(&context, request, &submitted);
+    if (!status.ok()) return Failed("SubmitJob", status);
+  }
+  const std::string id = submitted.job().id();
+  // Wait for its first step.
+  {
+    grpc::ClientContext context;
+    SetDeadline(context, std::chrono::seconds(600));
+    v1::WatchJobRequest request;
+    request.set_job_id(id);
+    std::unique_ptr<grpc::ClientReader<v1::WatchJobResponse>> reader = stub->WatchJob(&context, request);
+    v1::WatchJobResponse response;
+    bool stepping = false;
+    while (!stepping && reader->Read(&response)) stepping = response.event().has_step();
+    context.TryCancel();
+    reader->Finish();
+    if (!stepping) return absl::InternalError(absl::StrCat("the watched job ", id, " ended before its first step"));
+  }
+  absl::Status result = absl::OkStatus();
+  for (int watchers : sizes.watchers) {
+    result = WatchFigure(report, sizes, server, id, watchers, fake);
+    if (!result.ok()) break;
+  }
+  grpc::ClientContext context;
+  SetDeadline(context, std::chrono::seconds(60));
+  v1::CancelJobRequest cancel;
+  cancel.set_job_id(id);
+  v1::CancelJobResponse response;
+  stub->CancelJob(&context, cancel, &response);
+  return result;
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+absl::Status Run(const Options& options) {
+  const Sizes sizes = SizesFor(options.quick);
+  const bool fake = FakeWorker(options);
+  Report report(options, sizes);
+  if (absl::Status s = report.Open(); !s.ok()) return s;
+  absl::StatusOr<std::unique_ptr<ScratchDir>> dir = ScratchDir::Create(options.data_root);
+  if (!dir.ok()) return dir.status();
+  HandleStopSignals((*dir)->path());
+  std::fprintf(stderr, "xtrain-service-bench: server %s, worker %s%s, data dir %s\n", options.server_bin.c_str(),
+               options.worker_bin.c_str(), fake ? " (fake)" : "", (*dir)->path().c_str());
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server = ServerProcess::Start(options, (*dir)->path());
+  if (!server.ok()) return server.status();
+  const std::string target = (*server)->target();
+
+  absl::Status status = [&]() -> absl::Status {
+    absl::StatusOr<std::unique_ptr<client::Client>> client = client::Client::Connect(target);
+    if (!client.ok()) return client.status();
+    std::fprintf(stderr, "filling the store with %d jobs\n", sizes.store_jobs);
+    const auto fill_start = SteadyClock::now();
+    absl::StatusOr<std::vector<std::string>> ids = FillStore(**client, sizes.store_jobs);
+    if (!ids.ok()) return ids.status();
+    report.Note(absl::StrFormat("The store: %d jobs submitted and cancelled in %.1f s before the latency figures.",
+                                sizes.store_jobs, MillisSince(fill_start) / 1000));
+    if (absl::Status s = UnaryFigures(report, sizes, **server, *ids); !s.ok()) return s;
+    if (absl::Status s = PlanFigures(report, sizes, target); !s.ok()) return s;
+    if (absl::Status s = SubmitFigures(report, sizes, target, fake); !s.ok()) return s;
+    return WatchFigures(report, sizes, **server, fake);
+  }();
+  report.Note("Clients, server and workers share the machine's cores: client threads take CPU from the server.");
+  report.Note("Lag: the client's receipt time minus the event's `time` (set when the server appends the event, "
+              "before the store commits it), for every event received in the window (1 s after the last watcher "
+              "got its first event); watchers that fall behind get step events coalesced (`delivered_fraction` "
+              "< 1: delivered over published x watchers), and coalesced events have no lag sample.");
+  report.Note("Memory per watcher: server VmRSS after the watchers connected (the larger of right after and at the "
+              "window's end) minus before, divided by the watchers.");
+  report.WriteMarkdown();
+  if (!status.ok()) {
+    return absl::Status(status.code(), absl::StrCat(status.message(), "\nxtrain-server's log ends:\n", (*server)->LogTail()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunServiceBench(int argc, char** argv) {
+  absl::StatusOr<Options> options = ParseOptions(argc, argv);
+  if (!options.ok()) {
+    std::fprintf(stderr, "xtrain-bench service: %s\n", std::string(options.status().message()).c_str());
+    return 2;
+  }
+  if (options->help) {
+    std::fputs(Usage().c_str(), stdout);
+    return 0;
+  }
+  const absl::Status status = Run(*options);
+  // Stopped by a signal: its thread cleans up and exits; this one must not return first.
+  while (g_stopping.load()) ::pause();
+  if (!status.ok()) {
+    std::fprintf(stderr, "xtrain-bench service: %s\n", status.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace xtrain::bench
