@@ -169,6 +169,12 @@ absl::StatusOr<core::ScheduleKind> Schedule(const std::string& name) {
 
 absl::StatusOr<core::TrainOptions> TrainOptionsFor(const wv1::JobContext& context) {
   const v1::JobSpec& spec = context.spec();
+  if (!context.device().empty() && context.device() != "cpu") {
+    // The trainer runs on the CPU; a job placed on a GPU must not silently train on the CPU instead.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the job was placed on device ", context.device(), " but this xtrain-worker trains on the CPU only; "
+        "configure the server with --device cpu until a CUDA worker is deployed"));
+  }
   core::TrainOptions o;
   absl::StatusOr<core::TaskKind> task = core::ParseTaskKind(spec.task().kind().empty() ? "classification" : spec.task().kind());
   if (!task.ok()) return Prefixed(task.status(), "spec.task.kind: ");
