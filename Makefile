@@ -89,13 +89,16 @@ bench-quick: bench-tool
 #   client, their tests; LibTorch-free, so quick). The operator's, the memory model's and the trainer's
 #   suites spend their time inside LibTorch and run tens of minutes under ASan: `make sanitize-core`
 #   runs them when wanted (not in CI).
-# - ThreadSanitizer of the service (LibTorch is not TSan-built).
+# - ThreadSanitizer of the service (`make sanitize-tsan`, LibTorch is not TSan-built) is NOT in CI yet:
+#   Debian's gRPC and Abseil are not TSan-built, and the synchronisation inside them that gRPC's callback
+#   API relies on is invisible to TSan, so it reports races inside gRPC's header code faster than
+#   tests/tsan.supp can name them without hiding our own. Our own locks are TSan-visible (mutex.h).
 # The service trees' tests start the xtrain-worker that `make build` made.
 SAN_WORKER := -DXTRAIN_WORKER_PATH=$(CURDIR)/$(BUILD_DIR)/server/worker/xtrain-worker
 SAN_CORE_TARGETS ?= xtrain_data_tests
 SAN_CORE_EXCLUDE := python|NOT_BUILT
 
-sanitize: sanitize-asan sanitize-tsan
+sanitize: sanitize-asan
 
 sanitize-core:
 	$(MAKE) sanitize-asan SAN_CORE_TARGETS="xtrain_core_tests xtrain_data_tests xtrain_models_tests xtrain_train_tests"
