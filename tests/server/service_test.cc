@@ -396,7 +396,9 @@ TEST(Service, HigherPriorityRunsFirst) {
   options.devices = {DeviceState{"cpu", int64_t{4} << 30, 1}};
   auto test = TestServer::Start(options);
   ASSERT_NE(test, nullptr);
-  const std::string first = Submit(*test->stub, TinyJob(/*max_steps=*/40, /*epochs=*/10)).job().id();
+  // The first job holds the only slot until the queue has been checked (a short one could end before
+  // the others are even planned, and they would never wait).
+  const std::string first = Submit(*test->stub, TinyJob(/*max_steps=*/100000, /*epochs=*/1000)).job().id();
   WaitFor(*test->stub, first, [](const v1::Job& j) { return j.state() == v1::RUNNING; });
   v1::JobSpec low = TinyJob(5);
   v1::JobSpec high = TinyJob(5);
@@ -409,6 +411,8 @@ TEST(Service, HigherPriorityRunsFirst) {
   v1::Job waiting = WaitFor(*test->stub, low_id, [](const v1::Job& j) { return j.queue_position() > 0; });
   EXPECT_EQ(waiting.queue_position(), 2);
   EXPECT_FALSE(waiting.waiting_reason().empty());
+  v1::CancelJobResponse cancelled;
+  ASSERT_TRUE(Cancel(*test->stub, first, &cancelled).ok());
   const v1::Job high_done = WaitForEnd(*test->stub, high_id);
   const v1::Job low_done = WaitForEnd(*test->stub, low_id);
   ASSERT_EQ(high_done.state(), v1::SUCCEEDED);
