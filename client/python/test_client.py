@@ -26,12 +26,13 @@ ADDRESS = None
 DIR = None
 
 # small_cnn (width 4) on 256 generated 16x16 images of 4 classes, batch 32.
-def tiny_job(max_steps=4, **labels):
+def tiny_job(max_steps=4, epochs=1, **labels):
     return {
         "display_name": "python-test",
         "model": {"name": "small_cnn", "width": 4},
         "dataset": {"kind": "SYNTHETIC", "synthetic_examples": 256, "synthetic_size": 16, "synthetic_classes": 4},
-        "training": {"batch_size": 32, "max_steps": max_steps, "seed": 7, "fidelity_interval": -1},
+        "training": {"batch_size": 32, "epochs": epochs, "max_steps": max_steps, "seed": 7,
+                     "fidelity_interval": -1},
         "labels": labels,
     }
 
@@ -149,7 +150,8 @@ class ClientTest(unittest.TestCase):
                          [job_id])
 
     def test_cancel(self):
-        job_id = self.client.submit(tiny_job(max_steps=100000, test="cancel")).job.id
+        # 1000 epochs of 8 steps: the job cannot end by itself before the cancel arrives.
+        job_id = self.client.submit(tiny_job(max_steps=100000, epochs=1000, test="cancel")).job.id
         for response in self.client.watch(job_id):
             if response.event.WhichOneof("kind") == "step":
                 break  # running
