@@ -105,24 +105,49 @@ absl::StatusOr<int64_t> Measure(const Net& net, const MemoryModel& model, const 
                                    });
 }
 
-// One line of results.
+// One line of results. Kinds: "exact" (the unconverted model), "lean" (lean layers, every conv
+// exact), "sweep" / "refused" (a budget's plan), "largest_batch_lean" and "largest_batch" (the
+// largest batch the exact peak holds with exact gradients and with XConv), "plan_time".
 struct Record {
   std::string net, kind;
   int64_t batch = 0, budget = 0, predicted = 0, measured = 0, exact = 0;
   double fraction = 0, plan_ms = 0, model_ms = 0, fidelity = 1;
   int converted = 0, layers = 0;
+  bool lean_layers = false;
+  int64_t exact_batch = 0, lean_batch = 0, xconv_batch = 0;  // largest-batch records
+  int64_t lean_peak = 0, smallest_peak = 0;  // exact records: predicted peaks of lean alone and of the cheapest plan
   std::string note;
 
   std::string Json() const {
-    return absl::StrFormat(
-        "{\"net\": \"%s\", \"kind\": \"%s\", \"batch\": %d, \"budget_fraction\": %.2f, \"budget_bytes\": %d, "
-        "\"predicted_peak_bytes\": %d, \"measured_peak_bytes\": %d, \"exact_peak_bytes\": %d, "
-        "\"plan_ms\": %.3f, \"model_ms\": %.1f, \"converted_layers\": %d, \"layers\": %d, \"fidelity\": %.4f, "
-        "\"note\": \"%s\"}",
-        net, kind, batch, fraction, budget, predicted, measured, exact, plan_ms, model_ms, converted, layers,
-        fidelity, note);
+    JsonObject o;
+    o.String("net", net).String("kind", kind).Int("batch", batch).Number("budget_fraction", fraction);
+    o.Int("budget_bytes", budget).Int("predicted_peak_bytes", predicted).Int("measured_peak_bytes", measured);
+    o.Int("exact_peak_bytes", exact).Number("plan_ms", plan_ms).Number("model_ms", model_ms);
+    o.Int("converted_layers", converted).Int("layers", layers).Bool("lean_layers", lean_layers);
+    o.Number("fidelity", fidelity);
+    if (kind == "exact") o.Int("lean_peak_bytes", lean_peak).Int("smallest_plan_peak_bytes", smallest_peak);
+    if (kind == "largest_batch" || kind == "largest_batch_lean") {
+      o.Int("exact_batch", exact_batch).Int("lean_batch", lean_batch).Int("xconv_batch", xconv_batch);
+    }
+    o.String("note", note);
+    return o.Text();
   }
 };
+
+// Fills a record's plan fields.
+void Describe(const Plan& plan, Record& r) {
+  r.predicted = plan.predicted_peak_bytes();
+  r.plan_ms = plan.plan_ms;
+  r.fidelity = plan.fidelity;
+  r.converted = plan.converted_layers();
+  r.lean_layers = plan.lean_layers;
+}
+
+// "exact", "lean" or "lean + 3 XConv".
+std::string PlanName(const Plan& plan) {
+  if (plan.converted_layers() > 0) return absl::StrCat("lean + ", plan.converted_layers(), " XConv");
+  return plan.lean_layers ? "lean" : "exact";
+}
 
 Record MakeRecord(const std::string& net, const std::string& kind, int64_t batch, int64_t budget,
                   int64_t exact, double fraction, double model_ms, size_t layers) {
@@ -140,6 +165,32 @@ Record MakeRecord(const std::string& net, const std::string& kind, int64_t batch
 
 double Error(const Record& r) {
   return r.measured > 0 ? static_cast<double>(r.predicted - r.measured) / static_cast<double>(r.measured) : 0;
+}
+
+bool Planned(const Record& r) {
+  return (r.kind == "lean" || r.kind == "sweep" || r.kind == "largest_batch" || r.kind == "largest_batch_lean") &&
+         r.measured > 0;
+}
+
+// Median and max of |error| over the records `take` selects, and how many.
+struct ErrorSummary {
+  double median = 0, worst = 0;
+  size_t count = 0;
+};
+template <typename Take>
+ErrorSummary Summarise(const std::vector<Record>& records, Take take) {
+  std::vector<double> errors;
+  for (const Record& r : records) {
+    if (take(r)) errors.push_back(std::abs(Error(r)));
+  }
+  std::sort(errors.begin(), errors.end());
+  ErrorSummary s;
+  s.count = errors.size();
+  if (!errors.empty()) {
+    s.median = errors[errors.size() / 2];
+    s.worst = errors.back();
+  }
+  return s;
 }
 
 absl::StatusOr<Options> ParseFlags(const std::vector<std::string>& args) {
@@ -226,10 +277,37 @@ absl::Status RunMemoryBench(const std::vector<std::string>& args) {
     }
     absl::StatusOr<int64_t> measured_exact = core::MeasureTrainingPeak(Factory(net.spec), &Forward, step, net.batch, nullptr);
     if (!measured_exact.ok()) return measured_exact.status();
+    absl::StatusOr<std::vector<core::ChainPoint>> chain = core::PlanChain(*model, net.batch);
+    if (!chain.ok()) return chain.status();
+    auto is_lean = [](const core::ChainPoint& point) {
+      return point.lean_layers && std::none_of(point.choices.begin(), point.choices.end(),
+                                               [](const core::LayerChoice& c) { return c.xconv; });
+    };
     {
       Record r = MakeRecord(net.name, "exact", net.batch, exact, exact, 1.0, model_ms, model->layers().size());
       r.predicted = exact;
       r.measured = *measured_exact;
+      r.smallest_peak = chain->front().peak_bytes;
+      for (const core::ChainPoint& point : *chain) {
+        if (is_lean(point)) r.lean_peak = point.peak_bytes;
+      }
+      emit(r);
+    }
+    // Lean layers alone (exact gradients): the chain's point just below exact, when it saves.
+    for (const core::ChainPoint& point : *chain) {
+      if (!is_lean(point)) continue;
+      const int64_t budget = core::BudgetForPeak(point.peak_bytes);
+      Record r = MakeRecord(net.name, "lean", net.batch, budget, exact,
+                            static_cast<double>(budget) / static_cast<double>(exact), model_ms, model->layers().size());
+      absl::StatusOr<Plan> plan = core::PlanFromChoices(*model, point.choices, true, net.batch, budget);
+      if (!plan.ok()) return plan.status();
+      absl::StatusOr<int64_t> measured = Measure(net, *model, *plan);
+      if (!measured.ok()) return measured.status();
+      Describe(*plan, r);
+      r.measured = *measured;
+      std::printf("  lean layers alone: predicted %.2f MiB (%.1f%% of exact), measured %.2f MiB (%+.2f%%)\n",
+                  r.predicted / 1048576.0, 100.0 * static_cast<double>(r.predicted) / static_cast<double>(exact),
+                  r.measured / 1048576.0, 100 * Error(r));
       emit(r);
     }
     for (int percent = 20; percent <= 100; percent += 10) {
@@ -244,69 +322,88 @@ absl::Status RunMemoryBench(const std::vector<std::string>& args) {
       }
       absl::StatusOr<int64_t> measured = Measure(net, *model, *plan);
       if (!measured.ok()) return measured.status();
-      r.predicted = plan->predicted_peak_bytes();
+      Describe(*plan, r);
       r.measured = *measured;
-      r.plan_ms = plan->plan_ms;
-      r.fidelity = plan->fidelity;
-      r.converted = plan->converted_layers();
-      std::printf("  %3d%%: predicted %.2f MiB, measured %.2f MiB (%+.2f%%), %d/%d XConv, fidelity %.3f, plan %.2f ms%s\n",
-                  percent, r.predicted / 1048576.0, r.measured / 1048576.0, 100 * Error(r), r.converted, r.layers,
-                  r.fidelity, r.plan_ms, r.measured > r.budget ? "  OVER BUDGET" : "");
+      r.note = PlanName(*plan);
+      std::printf("  %3d%%: predicted %.2f MiB, measured %.2f MiB (%+.2f%%), %s, %d/%d XConv, fidelity %.3f, "
+                  "plan %.2f ms%s\n",
+                  percent, r.predicted / 1048576.0, r.measured / 1048576.0, 100 * Error(r), r.note.c_str(),
+                  r.converted, r.layers, r.fidelity, r.plan_ms, r.measured > r.budget ? "  OVER BUDGET" : "");
       std::fflush(stdout);
       emit(r);
     }
-    // The largest batch the exact peak at this batch holds: exact against XConv (paper's SqueezeNet table).
+    // The largest batch the exact peak at this batch holds: exact, with exact gradients (lean layers
+    // alone) and with XConv, each planned batch measured (the paper's SqueezeNet table).
     const int64_t exact_batch = core::LargestBatch(*model, exact, {}, 0, /*exact_only=*/true);
+    const int64_t lean_batch = core::LargestBatch(*model, exact, {}, /*min_fidelity=*/1.0);
     const int64_t xconv_batch = core::LargestBatch(*model, exact);
-    Record r = MakeRecord(net.name, "largest_batch", xconv_batch, exact, exact, 1.0, model_ms, model->layers().size());
-    absl::StatusOr<Plan> plan = core::MakePlan(*model, exact, xconv_batch);
-    if (plan.ok()) {
-      absl::StatusOr<int64_t> measured = Measure(net, *model, *plan);
-      if (!measured.ok()) return measured.status();
-      r.predicted = plan->predicted_peak_bytes();
-      r.measured = *measured;
-      r.plan_ms = plan->plan_ms;
-      r.fidelity = plan->fidelity;
-      r.converted = plan->converted_layers();
+    for (const auto& [kind, batch] : {std::pair<std::string, int64_t>{"largest_batch_lean", lean_batch},
+                                      std::pair<std::string, int64_t>{"largest_batch", xconv_batch}}) {
+      Record r = MakeRecord(net.name, kind, batch, exact, exact, 1.0, model_ms, model->layers().size());
+      r.exact_batch = exact_batch;
+      r.lean_batch = lean_batch;
+      r.xconv_batch = xconv_batch;
+      absl::StatusOr<Plan> plan = core::MakePlan(*model, exact, batch);
+      if (plan.ok()) {
+        absl::StatusOr<int64_t> measured = Measure(net, *model, *plan);
+        if (!measured.ok()) return measured.status();
+        Describe(*plan, r);
+        r.measured = *measured;
+        r.note = PlanName(*plan);
+      }
+      emit(r);
     }
-    r.note = absl::StrFormat("exact largest batch %d; xconv/exact %.2f", exact_batch,
-                             exact_batch > 0 ? static_cast<double>(xconv_batch) / exact_batch : 0.0);
-    std::printf("  budget %.1f MiB holds batch %ld exact, %ld XConv (%.2fx); measured %.1f MiB at batch %ld\n",
-                exact / 1048576.0, exact_batch, xconv_batch,
-                exact_batch > 0 ? static_cast<double>(xconv_batch) / exact_batch : 0.0, r.measured / 1048576.0,
-                xconv_batch);
-    emit(r);
+    auto ratio = [&](int64_t b) { return exact_batch > 0 ? static_cast<double>(b) / exact_batch : 0.0; };
+    std::printf("  budget %.1f MiB holds batch %ld exact, %ld with lean layers (%.2fx), %ld with XConv (%.2fx)\n",
+                exact / 1048576.0, exact_batch, lean_batch, ratio(lean_batch), xconv_batch, ratio(xconv_batch));
+    std::fflush(stdout);
   }
 
-  // Summary: planner error over every measured plan, and overruns.
-  std::vector<double> errors;
+  // Summary: the error of planned steps (each under its budget) and, apart, of the exact models.
+  const ErrorSummary planned = Summarise(records, Planned);
+  const ErrorSummary exact_models = Summarise(records, [](const Record& r) { return r.kind == "exact"; });
   int overruns = 0;
   for (const Record& r : records) {
-    if ((r.kind == "sweep" || r.kind == "largest_batch" || r.kind == "exact") && r.measured > 0) {
-      errors.push_back(std::abs(Error(r)));
-      if (r.kind != "exact" && r.measured > r.budget) ++overruns;
-    }
+    if (Planned(r) && r.measured > r.budget) ++overruns;
   }
-  std::sort(errors.begin(), errors.end());
-  const double median = errors.empty() ? 0 : errors[errors.size() / 2];
-  const double worst = errors.empty() ? 0 : errors.back();
-  std::printf("planner |error|: median %.3f%%, max %.3f%% over %zu measured steps; %d budget overruns\n",
-              100 * median, 100 * worst, errors.size(), overruns);
+  const std::string summary = absl::StrFormat(
+      "planned steps |error|: median %.3f%%, max %.3f%% over %d measured steps; %d budget overruns. "
+      "Exact models |error|: median %.3f%%, max %.3f%% over %d nets.",
+      100 * planned.median, 100 * planned.worst, planned.count, overruns, 100 * exact_models.median,
+      100 * exact_models.worst, exact_models.count);
+  std::printf("%s\n", summary.c_str());
 
   if (!options.markdown_path.empty()) {
     std::ofstream md(options.markdown_path, std::ios::trunc);
     if (!md) return absl::InvalidArgumentError(absl::StrCat("cannot write ", options.markdown_path));
     md << "# Memory planner: predicted against measured peaks (CPU meter, " << options.threads
-       << " threads)\n\n"
-       << absl::StrFormat("Planner |error| median %.3f%%, max %.3f%% over %zu measured steps; %d budget overruns.\n\n",
-                          100 * median, 100 * worst, errors.size(), overruns)
-       << "| net | kind | batch | budget | budget MiB | predicted MiB | measured MiB | error | XConv layers | "
-          "fidelity | plan ms | note |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
+       << " threads)\n\n" << summary << "\n\n"
+       << "## Where each saving comes from\n\n"
+       << "Lean layers (mask ReLU, index max pool) keep exact gradients; XConv trades gradient noise for memory. "
+          "Peaks predicted at the net's batch; largest batches under the exact peak as the budget.\n\n"
+       << "| net | batch | exact MiB | lean MiB | smallest plan MiB | largest batch exact | lean | XConv | "
+          "lean / exact | XConv / exact |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    for (const Record& e : records) {
+      if (e.kind != "exact") continue;
+      const auto largest = std::find_if(records.begin(), records.end(), [&](const Record& r) {
+        return r.net == e.net && r.kind == "largest_batch";
+      });
+      if (largest == records.end()) continue;
+      const double exact_batch = static_cast<double>(std::max<int64_t>(largest->exact_batch, 1));
+      md << absl::StrFormat("| %s | %d | %.2f | %s | %.2f | %d | %d | %d | %.2f | %.2f |\n", e.net, e.batch,
+                            e.predicted / 1048576.0,
+                            e.lean_peak > 0 ? absl::StrFormat("%.2f", e.lean_peak / 1048576.0) : std::string("-"),
+                            e.smallest_peak / 1048576.0, largest->exact_batch, largest->lean_batch,
+                            largest->xconv_batch, largest->lean_batch / exact_batch, largest->xconv_batch / exact_batch);
+    }
+    md << "\n## Every measured step\n\n"
+       << "| net | kind | batch | budget | budget MiB | predicted MiB | measured MiB | error | lean layers | "
+          "XConv layers | fidelity | plan ms | note |\n|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|\n";
     for (const Record& r : records) {
-      md << absl::StrFormat("| %s | %s | %d | %.0f%% | %.2f | %.2f | %.2f | %+.2f%% | %d/%d | %.3f | %.2f | %s |\n",
+      md << absl::StrFormat("| %s | %s | %d | %.0f%% | %.2f | %.2f | %.2f | %+.2f%% | %s | %d/%d | %.3f | %.2f | %s |\n",
                             r.net, r.kind, r.batch, 100 * r.fraction, r.budget / 1048576.0, r.predicted / 1048576.0,
-                            r.measured / 1048576.0, 100 * Error(r), r.converted, r.layers, r.fidelity, r.plan_ms,
-                            r.note);
+                            r.measured / 1048576.0, 100 * Error(r), r.lean_layers ? "on" : "off", r.converted,
+                            r.layers, r.fidelity, r.plan_ms, r.note);
     }
   }
   if (overruns > 0) return absl::InternalError(absl::StrCat(overruns, " planned steps ran over their budget"));

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Plots `xtrain-bench memory --json` output: measured and predicted peak against the budget, per net."""
+"""Plots `xtrain-bench memory --json` output: measured and predicted peak against the budget, per net,
+with the plan of lean layers alone (exact gradients) marked."""
 import json
 import sys
 
@@ -18,12 +19,16 @@ def main(jsonl, png):
         exact = rows[0]["exact_peak_bytes"] / 2**20
         sweep = sorted((r for r in rows if r["kind"] == "sweep"), key=lambda r: r["budget_bytes"])
         refused = [r for r in rows if r["kind"] == "refused"]
+        lean = [r for r in rows if r["kind"] == "lean"]
         b = [r["budget_bytes"] / 2**20 for r in sweep]
         ax.plot([0, exact * 1.05], [0, exact * 1.05], color="0.7", lw=1, label="budget")
         ax.plot(b, [r["measured_peak_bytes"] / 2**20 for r in sweep], "o-", label="measured peak")
         ax.plot(b, [r["predicted_peak_bytes"] / 2**20 for r in sweep], "x--", label="predicted peak")
         if refused:
             ax.plot([r["budget_bytes"] / 2**20 for r in refused], [0] * len(refused), "rv", label="refused (below floor)")
+        if lean:
+            ax.plot([r["budget_bytes"] / 2**20 for r in lean], [r["measured_peak_bytes"] / 2**20 for r in lean], "g*",
+                    ms=10, label="lean layers alone (measured)")
         ax.axhline(exact, color="k", ls=":", lw=1, label="exact peak")
         ax.set_title(net, fontsize=9)
         ax.set_xlabel("budget (MiB)")

@@ -121,6 +121,17 @@ std::vector<TestNet> MemoryTestNets() {
                         .ptr();
                   }),
                   SequentialForward, {3, 32, 32}});
+  nets.push_back({"padding_modes", Seeded([] {
+                    auto conv = [](int64_t in, int64_t out, torch::nn::detail::conv_padding_mode_t mode) {
+                      return nn::Conv2d(nn::Conv2dOptions(in, out, 3).padding(1).padding_mode(mode));
+                    };
+                    return nn::Sequential(conv(3, 16, torch::kZeros), nn::ReLU(), conv(16, 16, torch::kReflect),
+                                          nn::ReLU(), conv(16, 32, torch::kZeros), nn::ReLU(), nn::MaxPool2d(2),
+                                          conv(32, 32, torch::kReplicate), nn::ReLU(), conv(32, 32, torch::kZeros),
+                                          nn::ReLU(), nn::AdaptiveAvgPool2d(1), nn::Flatten(), nn::Linear(32, 10))
+                        .ptr();
+                  }),
+                  SequentialForward, {3, 32, 32}});
   return nets;
 }
 
@@ -136,6 +147,33 @@ TestNet DnCnnNet(int64_t depth, int64_t width, int64_t size) {
               }),
               SequentialForward, {1, size, size}, LossKind::kMse};
   return net;
+}
+
+TestNet BoardNet(int64_t planes, int64_t width, int64_t depth) {
+  return {"board", Seeded([planes, width, depth] {
+            nn::Sequential seq(nn::Conv2d(Conv(planes, width, 3)), nn::ReLU());
+            for (int64_t i = 1; i < depth; ++i) {
+              seq->push_back(nn::Conv2d(Conv(width, width, 3)));
+              seq->push_back(nn::ReLU());
+            }
+            seq->push_back(nn::AdaptiveAvgPool2d(1));
+            seq->push_back(nn::Flatten());
+            seq->push_back(nn::Linear(width, 10));
+            return seq.ptr();
+          }),
+          SequentialForward, {planes, 8, 8}};
+}
+
+TestNet Strided3dNet() {
+  return {"strided3d", Seeded([] {
+            auto conv = [](int64_t in, int64_t out) {
+              return nn::Conv3d(nn::Conv3dOptions(in, out, 3).stride(2).padding(1));
+            };
+            return nn::Sequential(conv(1, 8), nn::ReLU(), conv(8, 16), nn::ReLU(), conv(16, 32), nn::ReLU(),
+                                  nn::AdaptiveAvgPool3d(1), nn::Flatten(), nn::Linear(32, 4))
+                .ptr();
+          }),
+          SequentialForward, {1, 16, 16, 16}};
 }
 
 }  // namespace xtrain::core::testing

@@ -69,6 +69,7 @@ const std::unordered_map<std::string, Extractor>& Extractors() {
          Add(conv.weight_, self, out);
          out.transposed = conv.transposed;
          out.groups = conv.groups;
+         out.input_requires_grad = conv.next_edges().size() > 0 && conv.next_edge(0).is_valid();
          try {
            const torch::Tensor input = conv.input_.unpack(self);
            const torch::Tensor weight = conv.weight_.unpack(self);
@@ -114,6 +115,11 @@ const std::unordered_map<std::string, Extractor>& Extractors() {
            &gen::NativeLayerNormBackward0::result2_)},
       {"MaxPool2DWithIndicesBackward0", MaxPool<gen::MaxPool2DWithIndicesBackward0>()},
       {"MaxPool3DWithIndicesBackward0", MaxPool<gen::MaxPool3DWithIndicesBackward0>()},
+      // Reflect and replicate padding (a conv's padding_mode) keep their input.
+      {"ReflectionPad2DBackward0", Fields<gen::ReflectionPad2DBackward0>(&gen::ReflectionPad2DBackward0::self_)},
+      {"ReflectionPad3DBackward0", Fields<gen::ReflectionPad3DBackward0>(&gen::ReflectionPad3DBackward0::self_)},
+      {"ReplicationPad2DBackward0", Fields<gen::ReplicationPad2DBackward0>(&gen::ReplicationPad2DBackward0::self_)},
+      {"ReplicationPad3DBackward0", Fields<gen::ReplicationPad3DBackward0>(&gen::ReplicationPad3DBackward0::self_)},
       {"AvgPool2DBackward0", Fields<gen::AvgPool2DBackward0>(&gen::AvgPool2DBackward0::self_)},
       {"AvgPool3DBackward0", Fields<gen::AvgPool3DBackward0>(&gen::AvgPool3DBackward0::self_)},
       {"AdaptiveAvgPool2DBackward0",

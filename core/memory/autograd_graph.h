@@ -32,6 +32,7 @@ struct GraphNode {
   const void* weight_key = nullptr;  // convolution nodes: the weight's storage (maps node -> layer)
   bool transposed = false;         // convolution nodes: a transposed convolution
   int64_t groups = 1;              // convolution nodes
+  bool input_requires_grad = true;  // convolution nodes: whether its input gets a gradient
   std::vector<int64_t> input_sizes;   // convolution nodes: the saved input's shape
   std::vector<int64_t> weight_sizes;  // convolution nodes
   int64_t output_numel = 0;        // ReLU and max-pool nodes: elements of the output

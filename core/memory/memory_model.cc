@@ -5,8 +5,10 @@
 #include <cstdlib>
 #include <climits>
 #include <cmath>
+#include <functional>
 #include <map>
 #include <optional>
+#include <sstream>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -26,6 +28,7 @@
 #endif
 #include "core/xconv/convert.h"
 #include "core/xconv/index_max_pool.h"
+#include "core/xconv/modules.h"
 
 namespace xtrain::core {
 namespace {
@@ -160,6 +163,8 @@ struct StepRecord {
   std::unordered_set<const void*> fixed;  // parameters, buffers, the batch: never a plan's to free
   std::unordered_map<const void*, std::string> parameter_names;
   int64_t parameter_bytes = 0;
+  int64_t buffer_bytes = 0;  // the model's buffers (BatchNorm statistics, XConv's seed and step)
+  std::map<std::string, std::string> left_exact;  // convs Convert left exact, and why
 };
 
 struct Config {
@@ -232,9 +237,11 @@ absl::StatusOr<StepRecord> RunStep(const ModelFactory& factory, const ForwardFn&
       ConvertOptions convert;
       convert.settings = config.settings;
       convert.seed = 0x5eed;
+      convert.unsupported_stay_exact = true;  // such convs are exact in every plan
       absl::StatusOr<ConvertResult> converted = Convert(model, config.plan ? *config.plan : convert);
       if (!converted.ok()) return converted.status();
       model = converted->module;
+      record.left_exact = converted->left_exact;
     }
     ToJob(*model, step.device, step.dtype);
     model->train();
@@ -279,7 +286,10 @@ absl::StatusOr<StepRecord> RunStep(const ModelFactory& factory, const ForwardFn&
           record.parameter_names[StorageKey(p.value())] = p.key();
           record.parameter_bytes += static_cast<int64_t>(p.value().nbytes());
         }
-        for (const auto& b : model->buffers()) record.fixed.insert(StorageKey(b));
+        for (const auto& b : model->buffers()) {
+          record.fixed.insert(StorageKey(b));
+          record.buffer_bytes += static_cast<int64_t>(b.nbytes());
+        }
         record.fixed.insert(StorageKey(input));
         record.fixed.insert(StorageKey(target));
       }
@@ -530,6 +540,51 @@ int64_t PhaseLines::Interpolate(const PhaseLines& low, const PhaseLines& high, d
   return most;
 }
 
+int64_t Excess::At(int64_t batch) const {
+  const size_t n = batches.size();
+  if (n == 0) return 0;
+  if (n == 1) return std::max<int64_t>(bytes[0], 0);
+  size_t i = static_cast<size_t>(std::lower_bound(batches.begin(), batches.end(), batch) - batches.begin());
+  if (i < n && batches[i] == batch) return std::max<int64_t>(bytes[i], 0);
+  i = std::clamp<size_t>(i, 1, n - 1);  // the segment around `batch`, or the first / last one
+  const double t = static_cast<double>(batch - batches[i - 1]) / static_cast<double>(batches[i] - batches[i - 1]);
+  const double value = static_cast<double>(bytes[i - 1]) + t * static_cast<double>(bytes[i] - bytes[i - 1]);
+  return std::max<int64_t>(std::llround(value), 0);
+}
+
+Excess Excess::Over(const std::vector<int64_t>& batches, const std::vector<int64_t>& measured, int64_t b1,
+                    int64_t b2) {
+  auto at = [&](int64_t b) {
+    return measured[static_cast<size_t>(std::find(batches.begin(), batches.end(), b) - batches.begin())];
+  };
+  const Affine line = Affine::Through(b1, at(b1), b2, at(b2));
+  Excess excess;
+  excess.batches = batches;
+  for (size_t i = 0; i < batches.size(); ++i) excess.bytes.push_back(measured[i] - line.At(batches[i]));
+  return excess;
+}
+
+Excess Excess::OverPhases(const std::vector<int64_t>& batches, const std::vector<std::vector<int64_t>>& phases,
+                          int64_t b1, int64_t b2) {
+  auto at = [&](int64_t b) {
+    return phases[static_cast<size_t>(std::find(batches.begin(), batches.end(), b) - batches.begin())];
+  };
+  // Phase by phase, as the model fits a node's working set (PhaseLines).
+  const PhaseLines lines = PhaseLines::Through(b1, 0, at(b1), b2, 0, at(b2));
+  Excess excess;
+  excess.batches = batches;
+  for (size_t i = 0; i < batches.size(); ++i) {
+    const int64_t most = phases[i].empty() ? 0 : *std::max_element(phases[i].begin(), phases[i].end());
+    excess.bytes.push_back(most - lines.At(batches[i]));
+  }
+  return excess;
+}
+
+int64_t Excess::Interpolate(const Excess& low, const Excess& high, double t, int64_t batch) {
+  const double a = static_cast<double>(low.At(batch));
+  return std::llround(a + (static_cast<double>(high.At(batch)) - a) * t);
+}
+
 int64_t ConvLayer::spatial() const {
   int64_t s = 1;
   for (size_t i = 1; i < sample_sizes.size(); ++i) s *= sample_sizes[i];
@@ -548,13 +603,19 @@ int64_t ConvLayer::parameters() const {
   return p;
 }
 
-absl::StatusOr<MemoryModel> MemoryModel::Build(const ModelFactory& factory, const ForwardFn& forward,
-                                               const TrainingStep& step,
-                                               const MemoryModelOptions& options) {
-  // One job per process (core/util/job_slot.h): calibration installs the phase observer and reads
-  // the process-wide CPU meter. A Trainer's own Build runs as its nested claim.
-  absl::StatusOr<JobSlot> slot = JobSlot::Acquire("a MemoryModel::Build");
-  if (!slot.ok()) return slot.status();
+// The calibration runs a model is fitted to: steady-state steps at two batches in the exact
+// configuration, with lean layers alone, and converted at each calibration probe count and mode.
+struct MemoryModel::Calibration {
+  int64_t b1 = 0, b2 = 0;
+  StepRecord exact1, exact2, masks1, masks2;
+  std::vector<std::vector<StepRecord>> converted;  // [mode][2 * point + batch index]
+  std::vector<bool> convertible;                    // per node: a plan can swap it (ClassifyNodes)
+  std::vector<bool> layer_input_grad;               // per layer: its input gets a gradient (ClassifyNodes)
+};
+
+namespace {
+
+absl::Status ValidateBuild(const TrainingStep& step, const MemoryModelOptions& options) {
   if (step.sample_sizes.size() < 2) {
     return absl::InvalidArgumentError(
         "memory model: sample_sizes must list channels and at least one spatial size");
@@ -569,22 +630,53 @@ absl::StatusOr<MemoryModel> MemoryModel::Build(const ModelFactory& factory, cons
         "memory model: calibration_probes needs at least two increasing probe counts >= 1");
   }
   if (options.modes.empty()) return absl::InvalidArgumentError("memory model: allow at least one mode");
-  const int64_t b1 = options.calibration_batch;
-  const int64_t b2 = 2 * b1;
-  AtLeastTwoThreads threads;
+  return absl::OkStatus();
+}
 
+}  // namespace
+
+absl::StatusOr<MemoryModel> MemoryModel::Build(const ModelFactory& factory, const ForwardFn& forward,
+                                               const TrainingStep& step,
+                                               const MemoryModelOptions& options) {
+  // One job per process (core/util/job_slot.h): calibration installs the phase observer and reads
+  // the process-wide CPU meter. A Trainer's own Build runs as its nested claim.
+  absl::StatusOr<JobSlot> slot = JobSlot::Acquire("a MemoryModel::Build");
+  if (!slot.ok()) return slot.status();
+  if (absl::Status status = ValidateBuild(step, options); !status.ok()) return status;
+  AtLeastTwoThreads threads;
+  absl::StatusOr<Calibration> runs = Calibrate(factory, forward, step, options);
+  if (!runs.ok()) return runs.status();
+  MemoryModel model;
+  model.step_ = step;
+  model.options_ = options;
+  if (absl::Status status = model.ClassifyNodes(*runs); !status.ok()) return status;
+  if (absl::Status status = model.ProbeLayers(factory, *runs); !status.ok()) return status;
+  if (absl::Status status = model.FitForward(*runs); !status.ok()) return status;
+  if (absl::Status status = model.FitStorages(*runs); !status.ok()) return status;
+  model.FitNodes(*runs);
+  model.CheckCalibration(*runs);
+  return model;
+}
+
+absl::StatusOr<MemoryModel::Calibration> MemoryModel::Calibrate(const ModelFactory& factory,
+                                                                const ForwardFn& forward,
+                                                                const TrainingStep& step,
+                                                                const MemoryModelOptions& options) {
+  Calibration runs;
+  runs.b1 = options.calibration_batch;
+  runs.b2 = 2 * runs.b1;
   // The exact configuration at two batches.
-  auto exact1 = RunStep(factory, forward, step, b1, {});
+  auto exact1 = RunStep(factory, forward, step, runs.b1, {});
   if (!exact1.ok()) return exact1.status();
-  auto exact2 = RunStep(factory, forward, step, b2, {});
+  auto exact2 = RunStep(factory, forward, step, runs.b2, {});
   if (!exact2.ok()) return exact2.status();
   // Exact convolutions with mask ReLUs: what the unconverted layers of a mixed plan run as.
   Config masks_only;
   masks_only.convert = true;
   masks_only.settings.probes = 0;
-  auto masks1 = RunStep(factory, forward, step, b1, masks_only);
+  auto masks1 = RunStep(factory, forward, step, runs.b1, masks_only);
   if (!masks1.ok()) return masks1.status();
-  auto masks2 = RunStep(factory, forward, step, b2, masks_only);
+  auto masks2 = RunStep(factory, forward, step, runs.b2, masks_only);
   if (!masks2.ok()) return masks2.status();
   const size_t count = exact1->nodes.size();
   for (const auto* run : {&*exact2, &*masks1, &*masks2}) {
@@ -594,19 +686,15 @@ absl::StatusOr<MemoryModel> MemoryModel::Build(const ModelFactory& factory, cons
           "extrapolated");
     }
   }
-
-  MemoryModel model;
-  model.step_ = step;
-  model.options_ = options;
-  model.parameter_bytes_ = exact1->parameter_bytes;
-  model.optimizer_state_bytes_ = OptimizerStateMultiple(step.optimizer) * exact1->parameter_bytes;
-  model.nodes_.resize(count);
+  runs.exact1 = *std::move(exact1);
+  runs.exact2 = *std::move(exact2);
+  runs.masks1 = *std::move(masks1);
+  runs.masks2 = *std::move(masks2);
 
   // Converted configurations: [mode][2 * point + batch index].
-  std::vector<std::vector<StepRecord>> converted;
   for (ProbeMode mode : options.modes) {
-    std::vector<StepRecord> runs;
-    for (int64_t probes : points) {
+    std::vector<StepRecord> per_mode;
+    for (int64_t probes : options.calibration_probes) {
       Config config;
       config.convert = true;
       config.settings.probes = probes;
@@ -614,7 +702,7 @@ absl::StatusOr<MemoryModel> MemoryModel::Build(const ModelFactory& factory, cons
       config.settings.center = options.center;
       config.settings.route =
           mode == ProbeMode::kOrthogonal ? GradientRoute::kReconstruct : GradientRoute::kTap;
-      for (int64_t b : {b1, b2}) {
+      for (int64_t b : {runs.b1, runs.b2}) {
         auto run = RunStep(factory, forward, step, b, config);
         if (!run.ok()) return run.status();
         if (run->nodes.size() != count) {
@@ -622,70 +710,93 @@ absl::StatusOr<MemoryModel> MemoryModel::Build(const ModelFactory& factory, cons
               "memory model: the converted model runs ", run->nodes.size(),
               " backward nodes against ", count, " exact; a custom module may call functional ops"));
         }
-        runs.push_back(*std::move(run));
+        per_mode.push_back(*std::move(run));
       }
     }
-    converted.push_back(std::move(runs));
+    runs.converted.push_back(std::move(per_mode));
   }
+  return runs;
+}
 
+absl::Status MemoryModel::ClassifyNodes(Calibration& runs) {
+  const StepRecord& exact1 = runs.exact1;
+  const size_t count = exact1.nodes.size();
+  parameter_bytes_ = exact1.parameter_bytes;
+  lean_buffer_bytes_ = runs.masks1.buffer_bytes - exact1.buffer_bytes;
+  optimizer_state_bytes_ = OptimizerStateMultiple(step_.optimizer) * exact1.parameter_bytes;
+  nodes_.resize(count);
   // Which nodes a plan converts, and the conv layers.
-  std::vector<bool> convertible(count, false);
-  const StepRecord& low = converted[0][0];
+  runs.convertible.assign(count, false);
+  const StepRecord& low = runs.converted[0][0];
   for (size_t n = 0; n < count; ++n) {
-    const GraphNode& exact = exact1->nodes[n];
+    const GraphNode& exact = exact1.nodes[n];
     const std::string& other = low.nodes[n].type;
-    Node& node = model.nodes_[n];
+    Node& node = nodes_[n];
     node.type = exact.type;
-    if (exact.type == "ConvolutionBackward0" && IsXConvNode(other)) {
-      convertible[n] = true;
+    if (exact.type == "ConvolutionBackward0" && (IsXConvNode(other) || other == exact.type)) {
+      // A conv layer; one that stays a torch conv in the converted runs is exact in every plan.
+      runs.convertible[n] = IsXConvNode(other);
       ConvLayer layer;
-      auto name = exact1->parameter_names.find(exact.weight_key);
-      if (name == exact1->parameter_names.end()) {
+      auto name = exact1.parameter_names.find(exact.weight_key);
+      if (name == exact1.parameter_names.end()) {
         return absl::InternalError("memory model: a convolution's weight is not a parameter of the model");
       }
       layer.path = ModuleOfParameter(name->second);
       layer.sample_sizes.assign(exact.input_sizes.begin() + 1, exact.input_sizes.end());
       layer.weight_sizes = exact.weight_sizes;
       layer.groups = exact.groups;
-      node.layer = static_cast<int>(model.layers_.size());
-      model.layers_.push_back(layer);
-      model.layer_node_.push_back(static_cast<int>(n));
+      if (!runs.convertible[n]) {
+        auto why = low.left_exact.find(layer.path);
+        layer.exact_reason = why != low.left_exact.end() ? why->second
+                             : exact.transposed
+                                 ? "transposed convolution: XConv runs forward convolutions only"
+                                 : "not a Conv2d/Conv3d module that Convert swaps";
+      }
+      node.layer = static_cast<int>(layers_.size());
+      layers_.push_back(layer);
+      layer_node_.push_back(static_cast<int>(n));
     } else if ((exact.type == "ReluBackward0" && IsMaskReluNode(other)) ||
                (IsMaxPoolNode(exact.type) && IsIndexMaxPoolNode(other))) {
-      convertible[n] = true;
+      runs.convertible[n] = true;
       node.lean = true;
-      node.lean_numel_per_sample = exact.output_numel / b1;
+      node.lean_numel_per_sample = exact.output_numel / runs.b1;
       // A mask bit per element; a window offset per pooled element.
       node.lean_bits = exact.type == "ReluBackward0" ? 1 : OffsetBits(exact.pool_window);
     } else if (exact.type != other) {
       return absl::InternalError(absl::StrCat("memory model: backward node ", n, " is ", exact.type,
                                               " exact but ", other, " converted"));
     }
-    if (!exact.known) model.unknown_nodes_.push_back(exact.type);
+    if (!exact.known) unknown_nodes_.push_back(exact.type);
   }
 
   // Layers in forward order (they were found in backward order).
-  std::reverse(model.layers_.begin(), model.layers_.end());
-  std::reverse(model.layer_node_.begin(), model.layer_node_.end());
-  const int layer_count = static_cast<int>(model.layers_.size());
-  for (Node& node : model.nodes_) {
+  std::reverse(layers_.begin(), layers_.end());
+  std::reverse(layer_node_.begin(), layer_node_.end());
+  const int layer_count = static_cast<int>(layers_.size());
+  for (Node& node : nodes_) {
     if (node.layer >= 0) node.layer = layer_count - 1 - node.layer;
   }
+  for (int n : layer_node_) runs.layer_input_grad.push_back(exact1.nodes[n].input_requires_grad);
+  return absl::OkStatus();
+}
 
+absl::Status MemoryModel::FitForward(const Calibration& runs) {
+  const StepRecord& exact1 = runs.exact1;
+  const int64_t b1 = runs.b1, b2 = runs.b2;
   // The forward op by op, in every configuration.
-  for (const auto* run : {&*exact2, &*masks1, &*masks2}) {
-    if (run->forward_nodes != exact1->forward_nodes) {
+  for (const StepRecord* run : {&runs.exact2, &runs.masks1, &runs.masks2}) {
+    if (run->forward_nodes != exact1.forward_nodes) {
       return absl::InternalError("memory model: the forward ops differ between calibration runs");
     }
   }
-  for (const auto& runs : converted) {
-    for (const StepRecord& run : runs) {
-      if (run.forward_nodes != exact1->forward_nodes) {
+  for (const auto& per_mode : runs.converted) {
+    for (const StepRecord& run : per_mode) {
+      if (run.forward_nodes != exact1.forward_nodes) {
         return absl::InternalError("memory model: the converted forward records other ops than the exact one");
       }
     }
   }
-  model.node_forward_.assign(count, -1);
+  node_forward_.assign(nodes_.size(), -1);
   auto live_before = [](const StepRecord& run, size_t f) {
     return f == 0 ? run.forward_start : run.forward_live[f - 1];
   };
@@ -693,25 +804,31 @@ absl::StatusOr<MemoryModel> MemoryModel::Build(const ModelFactory& factory, cons
     return PhaseLines::Through(b1, live_before(r1, f), {r1.forward_peak_at[f]}, b2, live_before(r2, f),
                                {r2.forward_peak_at[f]});
   };
-  for (size_t f = 0; f < exact1->forward_nodes.size(); ++f) {
+  for (size_t f = 0; f < exact1.forward_nodes.size(); ++f) {
     ForwardStep fs;
-    fs.node = exact1->forward_nodes[f];
-    model.node_forward_[fs.node] = static_cast<int>(f);
-    fs.live_before = Affine::Through(b1, live_before(*exact1, f), b2, live_before(*exact2, f));
-    fs.live_before_masks = Affine::Through(b1, live_before(*masks1, f), b2, live_before(*masks2, f));
-    fs.transient_exact = forward_lines(*exact1, *exact2, f);
-    fs.transient_masks = forward_lines(*masks1, *masks2, f);
-    for (const auto& runs : converted) {
+    fs.node = exact1.forward_nodes[f];
+    node_forward_[fs.node] = static_cast<int>(f);
+    fs.live_before = Affine::Through(b1, live_before(exact1, f), b2, live_before(runs.exact2, f));
+    fs.live_before_masks = Affine::Through(b1, live_before(runs.masks1, f), b2, live_before(runs.masks2, f));
+    fs.transient_exact = forward_lines(exact1, runs.exact2, f);
+    fs.transient_masks = forward_lines(runs.masks1, runs.masks2, f);
+    for (const auto& per_mode : runs.converted) {
       std::vector<PhaseLines> per_point;
-      for (size_t i = 0; i < points.size(); ++i) per_point.push_back(forward_lines(runs[2 * i], runs[2 * i + 1], f));
+      for (size_t i = 0; i < options_.calibration_probes.size(); ++i) {
+        per_point.push_back(forward_lines(per_mode[2 * i], per_mode[2 * i + 1], f));
+      }
       fs.transient_converted.push_back(std::move(per_point));
     }
-    model.forward_.push_back(std::move(fs));
+    forward_.push_back(std::move(fs));
   }
+  return absl::OkStatus();
+}
 
+absl::Status MemoryModel::FitStorages(const Calibration& runs) {
+  const int64_t b1 = runs.b1, b2 = runs.b2;
   // Storages a plan can free, with their keepers and sizes at the two batches.
-  const auto sites1 = TrackedStorages(*exact1, convertible);
-  const auto sites2 = TrackedStorages(*exact2, convertible);
+  const auto sites1 = TrackedStorages(runs.exact1, runs.convertible);
+  const auto sites2 = TrackedStorages(runs.exact2, runs.convertible);
   if (sites1.size() != sites2.size()) {
     return absl::FailedPreconditionError("memory model: saved tensors differ between batch sizes");
   }
@@ -720,22 +837,22 @@ absl::StatusOr<MemoryModel> MemoryModel::Build(const ModelFactory& factory, cons
     if (it == sites2.end() || it->second.keepers != site.keepers) {
       return absl::FailedPreconditionError("memory model: saved tensors differ between batch sizes");
     }
-    model.storages_.push_back({Affine::Through(b1, site.bytes, b2, it->second.bytes), site.keepers, 0});
-    model.storages_.back().death = LastReader(*exact1, model.node_forward_, site.producer, site.output_nr);
+    storages_.push_back({Affine::Through(b1, site.bytes, b2, it->second.bytes), site.keepers, 0});
+    storages_.back().death = LastReader(runs.exact1, node_forward_, site.producer, site.output_nr);
   }
 
   // A layer's input is freeable when a tracked storage it keeps has only convertible keepers.
-  model.input_freeable_.assign(model.layers_.size(), false);
-  for (const Storage& storage : model.storages_) {
-    const bool all_convertible = std::all_of(storage.keepers.begin(), storage.keepers.end(), [&](int k) {
-      return model.nodes_[k].layer >= 0 || model.nodes_[k].lean;
-    });
+  input_freeable_.assign(layers_.size(), false);
+  for (const Storage& storage : storages_) {
+    const bool all_convertible = std::all_of(storage.keepers.begin(), storage.keepers.end(),
+                                             [&](int k) { return runs.convertible[k]; });
     for (int k : storage.keepers) {
-      if (model.nodes_[k].layer >= 0 && all_convertible) model.input_freeable_[model.nodes_[k].layer] = true;
+      if (nodes_[k].layer >= 0 && all_convertible) input_freeable_[nodes_[k].layer] = true;
     }
   }
 
   // What each node keeps (for the table): storages counted once, parameters and the batch left out.
+  const size_t count = nodes_.size();
   auto saved_per_node = [&](const StepRecord& run) {
     std::vector<int64_t> bytes(count, 0);
     std::unordered_set<const void*> seen;
@@ -748,49 +865,56 @@ absl::StatusOr<MemoryModel> MemoryModel::Build(const ModelFactory& factory, cons
     }
     return bytes;
   };
-  const std::vector<int64_t> saved1 = saved_per_node(*exact1);
-  const std::vector<int64_t> saved2 = saved_per_node(*exact2);
-  for (size_t n = 0; n < count; ++n) model.nodes_[n].saved = Affine::Through(b1, saved1[n], b2, saved2[n]);
+  const std::vector<int64_t> saved1 = saved_per_node(runs.exact1);
+  const std::vector<int64_t> saved2 = saved_per_node(runs.exact2);
+  for (size_t n = 0; n < count; ++n) nodes_[n].saved = Affine::Through(b1, saved1[n], b2, saved2[n]);
+  return absl::OkStatus();
+}
 
+void MemoryModel::FitNodes(const Calibration& runs) {
+  const int64_t b1 = runs.b1, b2 = runs.b2;
+  const StepRecord& exact1 = runs.exact1;
+  const StepRecord& exact2 = runs.exact2;
   // Per node: live bytes the plan does not change, and transients per configuration.
-  std::vector<LayerChoice> exact_choices = model.ExactChoices();
-  auto tracked_exact = [&](int64_t batch, size_t n) { return model.LiveTracked(exact_choices, batch, n); };
-  for (size_t n = 0; n < count; ++n) {
-    Node& node = model.nodes_[n];
-    node.other = Affine::Through(b1, exact1->before[n] - tracked_exact(b1, n), b2,
-                                 exact2->before[n] - tracked_exact(b2, n));
-    node.transient_exact = PhaseLines::Through(b1, exact1->before[n], exact1->peaks[n], b2,
-                                               exact2->before[n], exact2->peaks[n]);
-    node.transient_masks = PhaseLines::Through(b1, masks1->before[n], masks1->peaks[n], b2,
-                                               masks2->before[n], masks2->peaks[n]);
-    for (const auto& runs : converted) {
+  const std::vector<LayerChoice> exact_choices = ExactChoices();
+  auto tracked_exact = [&](int64_t batch, size_t n) { return LiveTracked(exact_choices, false, batch, n); };
+  for (size_t n = 0; n < nodes_.size(); ++n) {
+    Node& node = nodes_[n];
+    node.other = Affine::Through(b1, exact1.before[n] - tracked_exact(b1, n), b2,
+                                 exact2.before[n] - tracked_exact(b2, n));
+    node.transient_exact = PhaseLines::Through(b1, exact1.before[n], exact1.peaks[n], b2,
+                                               exact2.before[n], exact2.peaks[n]);
+    node.transient_masks = PhaseLines::Through(b1, runs.masks1.before[n], runs.masks1.peaks[n], b2,
+                                               runs.masks2.before[n], runs.masks2.peaks[n]);
+    for (const auto& per_mode : runs.converted) {
       std::vector<PhaseLines> per_point;
-      for (size_t i = 0; i < points.size(); ++i) {
-        const StepRecord& r1 = runs[2 * i];
-        const StepRecord& r2 = runs[2 * i + 1];
+      for (size_t i = 0; i < options_.calibration_probes.size(); ++i) {
+        const StepRecord& r1 = per_mode[2 * i];
+        const StepRecord& r2 = per_mode[2 * i + 1];
         per_point.push_back(
             PhaseLines::Through(b1, r1.before[n], r1.peaks[n], b2, r2.before[n], r2.peaks[n]));
       }
       node.transient_converted.push_back(std::move(per_point));
     }
   }
-  model.phase_.optimizer_peak =
-      Affine::Through(b1, exact1->optimizer_peak, b2, exact2->optimizer_peak);
-  // Self-check on the converted runs: predicted live bytes before each node against measured.
+  phase_.optimizer_peak = Affine::Through(b1, exact1.optimizer_peak, b2, exact2.optimizer_peak);
+}
+
+void MemoryModel::CheckCalibration(const Calibration& runs) {
+  // Predicted live bytes before each node against those measured on the converted runs.
+  const std::vector<int64_t>& points = options_.calibration_probes;
   double worst = 0;
-  for (size_t m = 0; m < converted.size(); ++m) {
+  for (size_t m = 0; m < runs.converted.size(); ++m) {
     for (size_t i = 0; i < points.size(); ++i) {
-      std::vector<LayerChoice> all(model.layers_.size());
-      for (auto& c : all) {
-        c.xconv = true;
-        c.probes = points[i];
-        c.mode = options.modes[m];
+      std::vector<LayerChoice> all(layers_.size());
+      for (size_t l = 0; l < all.size(); ++l) {
+        if (layers_[l].convertible()) all[l] = {true, points[i], options_.modes[m]};
       }
       for (int k = 0; k < 2; ++k) {
-        const StepRecord& run = converted[m][2 * i + k];
-        const int64_t batch = k == 0 ? b1 : b2;
-        for (size_t n = 0; n < count; ++n) {
-          const int64_t predicted = model.nodes_[n].other.At(batch) + model.LiveTracked(all, batch, n);
+        const StepRecord& run = runs.converted[m][2 * i + k];
+        const int64_t batch = k == 0 ? runs.b1 : runs.b2;
+        for (size_t n = 0; n < nodes_.size(); ++n) {
+          const int64_t predicted = nodes_[n].other.At(batch) + lean_buffer_bytes_ + LiveTracked(all, true, batch, n);
           const double error = std::abs(static_cast<double>(predicted - run.before[n])) /
                                static_cast<double>(std::max<int64_t>(run.before[n], 1));
           worst = std::max(worst, error);
@@ -798,8 +922,192 @@ absl::StatusOr<MemoryModel> MemoryModel::Build(const ModelFactory& factory, cons
       }
     }
   }
-  model.calibration_error_ = worst;
-  return model;
+  calibration_error_ = worst;
+}
+
+namespace {
+
+using ConvCall = std::function<torch::Tensor(const torch::Tensor&)>;
+
+// A conv module's forward, or an empty function for a module type this file does not know.
+ConvCall CallOf(const std::shared_ptr<torch::nn::Module>& module) {
+  if (auto c = std::dynamic_pointer_cast<torch::nn::Conv2dImpl>(module)) return [c](const torch::Tensor& x) { return c->forward(x); };
+  if (auto c = std::dynamic_pointer_cast<torch::nn::Conv3dImpl>(module)) return [c](const torch::Tensor& x) { return c->forward(x); };
+  if (auto c = std::dynamic_pointer_cast<torch::nn::ConvTranspose2dImpl>(module)) {
+    return [c](const torch::Tensor& x) { return c->forward(x); };
+  }
+  if (auto c = std::dynamic_pointer_cast<torch::nn::ConvTranspose3dImpl>(module)) {
+    return [c](const torch::Tensor& x) { return c->forward(x); };
+  }
+  if (auto c = std::dynamic_pointer_cast<XConv2dImpl>(module)) return [c](const torch::Tensor& x) { return c->forward(x); };
+  if (auto c = std::dynamic_pointer_cast<XConv3dImpl>(module)) return [c](const torch::Tensor& x) { return c->forward(x); };
+  return {};
+}
+
+// `conv` as Convert makes it with `settings` (sharing its parameters), or `conv` itself if XConv
+// cannot run it; null if it is no Conv2d/Conv3d.
+absl::StatusOr<std::shared_ptr<torch::nn::Module>> Converted(const std::shared_ptr<torch::nn::Module>& conv,
+                                                             const XConvSettings& settings) {
+  torch::nn::Sequential holder;
+  if (auto c = std::dynamic_pointer_cast<torch::nn::Conv2dImpl>(conv)) {
+    holder->push_back(c);
+  } else if (auto c = std::dynamic_pointer_cast<torch::nn::Conv3dImpl>(conv)) {
+    holder->push_back(c);
+  } else {
+    return std::shared_ptr<torch::nn::Module>();
+  }
+  ConvertOptions options;
+  options.settings = settings;
+  options.lean_layers = false;
+  options.unsupported_stay_exact = true;
+  absl::StatusOr<ConvertResult> converted = Convert(holder.ptr(), options);
+  if (!converted.ok()) return converted.status();
+  return converted->module->children()[0];
+}
+
+// Peaks of the phases a backward marks (memory_phase.h), above the bytes live when it started.
+class PhasePeaks : public MemoryPhaseObserver {
+ public:
+  explicit PhasePeaks(MemoryMeter& meter) : meter_(meter), before_(meter.current_bytes()) { meter_.ResetPeak(); }
+  void OnPhase() override {
+    peaks_.push_back(meter_.peak_bytes() - before_);
+    meter_.ResetPeak();
+  }
+  std::vector<int64_t> Close() {
+    peaks_.push_back(meter_.peak_bytes() - before_);
+    return peaks_;
+  }
+
+ private:
+  MemoryMeter& meter_;
+  int64_t before_;
+  std::vector<int64_t> peaks_;
+};
+
+// One layer run alone at a batch: its forward's working set and its backward's per phase, above
+// what was live before each, in the second of two steps (steady state, as calibration measures).
+struct LayerProbe {
+  int64_t forward = 0;
+  std::vector<int64_t> backward;
+};
+
+LayerProbe ProbeLayer(const ConvCall& call, const std::vector<int64_t>& sample_sizes, bool input_grad,
+                      const TrainingStep& step, int64_t batch, MemoryMeter& meter) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(13);
+  std::vector<int64_t> sizes = {batch};
+  sizes.insert(sizes.end(), sample_sizes.begin(), sample_sizes.end());
+  const auto options = torch::TensorOptions().dtype(step.dtype);
+  LayerProbe probe;
+  for (int s = 0; s < 2; ++s) {
+    torch::Tensor x = torch::randn(sizes, gen, options).to(step.device);
+    if (input_grad) x.requires_grad_(true);
+    const int64_t before = meter.current_bytes();
+    meter.ResetPeak();
+    torch::Tensor y = call(x);
+    probe.forward = meter.peak_bytes() - before;
+    const torch::Tensor g = torch::randn(y.sizes(), gen, options).to(step.device);
+    PhasePeaks phases(meter);
+    SetMemoryPhaseObserver(&phases);
+    y.backward(g);
+    SetMemoryPhaseObserver(nullptr);
+    probe.backward = phases.Close();
+  }
+  return probe;
+}
+
+}  // namespace
+
+absl::Status MemoryModel::ProbeLayers(const ModelFactory& factory, const Calibration& runs) {
+  excess_.assign(layers_.size(), LayerExcess{});
+  // 1, the calibration batches, then doubling up to twice the step's batch (LargestBatch looks
+  // past it; beyond, the last two extrapolate).
+  std::vector<int64_t> batches = {1, runs.b1, runs.b2};
+  for (int64_t b = 2 * runs.b2; b < 2 * step_.batch; b *= 2) batches.push_back(b);
+  batches.push_back(std::max(2 * step_.batch, runs.b2));
+  std::sort(batches.begin(), batches.end());
+  batches.erase(std::unique(batches.begin(), batches.end()), batches.end());
+
+  absl::StatusOr<std::unique_ptr<MemoryMeter>> meter = MeterFor(step_.device);
+  if (!meter.ok()) return meter.status();
+  // Configurations as calibrated: exact, exact convs as XConv r = 0, XConv per mode and point.
+  struct Configuration {
+    XConvSettings settings;
+    Excess* forward = nullptr;
+    Excess* backward = nullptr;
+  };
+  std::map<std::string, LayerExcess> probed;  // by layer signature: equal layers probe once
+  try {
+    absl::StatusOr<std::shared_ptr<torch::nn::Module>> model = factory();
+    if (!model.ok()) return model.status();
+    const auto modules = (*model)->named_modules();
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      const std::shared_ptr<torch::nn::Module>* conv = modules.find(layers_[l].path);
+      if (conv == nullptr) continue;  // a functional conv: no module to run alone
+      std::ostringstream signature;
+      (*conv)->pretty_print(signature);
+      for (int64_t v : layers_[l].sample_sizes) signature << " " << v;
+      signature << (runs.layer_input_grad[l] ? " grad" : " no-grad");
+      if (auto it = probed.find(signature.str()); it != probed.end()) {
+        excess_[l] = it->second;
+        continue;
+      }
+      LayerExcess excess;
+      std::vector<Configuration> configurations;
+      XConvSettings exact_settings;
+      exact_settings.probes = 0;
+      configurations.push_back({exact_settings, &excess.forward.exact, &excess.backward.exact});
+      configurations.push_back({exact_settings, &excess.forward.masks, &excess.backward.masks});
+      const std::vector<int64_t>& points = options_.calibration_probes;
+      excess.forward.converted.assign(options_.modes.size(), std::vector<Excess>(points.size()));
+      excess.backward.converted.assign(options_.modes.size(), std::vector<Excess>(points.size()));
+      for (size_t m = 0; m < options_.modes.size(); ++m) {
+        for (size_t i = 0; i < points.size(); ++i) {
+          XConvSettings settings;
+          settings.probes = points[i];
+          settings.mode = options_.modes[m];
+          settings.center = options_.center;
+          settings.route = settings.mode == ProbeMode::kOrthogonal ? GradientRoute::kReconstruct : GradientRoute::kTap;
+          configurations.push_back({settings, &excess.forward.converted[m][i], &excess.backward.converted[m][i]});
+        }
+      }
+      // A conv XConv cannot run is the same torch conv in every configuration: probe it once.
+      const size_t runs_needed = layers_[l].convertible() ? configurations.size() : 1;
+      for (size_t c = 0; c < runs_needed; ++c) {
+        // The exact configuration runs the torch conv; the others what Convert makes of it.
+        std::shared_ptr<torch::nn::Module> module = *conv;
+        if (c > 0) {
+          absl::StatusOr<std::shared_ptr<torch::nn::Module>> converted = Converted(*conv, configurations[c].settings);
+          if (!converted.ok()) return converted.status();
+          if (*converted) module = *converted;
+        }
+        const ConvCall call = CallOf(module);
+        if (!call) break;  // a conv type this file cannot run alone: no excess
+        ToJob(*module, step_.device, step_.dtype);
+        module->train();
+        std::vector<LayerProbe> probes;
+        for (int64_t b : batches) {
+          probes.push_back(ProbeLayer(call, layers_[l].sample_sizes, runs.layer_input_grad[l], step_, b, **meter));
+        }
+        std::vector<int64_t> forward;
+        std::vector<std::vector<int64_t>> backward;
+        for (const LayerProbe& probe : probes) {
+          forward.push_back(probe.forward);
+          backward.push_back(probe.backward);
+        }
+        *configurations[c].forward = Excess::Over(batches, forward, runs.b1, runs.b2);
+        *configurations[c].backward = Excess::OverPhases(batches, backward, runs.b1, runs.b2);
+      }
+      for (size_t c = runs_needed; c < configurations.size(); ++c) {
+        *configurations[c].forward = excess.forward.exact;
+        *configurations[c].backward = excess.backward.exact;
+      }
+      probed[signature.str()] = excess;
+      excess_[l] = std::move(excess);
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("memory model: probing a layer alone failed: ", e.what_without_backtrace()));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<int64_t> MeasureTrainingPeak(const ModelFactory& factory, const ForwardFn& forward,
@@ -858,8 +1166,8 @@ absl::StatusOr<int64_t> MeasureTrainingPeak(const ModelFactory& factory, const F
 }
 
 void MemoryModel::DebugCompare(const ModelFactory& factory, const ForwardFn& forward,
-                               const std::vector<LayerChoice>& choices, const ConvertOptions& convert,
-                               int64_t batch) const {
+                               const std::vector<LayerChoice>& choices, bool lean_layers,
+                               const ConvertOptions& convert, int64_t batch) const {
   Config config;
   config.convert = true;
   config.plan = &convert;
@@ -868,12 +1176,13 @@ void MemoryModel::DebugCompare(const ModelFactory& factory, const ForwardFn& for
     std::fprintf(stderr, "debug run failed: %s\n", std::string(run.status().message()).c_str());
     return;
   }
-  const bool any_xconv = AnyXConv(choices);
+  const bool lean = lean_layers || AnyXConv(choices);
   std::fprintf(stderr, "forward peak meas %ld end meas %ld; optimizer meas %ld pred %ld\n", run->forward_peak,
                run->forward_end, run->optimizer_peak, phase_.optimizer_peak.At(batch));
   for (size_t n = 0; n < nodes_.size() && n < run->nodes.size(); ++n) {
-    const int64_t before = nodes_[n].other.At(batch) + LiveTracked(choices, batch, n);
-    const int64_t peak = before + Transient(nodes_[n], choices, any_xconv, batch);
+    const int64_t before =
+        nodes_[n].other.At(batch) + (lean ? lean_buffer_bytes_ : 0) + LiveTracked(choices, lean, batch, n);
+    const int64_t peak = before + Transient(nodes_[n], choices, lean, batch);
     std::fprintf(stderr, "%3zu %-28s before pred %9ld meas %9ld | peak pred %9ld meas %9ld %s\n", n,
                  run->nodes[n].type.substr(0, 28).c_str(), before, run->before[n], peak,
                  *std::max_element(run->peaks[n].begin(), run->peaks[n].end()),
@@ -905,10 +1214,10 @@ int64_t MemoryModel::InputBytes(size_t layer, int64_t batch) const {
 
 // Bytes of the tracked storages plus sketches and masks live before node `node` (node =
 // nodes_.size() stands for the end of the forward, when every keeper is still pending: use 0).
-bool MemoryModel::KeeperActive(int k, const std::vector<LayerChoice>& choices, bool any_xconv) const {
+bool MemoryModel::KeeperActive(int k, const std::vector<LayerChoice>& choices, bool lean) const {
   const Node& keeper = nodes_[k];
   if (keeper.layer >= 0) return !choices[keeper.layer].xconv;
-  if (keeper.lean) return !any_xconv;
+  if (keeper.lean) return !lean;
   return true;
 }
 
@@ -916,14 +1225,13 @@ int64_t MemoryModel::LeanBytes(const Node& node, int64_t batch) {
   return (batch * node.lean_numel_per_sample * node.lean_bits + 7) / 8;
 }
 
-int64_t MemoryModel::LiveTracked(const std::vector<LayerChoice>& choices, int64_t batch,
+int64_t MemoryModel::LiveTracked(const std::vector<LayerChoice>& choices, bool lean, int64_t batch,
                                  size_t node) const {
-  const bool any_xconv = AnyXConv(choices);
   int64_t live = 0;
   for (const Storage& s : storages_) {
     for (auto it = s.keepers.rbegin(); it != s.keepers.rend(); ++it) {
       if (*it < static_cast<int>(node)) break;
-      if (KeeperActive(*it, choices, any_xconv)) {
+      if (KeeperActive(*it, choices, lean)) {
         live += s.bytes.At(batch);
         break;
       }
@@ -932,7 +1240,7 @@ int64_t MemoryModel::LiveTracked(const std::vector<LayerChoice>& choices, int64_
   for (size_t l = 0; l < layers_.size(); ++l) {
     if (choices[l].xconv && layer_node_[l] >= static_cast<int>(node)) live += SketchBytes(l, choices[l], batch);
   }
-  if (any_xconv) {
+  if (lean) {
     for (size_t n = node; n < nodes_.size(); ++n) {
       if (nodes_[n].lean) live += LeanBytes(nodes_[n], batch);
     }
@@ -941,44 +1249,56 @@ int64_t MemoryModel::LiveTracked(const std::vector<LayerChoice>& choices, int64_
 }
 
 int64_t MemoryModel::WorkingSet(const Node& node, const PhaseLines& exact, const PhaseLines& masks,
-                                const std::vector<std::vector<PhaseLines>>& converted,
-                                const std::vector<LayerChoice>& choices, bool any_xconv, int64_t batch) const {
+                                const std::vector<std::vector<PhaseLines>>& converted, const ExcessSet* excess,
+                                const std::vector<LayerChoice>& choices, bool lean, int64_t batch) const {
   if (node.layer >= 0 && choices[node.layer].xconv) {
     const LayerChoice& c = choices[node.layer];
-    const auto& per_point = converted[std::max(ModeIndex(c.mode), 0)];
+    const int mode = std::max(ModeIndex(c.mode), 0);
+    const auto& per_point = converted[mode];
     const std::vector<int64_t>& points = options_.calibration_probes;
     // The segment around r (the first or last one beyond the calibrated range).
     size_t i = 1;
     while (i + 1 < points.size() && points[i] < c.probes) ++i;
     const double t = static_cast<double>(c.probes - points[i - 1]) /
                      static_cast<double>(points[i] - points[i - 1]);
-    return PhaseLines::Interpolate(per_point[i - 1], per_point[i], t, batch);
+    int64_t bytes = PhaseLines::Interpolate(per_point[i - 1], per_point[i], t, batch);
+    if (excess != nullptr && static_cast<size_t>(mode) < excess->converted.size()) {
+      bytes += Excess::Interpolate(excess->converted[mode][i - 1], excess->converted[mode][i], t, batch);
+    }
+    return bytes;
   }
-  if (node.lean && any_xconv) return converted[0][0].At(batch);
-  return any_xconv ? masks.At(batch) : exact.At(batch);
+  if (node.lean && lean) return converted[0][0].At(batch);
+  const int64_t extra = excess == nullptr ? 0 : lean ? excess->masks.At(batch) : excess->exact.At(batch);
+  return (lean ? masks.At(batch) : exact.At(batch)) + extra;
 }
 
 int64_t MemoryModel::Transient(const Node& node, const std::vector<LayerChoice>& choices,
-                               bool any_xconv, int64_t batch) const {
-  return WorkingSet(node, node.transient_exact, node.transient_masks, node.transient_converted, choices,
-                    any_xconv, batch);
+                               bool lean, int64_t batch) const {
+  const ExcessSet* excess = node.layer >= 0 && static_cast<size_t>(node.layer) < excess_.size()
+                                ? &excess_[node.layer].backward
+                                : nullptr;
+  return WorkingSet(node, node.transient_exact, node.transient_masks, node.transient_converted, excess, choices,
+                    lean, batch);
 }
 
 int64_t MemoryModel::ForwardTransient(const ForwardStep& step, const std::vector<LayerChoice>& choices,
-                                      bool any_xconv, int64_t batch) const {
-  return WorkingSet(nodes_[step.node], step.transient_exact, step.transient_masks, step.transient_converted,
-                    choices, any_xconv, batch);
+                                      bool lean, int64_t batch) const {
+  const Node& node = nodes_[step.node];
+  const ExcessSet* excess = node.layer >= 0 && static_cast<size_t>(node.layer) < excess_.size()
+                                ? &excess_[node.layer].forward
+                                : nullptr;
+  return WorkingSet(node, step.transient_exact, step.transient_masks, step.transient_converted, excess, choices,
+                    lean, batch);
 }
 
-int64_t MemoryModel::ForwardPeak(const std::vector<LayerChoice>& choices, int64_t batch) const {
-  const bool any_xconv = AnyXConv(choices);
+int64_t MemoryModel::ForwardPeak(const std::vector<LayerChoice>& choices, bool lean, int64_t batch) const {
   const size_t steps = forward_.size();
-  // A plan with converted layers runs lean layers: it starts from the forward measured with them
-  // (exact convolutions), whose storages and masks are already counted. Changes against that, by
-  // the step from which they hold: storages only converted convolutions kept die after their last
-  // reader; sketches appear after the op that makes them.
+  // A plan with lean layers starts from the forward measured with them (exact convolutions),
+  // whose storages and masks are already counted. Changes against that, by the step from which
+  // they hold: storages only converted convolutions kept die after their last reader; sketches
+  // appear after the op that makes them.
   std::vector<int64_t> delta(steps + 1, 0);
-  if (any_xconv) {
+  if (lean) {
     for (const Storage& s : storages_) {
       // Kept with lean layers and exact convolutions: some keeper is not a lean layer.
       const bool kept_lean = std::any_of(s.keepers.begin(), s.keepers.end(), [&](int k) { return !nodes_[k].lean; });
@@ -996,19 +1316,52 @@ int64_t MemoryModel::ForwardPeak(const std::vector<LayerChoice>& choices, int64_
   int64_t change = 0, peak = 0;
   for (size_t f = 0; f < steps; ++f) {
     change += delta[f];
-    const Affine& base = any_xconv ? forward_[f].live_before_masks : forward_[f].live_before;
+    const Affine& base = lean ? forward_[f].live_before_masks : forward_[f].live_before;
     const int64_t before = base.At(batch) + change;
-    peak = std::max(peak, before + ForwardTransient(forward_[f], choices, any_xconv, batch));
+    peak = std::max(peak, before + ForwardTransient(forward_[f], choices, lean, batch));
   }
   return peak;
 }
 
-MemoryPrediction MemoryModel::Predict(const std::vector<LayerChoice>& choices, int64_t batch) const {
+absl::Status MemoryModel::CheckChoices(const std::vector<LayerChoice>& choices, int64_t batch) const {
+  if (batch < 1) return absl::InvalidArgumentError(absl::StrCat("memory model: the batch must be >= 1, not ", batch));
+  if (choices.size() != layers_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("memory model: ", choices.size(), " layer choices for ",
+                                                   layers_.size(), " convolutions; give one per layer"));
+  }
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const LayerChoice& c = choices[l];
+    if (!c.xconv) continue;
+    if (!layers_[l].convertible()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("memory model: ", layers_[l].path, " cannot run as XConv (", layers_[l].exact_reason, ")"));
+    }
+    if (c.probes < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("memory model: ", layers_[l].path, " as XConv needs probes >= 1, not ", c.probes));
+    }
+    if (ModeIndex(c.mode) < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("memory model: ", layers_[l].path, " uses mode ",
+                                                     std::string(ProbeModeName(c.mode)),
+                                                     ", which the model was not calibrated for"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+MemoryPrediction MemoryModel::Predict(const std::vector<LayerChoice>& choices, int64_t batch,
+                                      bool lean_layers) const {
   MemoryPrediction p;
   p.parameter_bytes = parameter_bytes_;
   p.gradient_bytes = parameter_bytes_;
   p.optimizer_state_bytes = optimizer_state_bytes_;
-  const bool any_xconv = AnyXConv(choices);
+  if (absl::Status status = CheckChoices(choices, batch); !status.ok()) {
+    p.peak_bytes = INT64_MAX;
+    p.phase = "invalid";
+    p.at = std::string(status.message());
+    return p;
+  }
+  const bool lean = lean_layers || AnyXConv(choices);
 
   // Live tracked bytes before every node in one pass: each storage is live from the start of the
   // backward until its last active keeper has run.
@@ -1022,7 +1375,7 @@ MemoryPrediction MemoryModel::Predict(const std::vector<LayerChoice>& choices, i
   for (const Storage& s : storages_) {
     int last = -1;
     for (auto it = s.keepers.rbegin(); it != s.keepers.rend(); ++it) {
-      if (KeeperActive(*it, choices, any_xconv)) {
+      if (KeeperActive(*it, choices, lean)) {
         last = *it;
         break;
       }
@@ -1035,7 +1388,7 @@ MemoryPrediction MemoryModel::Predict(const std::vector<LayerChoice>& choices, i
     compressed += bytes;
     live_until(layer_node_[l], bytes);
   }
-  if (any_xconv) {
+  if (lean) {
     for (size_t n = 0; n < count; ++n) {
       if (!nodes_[n].lean) continue;
       const int64_t bytes = LeanBytes(nodes_[n], batch);
@@ -1043,11 +1396,13 @@ MemoryPrediction MemoryModel::Predict(const std::vector<LayerChoice>& choices, i
       live_until(static_cast<int>(n), bytes);
     }
   }
+  // The exact model's buffers are in `other`; the lean configuration's own ones come on top.
+  const int64_t buffers = lean ? lean_buffer_bytes_ : 0;
   int64_t live = 0;
   for (size_t n = 0; n < count; ++n) {
     live += delta[n];
-    const int64_t before = nodes_[n].other.At(batch) + live;
-    const int64_t peak = before + Transient(nodes_[n], choices, any_xconv, batch);
+    const int64_t before = nodes_[n].other.At(batch) + buffers + live;
+    const int64_t peak = before + Transient(nodes_[n], choices, lean, batch);
     if (peak > p.peak_bytes) {
       p.peak_bytes = peak;
       p.phase = "backward";
@@ -1055,13 +1410,13 @@ MemoryPrediction MemoryModel::Predict(const std::vector<LayerChoice>& choices, i
     }
   }
   p.kept_bytes = delta[0];
-  const int64_t forward_peak = ForwardPeak(choices, batch);
+  const int64_t forward_peak = ForwardPeak(choices, lean, batch);
   if (forward_peak > p.peak_bytes) {
     p.peak_bytes = forward_peak;
     p.phase = "forward";
     p.at = "";
   }
-  const int64_t optimizer = phase_.optimizer_peak.At(batch);
+  const int64_t optimizer = phase_.optimizer_peak.At(batch) + buffers;
   if (optimizer > p.peak_bytes) {
     p.peak_bytes = optimizer;
     p.phase = "optimizer";
@@ -1070,13 +1425,15 @@ MemoryPrediction MemoryModel::Predict(const std::vector<LayerChoice>& choices, i
   return p;
 }
 
-std::vector<MemoryRow> MemoryModel::Table(const std::vector<LayerChoice>& choices, int64_t batch) const {
+std::vector<MemoryRow> MemoryModel::Table(const std::vector<LayerChoice>& choices, int64_t batch,
+                                          bool lean_layers) const {
   std::vector<MemoryRow> rows;
-  const bool any_xconv = AnyXConv(choices);
+  if (!CheckChoices(choices, batch).ok()) return rows;
+  const bool lean = lean_layers || AnyXConv(choices);
   for (size_t n = 0; n < nodes_.size(); ++n) {
     const Node& node = nodes_[n];
     MemoryRow row;
-    row.transient_bytes = Transient(node, choices, any_xconv, batch);
+    row.transient_bytes = Transient(node, choices, lean, batch);
     if (node.layer >= 0) {
       const LayerChoice& c = choices[node.layer];
       row.name = layers_[node.layer].path;
@@ -1086,12 +1443,12 @@ std::vector<MemoryRow> MemoryModel::Table(const std::vector<LayerChoice>& choice
     } else if (node.lean) {
       const bool relu = node.type == "ReluBackward0";
       row.name = node.type;
-      row.kind = relu ? (any_xconv ? "mask-relu" : "relu") : (any_xconv ? "index-pool" : "pool");
+      row.kind = relu ? (lean ? "mask-relu" : "relu") : (lean ? "index-pool" : "pool");
       // Exact: a ReLU keeps its output; a max pool its input and int64 indices (storages shared
       // with a later node are counted at the first node of the backward that keeps them).
       row.exact_kept_bytes =
           relu ? batch * node.lean_numel_per_sample * element_bytes() : node.saved.At(batch);
-      row.kept_bytes = any_xconv ? LeanBytes(node, batch) : row.exact_kept_bytes;
+      row.kept_bytes = lean ? LeanBytes(node, batch) : row.exact_kept_bytes;
     } else {
       row.name = node.type;
       row.exact_kept_bytes = row.kept_bytes = node.saved.At(batch);

@@ -81,6 +81,24 @@ struct PhaseLines {
   static int64_t Interpolate(const PhaseLines& low, const PhaseLines& high, double t, int64_t batch);
 };
 
+// What a working set measured above its calibration line at other batches: LibTorch picks other
+// kernels for other problem sizes (mkldnn's backward for small maps), so the line through the
+// calibration batches can miss. Per probed batch, interpolated between them and extrapolated from
+// the last two; never below zero, so it only raises a prediction.
+struct Excess {
+  std::vector<int64_t> batches;  // ascending
+  std::vector<int64_t> bytes;
+  int64_t At(int64_t batch) const;
+  // The excess of `measured` (at `batches`) over the line through its values at b1 and b2.
+  static Excess Over(const std::vector<int64_t>& batches, const std::vector<int64_t>& measured, int64_t b1,
+                     int64_t b2);
+  // The same for a working set of several phases (`phases` per batch), over their PhaseLines.
+  static Excess OverPhases(const std::vector<int64_t>& batches, const std::vector<std::vector<int64_t>>& phases,
+                           int64_t b1, int64_t b2);
+  // Linear interpolation between two excesses at fraction t (like PhaseLines::Interpolate).
+  static int64_t Interpolate(const Excess& low, const Excess& high, double t, int64_t batch);
+};
+
 // A convolution the plan can run exact or as XConv.
 struct ConvLayer {
   std::string path;                  // module path, as Convert names it ("features.3")
@@ -92,6 +110,10 @@ struct ConvLayer {
   int64_t spatial() const;           // S, the input's spatial volume
   int64_t kernel_volume() const;
   int64_t parameters() const;        // weight values
+  // Why XConv cannot run it (a padding mode other than zeros, a transposed conv, ...): it stays
+  // exact in every plan. Empty for a conv a plan may convert.
+  std::string exact_reason;
+  bool convertible() const { return exact_reason.empty(); }
 };
 
 // What one conv layer runs as in a plan.
@@ -137,7 +159,8 @@ class MemoryModel {
                                            const TrainingStep& step,
                                            const MemoryModelOptions& options = {});
 
-  // Convertible convolutions in forward order; plans index their choices the same way.
+  // Convolutions in forward order (those XConv cannot run included, see ConvLayer::exact_reason);
+  // plans index their choices the same way.
   const std::vector<ConvLayer>& layers() const { return layers_; }
   const TrainingStep& step() const { return step_; }
   const MemoryModelOptions& options() const { return options_; }
@@ -145,10 +168,16 @@ class MemoryModel {
 
   // All-exact choices (the unconverted model).
   std::vector<LayerChoice> ExactChoices() const { return std::vector<LayerChoice>(layers_.size()); }
-  // Peak of one steady-state training step (forward, backward, optimizer step) at `batch`.
-  MemoryPrediction Predict(const std::vector<LayerChoice>& choices, int64_t batch) const;
-  int64_t PredictPeak(const std::vector<LayerChoice>& choices, int64_t batch) const {
-    return Predict(choices, batch).peak_bytes;
+  // InvalidArgument unless `batch` >= 1 and `choices` has one entry per layer, XConv only where
+  // convertible, with probes >= 1 in a calibrated mode.
+  absl::Status CheckChoices(const std::vector<LayerChoice>& choices, int64_t batch) const;
+  // Peak of one steady-state training step (forward, backward, optimizer step) at `batch`. Lean
+  // layers (mask ReLU, index max pool) run if `lean_layers` or any layer is XConv: the model is
+  // calibrated with XConv behind them only. Choices or a batch CheckChoices refuses predict no
+  // step: peak_bytes INT64_MAX (no budget holds it) and phase "invalid".
+  MemoryPrediction Predict(const std::vector<LayerChoice>& choices, int64_t batch, bool lean_layers = false) const;
+  int64_t PredictPeak(const std::vector<LayerChoice>& choices, int64_t batch, bool lean_layers = false) const {
+    return Predict(choices, batch, lean_layers).peak_bytes;
   }
   // Bytes layer i keeps for backward as XConv with `choice` (sketch, channel means) at `batch`.
   int64_t SketchBytes(size_t layer, const LayerChoice& choice, int64_t batch) const;
@@ -158,7 +187,8 @@ class MemoryModel {
   // plan converts (BatchNorm, average pooling) keeps it too. Converting such a layer only adds a sketch.
   bool InputFreeable(size_t layer) const { return input_freeable_[layer]; }
   // Per-layer and per-node table for a plan (DESIGN.md: explainable).
-  std::vector<MemoryRow> Table(const std::vector<LayerChoice>& choices, int64_t batch) const;
+  std::vector<MemoryRow> Table(const std::vector<LayerChoice>& choices, int64_t batch,
+                               bool lean_layers = false) const;
   // Largest relative error of the model on its own XConv calibration runs, extrapolated to the
   // step's batch: a check that every storage a plan frees was modelled.
   double calibration_error() const { return calibration_error_; }
@@ -166,7 +196,7 @@ class MemoryModel {
   const std::vector<std::string>& unknown_nodes() const { return unknown_nodes_; }
   // Development aid: runs `convert` at `batch` and prints predicted against measured per node.
   void DebugCompare(const ModelFactory& factory, const ForwardFn& forward,
-                    const std::vector<LayerChoice>& choices, const ConvertOptions& convert,
+                    const std::vector<LayerChoice>& choices, bool lean_layers, const ConvertOptions& convert,
                     int64_t batch) const;
 
  private:
@@ -205,24 +235,52 @@ class MemoryModel {
   struct Phase {
     Affine optimizer_peak;   // optimizer step (activations gone)
   };
+  // A conv layer's working-set excess per configuration, measured on the layer alone.
+  struct ExcessSet {
+    Excess exact, masks;
+    std::vector<std::vector<Excess>> converted;  // [mode][calibration point]
+  };
+  struct LayerExcess {
+    ExcessSet forward, backward;
+  };
 
   MemoryModel() = default;
-  // Whether node `k`, a keeper of a tracked storage, still keeps it under `choices`.
-  bool KeeperActive(int k, const std::vector<LayerChoice>& choices, bool any_xconv) const;
+
+  // Build's stages: the calibration runs, then the model fitted to them piece by piece.
+  struct Calibration;
+  static absl::StatusOr<Calibration> Calibrate(const ModelFactory& factory, const ForwardFn& forward,
+                                               const TrainingStep& step, const MemoryModelOptions& options);
+  // Nodes, conv layers (convertible or why not), lean nodes, the fixed byte counts.
+  absl::Status ClassifyNodes(Calibration& runs);
+  // The forward op by op: live bytes before each and its working set per configuration.
+  absl::Status FitForward(const Calibration& runs);
+  // Storages a plan can free, their keepers and last readers; freeable inputs; bytes per node.
+  absl::Status FitStorages(const Calibration& runs);
+  // Per backward node: the live bytes no plan changes and its working set per configuration.
+  void FitNodes(const Calibration& runs);
+  // Per conv layer: its forward's and backward's working sets run alone at batches from 1 to twice
+  // the step's, in every configuration, against the calibration line (excess_).
+  absl::Status ProbeLayers(const ModelFactory& factory, const Calibration& runs);
+  // calibration_error_: the model against its own converted runs.
+  void CheckCalibration(const Calibration& runs);
+  // Whether node `k`, a keeper of a tracked storage, still keeps it under `choices` (`lean`:
+  // lean layers on).
+  bool KeeperActive(int k, const std::vector<LayerChoice>& choices, bool lean) const;
   // Bytes a lean node's lean form keeps at `batch`.
   static int64_t LeanBytes(const Node& node, int64_t batch);
-  int64_t LiveTracked(const std::vector<LayerChoice>& choices, int64_t batch, size_t node) const;
+  int64_t LiveTracked(const std::vector<LayerChoice>& choices, bool lean, int64_t batch, size_t node) const;
   int ModeIndex(ProbeMode mode) const;
-  int64_t Transient(const Node& node, const std::vector<LayerChoice>& choices, bool any_xconv,
+  int64_t Transient(const Node& node, const std::vector<LayerChoice>& choices, bool lean,
                     int64_t batch) const;
-  // The working set of `node` from its calibrations (exact, mask-only, converted per mode and r).
+  // The working set of `node` from its calibrations (exact, mask-only, converted per mode and r)
+  // and, for a conv layer, the excess its probes measured (null: none).
   int64_t WorkingSet(const Node& node, const PhaseLines& exact, const PhaseLines& masks,
-                     const std::vector<std::vector<PhaseLines>>& converted,
-                     const std::vector<LayerChoice>& choices, bool any_xconv, int64_t batch) const;
+                     const std::vector<std::vector<PhaseLines>>& converted, const ExcessSet* excess,
+                     const std::vector<LayerChoice>& choices, bool lean, int64_t batch) const;
   int64_t ForwardTransient(const ForwardStep& step, const std::vector<LayerChoice>& choices,
-                           bool any_xconv, int64_t batch) const;
+                           bool lean, int64_t batch) const;
   // The forward's peak for a plan, op by op.
-  int64_t ForwardPeak(const std::vector<LayerChoice>& choices, int64_t batch) const;
+  int64_t ForwardPeak(const std::vector<LayerChoice>& choices, bool lean, int64_t batch) const;
 
   TrainingStep step_;
   MemoryModelOptions options_;
@@ -233,9 +291,13 @@ class MemoryModel {
   std::vector<Storage> storages_;
   std::vector<ForwardStep> forward_;
   std::vector<int> node_forward_;  // per node: its forward step, -1 if none
+  std::vector<LayerExcess> excess_;  // per layer (ProbeLayers)
   Phase phase_;
   int64_t parameter_bytes_ = 0;
   int64_t optimizer_state_bytes_ = 0;
+  // Buffers the lean configuration adds to the exact model's: XConv's seed and step (16 bytes) on
+  // every conv it converts, exact ones (r = 0) included. Measured, not assumed.
+  int64_t lean_buffer_bytes_ = 0;
   double calibration_error_ = 0;
   std::vector<std::string> unknown_nodes_;
 };

@@ -83,15 +83,16 @@ std::vector<Rung> Ladder(const MemoryModel& model, size_t l, double weight, cons
 struct LayerState {
   std::vector<Rung> ladder;  // empty: always exact
   double weight = 0;
-  double c_independent = 0;
+  std::string note;          // why it is always exact
 };
 
-// The chain of plans from the cheapest to exact: each step moves one layer one rung up, the
-// layer whose step buys the most variance per byte (a priority queue). The chain does not depend
-// on the budget, which makes the planner monotone.
+// The order of the chain, from the cheapest plan to exact: each step moves one layer one rung up,
+// the layer whose step buys the most variance per byte (a priority queue). It does not depend on
+// the budget or the batch, which makes the planner monotone.
 struct Chain {
   std::vector<LayerState> layers;
   std::vector<std::pair<int, int>> steps;  // (layer, rung it moves to)
+  double weight_total = 0;
 };
 
 Chain BuildChain(const MemoryModel& model, const PlannerOptions& options) {
@@ -105,10 +106,17 @@ Chain BuildChain(const MemoryModel& model, const PlannerOptions& options) {
     state.weight = measured != options.layer_weight.end()
                        ? measured->second
                        : static_cast<double>(layers[l].parameters()) / std::max(total, 1.0);
-    state.c_independent = VariancePerProbe(layers[l], ProbeMode::kIndependent);
-    // A layer whose input stays alive anyway is left exact: converting it would only add a sketch.
-    if (!options.keep_exact.count(layers[l].path) && model.InputFreeable(l)) {
+    chain.weight_total += state.weight;
+    if (!layers[l].convertible()) {
+      state.note = layers[l].exact_reason;
+    } else if (options.keep_exact.count(layers[l].path)) {
+      state.note = "keep_exact";
+    } else if (!model.InputFreeable(l)) {
+      // Its input stays alive anyway: converting it would only add a sketch.
+      state.note = "its input stays alive for another layer (converting frees nothing)";
+    } else {
       state.ladder = Ladder(model, l, state.weight, options);
+      if (state.ladder.empty()) state.note = "no probe count keeps less than its input";
     }
     chain.layers.push_back(std::move(state));
   }
@@ -139,42 +147,70 @@ std::vector<LayerChoice> StartChoices(const Chain& chain) {
   return choices;
 }
 
-// Predicted peaks along the chain (element 0 = start; element k = after k steps).
-std::vector<int64_t> ChainPeaks(const MemoryModel& model, const Chain& chain, int64_t batch) {
+// The chain at one batch. Candidates are numbered 0..steps: the start and each step's plan (lean
+// layers on; the last one has every conv exact), then steps + 1: the exact model. `kept` lists the
+// candidates whose peak is below every later candidate's, in order, with their peaks.
+struct ChainAt {
+  std::vector<int64_t> kept;
+  std::vector<int64_t> peaks;
+};
+
+ChainAt WalkChain(const MemoryModel& model, const Chain& chain, int64_t batch) {
+  const int64_t steps = static_cast<int64_t>(chain.steps.size());
+  std::vector<int64_t> peaks;
+  peaks.reserve(static_cast<size_t>(steps) + 2);
   std::vector<LayerChoice> choices = StartChoices(chain);
-  std::vector<int64_t> peaks = {model.PredictPeak(choices, batch)};
+  peaks.push_back(model.PredictPeak(choices, batch, /*lean_layers=*/true));
   for (const auto& [l, rung] : chain.steps) {
     choices[l] = chain.layers[l].ladder[rung].choice;
-    peaks.push_back(model.PredictPeak(choices, batch));
+    peaks.push_back(model.PredictPeak(choices, batch, /*lean_layers=*/true));
   }
-  return peaks;
-}
-
-// The last chain element that fits, among those no later element undercuts (so the chosen peak
-// grows with the budget); -1 if none fits.
-int64_t Select(const std::vector<int64_t>& peaks, int64_t usable) {
+  peaks.push_back(model.PredictPeak(model.ExactChoices(), batch, /*lean_layers=*/false));
+  ChainAt at;
   int64_t floor = INT64_MAX;
-  for (int64_t k = static_cast<int64_t>(peaks.size()) - 1; k >= 0; --k) {
-    if (peaks[k] > floor) continue;
+  for (int64_t k = steps + 1; k >= 0; --k) {
+    if (peaks[k] >= floor) continue;  // a later plan fits the same budget with more fidelity
     floor = peaks[k];
-    if (peaks[k] <= usable) return k;
+    at.kept.push_back(k);
+    at.peaks.push_back(peaks[k]);
   }
-  return -1;
+  std::reverse(at.kept.begin(), at.kept.end());
+  std::reverse(at.peaks.begin(), at.peaks.end());
+  return at;
 }
 
-// The smallest budget whose usable part holds the lowest peak along the chain.
-int64_t MinimumOf(const std::vector<int64_t>& peaks, const PlannerOptions& options) {
-  const int64_t floor = *std::min_element(peaks.begin(), peaks.end());
-  return static_cast<int64_t>(std::ceil(static_cast<double>(floor) / (1.0 - options.margin)));
+// The choices and lean layers of candidate `k` (see ChainAt).
+std::pair<std::vector<LayerChoice>, bool> CandidateChoices(const MemoryModel& model, const Chain& chain,
+                                                           int64_t k) {
+  if (k > static_cast<int64_t>(chain.steps.size())) return {model.ExactChoices(), false};
+  std::vector<LayerChoice> choices = StartChoices(chain);
+  for (int64_t i = 0; i < k; ++i) {
+    const auto& [l, rung] = chain.steps[i];
+    choices[l] = chain.layers[l].ladder[rung].choice;
+  }
+  return {std::move(choices), true};
 }
 
-int64_t Usable(int64_t budget, const PlannerOptions& options) {
-  return static_cast<int64_t>(std::floor(static_cast<double>(budget) * (1.0 - options.margin)));
+double LayerFidelity(const ConvLayer& layer, const LayerChoice& c) {
+  if (!c.xconv) return 1.0;
+  const double r = static_cast<double>(c.probes);
+  return r / (r + VariancePerProbe(layer, c.mode));
 }
 
-absl::Status Validate(const MemoryModel& model, int64_t budget, int64_t batch, const PlannerOptions& options) {
-  if (budget <= 0) return absl::InvalidArgumentError("planner: the budget must be a positive byte count");
-  if (batch < 1) return absl::InvalidArgumentError("planner: the batch must be >= 1");
+double Fidelity(const MemoryModel& model, const Chain& chain, const std::vector<LayerChoice>& choices) {
+  double sum = 0;
+  for (size_t l = 0; l < choices.size(); ++l) sum += chain.layers[l].weight * LayerFidelity(model.layers()[l], choices[l]);
+  return chain.weight_total > 0 ? sum / chain.weight_total : 1.0;
+}
+
+// Index into ChainAt::kept of the last point under `usable` bytes, or -1.
+int64_t Select(const ChainAt& at, int64_t usable) {
+  const auto it = std::upper_bound(at.peaks.begin(), at.peaks.end(), usable);
+  return static_cast<int64_t>(it - at.peaks.begin()) - 1;
+}
+
+absl::Status ValidateOptions(const MemoryModel& model, int64_t batch, const PlannerOptions& options) {
+  if (batch < 1) return absl::InvalidArgumentError(absl::StrCat("planner: the batch must be >= 1, not ", batch));
   if (options.margin < 0 || options.margin >= 1) {
     return absl::InvalidArgumentError("planner: margin is a fraction of the budget in [0, 1)");
   }
@@ -192,6 +228,51 @@ absl::Status Validate(const MemoryModel& model, int64_t budget, int64_t batch, c
   return absl::OkStatus();
 }
 
+// What a chain point is, in words (for refusals).
+std::string Describe(const MemoryModel& model, const std::vector<LayerChoice>& choices, bool lean) {
+  if (!lean) return "the exact model";
+  int converted = 0;
+  int64_t low = INT64_MAX, high = 0;
+  for (const LayerChoice& c : choices) {
+    if (!c.xconv) continue;
+    ++converted;
+    low = std::min(low, c.probes);
+    high = std::max(high, c.probes);
+  }
+  if (converted == 0) return "lean layers, every convolution exact";
+  return absl::StrCat("lean layers and ", converted, " of ", model.layers().size(), " convolutions as XConv at ",
+                      low == high ? absl::StrCat(low) : absl::StrCat(low, "-", high), " probes");
+}
+
+Plan BuildPlan(const MemoryModel& model, const Chain& chain, std::vector<LayerChoice> choices, bool lean,
+               int64_t batch, int64_t budget_bytes, const PlannerOptions& options) {
+  Plan plan;
+  plan.batch = batch;
+  plan.budget_bytes = budget_bytes;
+  plan.usable_bytes = budget_bytes > 0 ? UsableBytes(budget_bytes, options) : 0;
+  plan.choices = std::move(choices);
+  plan.lean_layers = lean || plan.converted_layers() > 0;
+  plan.prediction = model.Predict(plan.choices, batch, plan.lean_layers);
+  plan.exact_peak_bytes = model.PredictPeak(model.ExactChoices(), batch);
+  for (size_t l = 0; l < model.layers().size(); ++l) {
+    const LayerState& state = chain.layers[l];
+    const ConvLayer& layer = model.layers()[l];
+    const LayerChoice& c = plan.choices[l];
+    LayerPlan row;
+    row.path = layer.path;
+    row.choice = c;
+    row.exact_kept_bytes = model.InputBytes(l, batch);
+    row.kept_bytes = c.xconv ? model.SketchBytes(l, c, batch) : row.exact_kept_bytes;
+    row.weight = state.weight;
+    row.fidelity = LayerFidelity(layer, c);
+    row.note = state.note;
+    if (c.xconv) plan.variance += state.weight * VariancePerProbe(layer, c.mode) / static_cast<double>(c.probes);
+    plan.layers.push_back(std::move(row));
+  }
+  plan.fidelity = Fidelity(model, chain, plan.choices);
+  return plan;
+}
+
 }  // namespace
 
 int Plan::converted_layers() const {
@@ -200,17 +281,19 @@ int Plan::converted_layers() const {
 
 std::string Plan::Table() const {
   std::ostringstream out;
-  out << absl::StrFormat("%-28s %-18s %14s %14s %7s %8s\n", "layer", "choice", "kept bytes", "exact bytes",
-                         "of exact", "fidelity");
+  out << absl::StrFormat("%-28s %-18s %14s %14s %7s %8s  %s\n", "layer", "choice", "kept bytes", "exact bytes",
+                         "of exact", "fidelity", "note");
   for (const LayerPlan& l : layers) {
     const std::string choice = l.choice.xconv ? absl::StrCat("xconv r=", l.choice.probes, " ",
                                                              std::string(ProbeModeName(l.choice.mode)))
                                               : "exact";
-    out << absl::StrFormat("%-28s %-18s %14d %14d %7.3f %8.3f\n", l.path, choice, l.kept_bytes,
+    out << absl::StrFormat("%-28s %-18s %14d %14d %7.3f %8.3f  %s\n", l.path, choice, l.kept_bytes,
                            l.exact_kept_bytes,
                            static_cast<double>(l.kept_bytes) / std::max<int64_t>(l.exact_kept_bytes, 1),
-                           l.fidelity);
+                           l.fidelity, l.note);
   }
+  out << (lean_layers ? "lean layers: on (mask ReLU, index max pool; exact gradients)\n"
+                      : "lean layers: off (torch ReLU and max pool)\n");
   out << absl::StrFormat("parameters %d, gradients %d, optimizer state %d, kept for backward %d bytes\n",
                          prediction.parameter_bytes, prediction.gradient_bytes, prediction.optimizer_state_bytes,
                          prediction.kept_bytes);
@@ -220,82 +303,114 @@ std::string Plan::Table() const {
   return out.str();
 }
 
+int64_t UsableBytes(int64_t budget_bytes, const PlannerOptions& options) {
+  return static_cast<int64_t>(std::floor(static_cast<double>(budget_bytes) * (1.0 - options.margin)));
+}
+
+int64_t BudgetForPeak(int64_t peak_bytes, const PlannerOptions& options) {
+  int64_t budget = static_cast<int64_t>(std::ceil(static_cast<double>(peak_bytes) / (1.0 - options.margin)));
+  // The division and the product round: settle on the exact smallest budget.
+  while (UsableBytes(budget, options) < peak_bytes) ++budget;
+  while (budget > 1 && UsableBytes(budget - 1, options) >= peak_bytes) --budget;
+  return budget;
+}
+
+absl::StatusOr<std::vector<ChainPoint>> PlanChain(const MemoryModel& model, int64_t batch,
+                                                  const PlannerOptions& options) {
+  if (absl::Status status = ValidateOptions(model, batch, options); !status.ok()) return status;
+  const Chain chain = BuildChain(model, options);
+  const ChainAt at = WalkChain(model, chain, batch);
+  std::vector<ChainPoint> points;
+  points.reserve(at.kept.size());
+  // One walk along the steps, taking a copy of the choices at each kept candidate.
+  std::vector<LayerChoice> choices = StartChoices(chain);
+  int64_t k = 0;
+  for (size_t i = 0; i < at.kept.size(); ++i) {
+    ChainPoint point;
+    if (at.kept[i] > static_cast<int64_t>(chain.steps.size())) {
+      point.choices = model.ExactChoices();
+      point.lean_layers = false;
+    } else {
+      for (; k < at.kept[i]; ++k) {
+        const auto& [l, rung] = chain.steps[k];
+        choices[l] = chain.layers[l].ladder[rung].choice;
+      }
+      point.choices = choices;
+      point.lean_layers = true;
+    }
+    point.peak_bytes = at.peaks[i];
+    point.fidelity = Fidelity(model, chain, point.choices);
+    points.push_back(std::move(point));
+  }
+  return points;
+}
+
 absl::StatusOr<Plan> MakePlan(const MemoryModel& model, int64_t budget_bytes, int64_t batch,
                               const PlannerOptions& options) {
   const auto start = std::chrono::steady_clock::now();
-  if (absl::Status status = Validate(model, budget_bytes, batch, options); !status.ok()) return status;
+  if (budget_bytes <= 0) return absl::InvalidArgumentError("planner: the budget must be a positive byte count");
+  if (absl::Status status = ValidateOptions(model, batch, options); !status.ok()) return status;
   const Chain chain = BuildChain(model, options);
-  const std::vector<int64_t> peaks = ChainPeaks(model, chain, batch);
-  const int64_t usable = Usable(budget_bytes, options);
-  const int64_t k = Select(peaks, usable);
-  if (k < 0) {
-    const int64_t minimum = MinimumOf(peaks, options);
+  const ChainAt at = WalkChain(model, chain, batch);
+  const int64_t usable = UsableBytes(budget_bytes, options);
+  const int64_t i = Select(at, usable);
+  if (i < 0) {
+    const auto [cheapest, lean] = CandidateChoices(model, chain, at.kept[0]);
+    const int64_t minimum = BudgetForPeak(at.peaks[0], options);
     const int64_t largest = LargestBatch(model, budget_bytes, options);
     return absl::ResourceExhaustedError(absl::StrCat(
-        "planner: no plan fits ", budget_bytes, " bytes at batch ", batch, ": the smallest plan (every ",
-        "layer whose input it frees at ", options.min_probes, " probes) needs ", peaks[0], " bytes plus the ",
-        options.margin * 100, "% margin, so raise the budget to at least ", minimum, " bytes, or ",
+        "planner: no plan fits ", budget_bytes, " bytes at batch ", batch, ": the smallest plan (",
+        Describe(model, cheapest, lean), ") needs ", at.peaks[0], " bytes plus the ", options.margin * 100,
+        "% margin, so raise the budget to at least ", minimum, " bytes, or ",
         largest > 0 ? absl::StrCat("lower the batch to ", largest, " or less")
                     : std::string("no batch fits this budget (the model alone does not)")));
   }
-  Plan plan;
-  plan.batch = batch;
-  plan.budget_bytes = budget_bytes;
-  plan.usable_bytes = usable;
-  plan.choices = StartChoices(chain);
-  for (int64_t i = 0; i < k; ++i) {
-    const auto& [l, rung] = chain.steps[i];
-    plan.choices[l] = chain.layers[l].ladder[rung].choice;
-  }
-  plan.prediction = model.Predict(plan.choices, batch);
-  plan.exact_peak_bytes = model.PredictPeak(model.ExactChoices(), batch);
-  double weight_total = 0, fidelity = 0;
-  for (size_t l = 0; l < model.layers().size(); ++l) {
-    const LayerState& state = chain.layers[l];
-    const LayerChoice& c = plan.choices[l];
-    LayerPlan row;
-    row.path = model.layers()[l].path;
-    row.choice = c;
-    row.exact_kept_bytes = model.InputBytes(l, batch);
-    row.kept_bytes = c.xconv ? model.SketchBytes(l, c, batch) : row.exact_kept_bytes;
-    row.weight = state.weight;
-    if (c.xconv) {
-      const double per_probe = VariancePerProbe(model.layers()[l], c.mode);
-      row.fidelity = static_cast<double>(c.probes) / (static_cast<double>(c.probes) + per_probe);
-      plan.variance += state.weight * per_probe / static_cast<double>(c.probes);
-    }
-    weight_total += state.weight;
-    fidelity += state.weight * row.fidelity;
-    plan.layers.push_back(row);
-  }
-  plan.fidelity = weight_total > 0 ? fidelity / weight_total : 1.0;
+  auto [choices, lean] = CandidateChoices(model, chain, at.kept[i]);
+  Plan plan = BuildPlan(model, chain, std::move(choices), lean, batch, budget_bytes, options);
   plan.plan_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   return plan;
 }
 
+absl::StatusOr<Plan> PlanFromChoices(const MemoryModel& model, const std::vector<LayerChoice>& choices,
+                                     bool lean_layers, int64_t batch, int64_t budget_bytes,
+                                     const PlannerOptions& options) {
+  if (budget_bytes < 0) return absl::InvalidArgumentError("planner: the budget must be >= 0 (0: none)");
+  if (absl::Status status = ValidateOptions(model, batch, options); !status.ok()) return status;
+  if (absl::Status status = model.CheckChoices(choices, batch); !status.ok()) return status;
+  return BuildPlan(model, BuildChain(model, options), choices, lean_layers, batch, budget_bytes, options);
+}
+
 int64_t MinimumBudget(const MemoryModel& model, int64_t batch, const PlannerOptions& options) {
-  return MinimumOf(ChainPeaks(model, BuildChain(model, options), batch), options);
+  if (!ValidateOptions(model, batch, options).ok()) return INT64_MAX;
+  return BudgetForPeak(WalkChain(model, BuildChain(model, options), batch).peaks[0], options);
 }
 
 int64_t LargestBatch(const MemoryModel& model, int64_t budget_bytes, const PlannerOptions& options,
                      double min_fidelity, bool exact_only) {
-  const int64_t usable = Usable(budget_bytes, options);
+  if (budget_bytes <= 0 || !ValidateOptions(model, 1, options).ok()) return 0;
+  const int64_t usable = UsableBytes(budget_bytes, options);
   const Chain chain = BuildChain(model, options);  // the same order at every batch
   auto fits = [&](int64_t batch) {
     if (exact_only) return model.PredictPeak(model.ExactChoices(), batch) <= usable;
-    const std::vector<int64_t> peaks = ChainPeaks(model, chain, batch);
-    const int64_t k = Select(peaks, usable);
-    if (k < 0) return false;
+    const ChainAt at = WalkChain(model, chain, batch);
+    const int64_t i = Select(at, usable);
+    if (i < 0) return false;
     if (min_fidelity <= 0) return true;
-    absl::StatusOr<Plan> plan = MakePlan(model, budget_bytes, batch, options);
-    return plan.ok() && plan->fidelity >= min_fidelity;
+    // Fidelity rises along the chain: the selected point has the most that fits.
+    return Fidelity(model, chain, CandidateChoices(model, chain, at.kept[i]).first) >= min_fidelity;
   };
+  // A step holds its input batch, so no batch whose input alone fills the usable budget fits:
+  // that bounds the search (no arbitrary cap).
+  int64_t sample_bytes = model.element_bytes();
+  for (int64_t s : model.step().sample_sizes) sample_bytes *= s;
+  const int64_t bound = std::max<int64_t>(usable / std::max<int64_t>(sample_bytes, 1), 1);
   if (!fits(1)) return 0;
   int64_t low = 1, high = 2;
-  while (high < (int64_t{1} << 24) && fits(high)) {
+  while (high <= bound && fits(high)) {
     low = high;
-    high *= 2;
+    high = high > bound / 2 ? bound + 1 : high * 2;
   }
+  high = std::min(high, bound + 1);
   while (high - low > 1) {
     const int64_t mid = low + (high - low) / 2;
     (fits(mid) ? low : high) = mid;
@@ -306,29 +421,38 @@ int64_t LargestBatch(const MemoryModel& model, int64_t budget_bytes, const Plann
 ConvertOptions PlanConvertOptions(const Plan& plan, const MemoryModel& model, uint64_t seed) {
   ConvertOptions convert;
   convert.seed = seed;
-  convert.lean_layers = plan.converted_layers() > 0;
-  for (size_t l = 0; l < plan.choices.size(); ++l) {
+  convert.lean_layers = plan.lean_layers || plan.converted_layers() > 0;  // XConv runs behind them
+  for (size_t l = 0; l < plan.choices.size() && l < model.layers().size(); ++l) {
     const LayerChoice& c = plan.choices[l];
-    const std::string& path = model.layers()[l].path;
+    const ConvLayer& layer = model.layers()[l];
+    if (!layer.convertible()) {
+      convert.keep_exact.insert(layer.path);
+      continue;
+    }
     XConvSettings settings;
     if (!c.xconv) {
       // Exact as XConv with r = 0, as calibrated (its backward may take the lean weight-only kernel).
       settings.probes = 0;
-      convert.per_layer[path] = settings;
+      convert.per_layer[layer.path] = settings;
       continue;
     }
     settings.probes = c.probes;
     settings.mode = c.mode;
     settings.center = model.options().center;
     settings.route = c.mode == ProbeMode::kOrthogonal ? GradientRoute::kReconstruct : GradientRoute::kTap;
-    convert.per_layer[path] = settings;
+    convert.per_layer[layer.path] = settings;
   }
   return convert;
 }
 
 absl::StatusOr<ConvertResult> ApplyPlan(std::shared_ptr<torch::nn::Module> root, const Plan& plan,
                                         const MemoryModel& model, uint64_t seed) {
-  if (plan.converted_layers() == 0) return ConvertResult{std::move(root), {}};
+  if (plan.choices.size() != model.layers().size()) {
+    return absl::InvalidArgumentError(absl::StrCat("apply plan: the plan has ", plan.choices.size(),
+                                                   " layer choices but the model ", model.layers().size(),
+                                                   " convolutions; plan with this model"));
+  }
+  if (!plan.lean_layers && plan.converted_layers() == 0) return ConvertResult{std::move(root), {}, {}};
   return Convert(std::move(root), PlanConvertOptions(plan, model, seed));
 }
 

@@ -235,16 +235,17 @@ int64_t TrainerBytes() {
 
 int64_t BesideStepBytes(const TrainOptions& o, int64_t batch) { return LoaderBytes(o, batch) + TrainerBytes(); }
 
-bool LeanOf(const Plan& plan) { return plan.converted_layers() > 0; }
+bool LeanOf(const Plan& plan) { return plan.lean_layers || plan.converted_layers() > 0; }
 
-Plan PlanFor(const MemoryModel& model, const std::vector<LayerChoice>& choices, int64_t batch,
+Plan PlanFor(const MemoryModel& model, const std::vector<LayerChoice>& choices, bool lean_layers, int64_t batch,
              int64_t budget_bytes, const PlannerOptions& planner) {
   Plan plan;
   plan.batch = batch;
   plan.budget_bytes = budget_bytes;
   plan.usable_bytes = budget_bytes > 0 ? Usable(budget_bytes, planner) : 0;
   plan.choices = choices;
-  plan.prediction = model.Predict(choices, batch);
+  plan.lean_layers = lean_layers || plan.converted_layers() > 0;
+  plan.prediction = model.Predict(choices, batch, plan.lean_layers);
   plan.exact_peak_bytes = model.PredictPeak(model.ExactChoices(), batch);
   double total = 0;
   for (const ConvLayer& layer : model.layers()) total += static_cast<double>(layer.parameters());
@@ -314,6 +315,10 @@ absl::StatusOr<std::vector<LayerChoice>> ChoicesOf(const PlanSpec& spec, const T
                                   " probes; use 0 (exact) or a positive count"));
     }
     if (layer.probes == 0) continue;
+    if (!model.layers()[l].convertible()) {
+      return Invalid(absl::StrCat("the plan converts layer ", layer.path, ", which XConv cannot run (",
+                                  model.layers()[l].exact_reason, "); plan again (PlanTraining)"));
+    }
     if (o.memory.planner.keep_exact.count(layer.path)) {
       return Invalid(absl::StrCat("the plan converts layer ", layer.path,
                                   " but memory.planner.keep_exact lists it; plan again or drop it from keep_exact"));
@@ -327,12 +332,10 @@ absl::StatusOr<std::vector<LayerChoice>> ChoicesOf(const PlanSpec& spec, const T
   }
   Plan check;
   check.choices = choices;
-  if (spec.lean_layers != LeanOf(check)) {
-    return Invalid(spec.lean_layers
-                       ? "the plan asks for lean layers with every convolution exact, which this planner "
-                         "cannot predict yet; convert a layer or set lean_layers to false"
-                       : "the plan converts layers without lean layers, which the memory model does not "
-                         "calibrate; set lean_layers to true");
+  if (!spec.lean_layers && check.converted_layers() > 0) {
+    return Invalid(
+        "the plan converts layers without lean layers, which the memory model does not calibrate; set "
+        "lean_layers to true");
   }
   return choices;
 }
@@ -340,22 +343,20 @@ absl::StatusOr<std::vector<LayerChoice>> ChoicesOf(const PlanSpec& spec, const T
 std::vector<ChainPoint> PlanChain(const MemoryModel& model, const TrainingPlan& planned, int64_t batch,
                                   const PlannerOptions& planner) {
   const int64_t beside = planned.loader_bytes + planned.trainer_bytes;
-  auto point_of = [&](const Plan& plan) {
-    return ChainPoint{plan.predicted_peak_bytes() + beside, plan.fidelity, LeanOf(plan), plan.choices};
-  };
-  std::vector<ChainPoint> chain = {point_of(planned.plan)};
-  // Step budgets spaced evenly in log scale from the plan's own down to the smallest that fits.
-  const int64_t top = planned.plan.budget_bytes;
-  const int64_t bottom = MinimumBudget(model, batch, planner);
-  constexpr int kPoints = 12;
-  for (int k = 1; k <= kPoints && bottom < top; ++k) {
-    const double t = static_cast<double>(k) / kPoints;
-    const auto step_budget = static_cast<int64_t>(
-        std::ceil(std::exp((1 - t) * std::log(static_cast<double>(top)) + t * std::log(static_cast<double>(bottom)))));
-    absl::StatusOr<Plan> plan = MakePlan(model, std::max(step_budget, bottom), batch, planner);
-    if (!plan.ok()) continue;
-    ChainPoint point = point_of(*plan);
-    if (point.peak_bytes < chain.back().peak_bytes) chain.push_back(std::move(point));
+  ChainPoint own;
+  own.choices = planned.plan.choices;
+  own.lean_layers = LeanOf(planned.plan);
+  own.peak_bytes = planned.plan.predicted_peak_bytes() + beside;
+  own.fidelity = planned.plan.fidelity;
+  std::vector<ChainPoint> chain = {std::move(own)};
+  absl::StatusOr<std::vector<ChainPoint>> steps = core::PlanChain(model, batch, planner);
+  if (!steps.ok()) return chain;
+  // The planner's chain runs cheapest first; the job's runs from its own plan down.
+  for (auto it = steps->rbegin(); it != steps->rend(); ++it) {
+    if (it->peak_bytes + beside >= chain.back().peak_bytes) continue;
+    ChainPoint point = *it;
+    point.peak_bytes += beside;
+    chain.push_back(std::move(point));
   }
   return chain;
 }
@@ -381,7 +382,7 @@ absl::StatusOr<TrainingPlan> PlanJob(const TrainOptions& o, const MemoryModel& m
   if (spec != nullptr) {
     absl::StatusOr<std::vector<LayerChoice>> choices = ChoicesOf(*spec, o, model);
     if (!choices.ok()) return choices.status();
-    out.plan = PlanFor(model, *choices, batch, std::max<int64_t>(step_budget, 0), planner);
+    out.plan = PlanFor(model, *choices, spec->lean_layers, batch, std::max<int64_t>(step_budget, 0), planner);
     if (budget > 0 && (step_budget <= 0 || out.plan.predicted_peak_bytes() > out.plan.usable_bytes)) {
       return absl::FailedPreconditionError(absl::StrCat(
           "the plan's job peak on this machine is ", out.plan.predicted_peak_bytes() + beside,
@@ -403,9 +404,12 @@ absl::StatusOr<TrainingPlan> PlanJob(const TrainOptions& o, const MemoryModel& m
   } else {
     std::vector<LayerChoice> choices = model.ExactChoices();
     if (o.memory.fixed_probes > 0) {
-      for (LayerChoice& c : choices) c = LayerChoice{true, o.memory.fixed_probes, ProbeMode::kIndependent};
+      for (size_t l = 0; l < choices.size(); ++l) {
+        // Convolutions XConv cannot run stay exact (Convert leaves them so too).
+        if (model.layers()[l].convertible()) choices[l] = LayerChoice{true, o.memory.fixed_probes, ProbeMode::kIndependent};
+      }
     }
-    out.plan = PlanFor(model, choices, batch, 0, planner);
+    out.plan = PlanFor(model, choices, false, batch, 0, planner);
   }
   out.predicted_peak_bytes = out.plan.predicted_peak_bytes() + beside;
   out.spec = SpecOf(model, out.plan.choices, LeanOf(out.plan), batch, budget);

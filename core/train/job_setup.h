@@ -45,13 +45,14 @@ int64_t TrainerBytes();
 // Everything a job holds beside its training step: LoaderBytes plus TrainerBytes.
 int64_t BesideStepBytes(const TrainOptions& options, int64_t batch);
 
-// Whether `plan` runs the lean layers. The planner's plans do exactly when they convert a layer;
-// once Plan carries a lean_layers flag of its own ("lean layers, every conv exact"), read it here.
+// Whether `plan` runs the lean layers: its lean_layers flag (every plan with an XConv layer has it;
+// "lean layers, every conv exact" is the planner's cheapest plan without gradient noise).
 bool LeanOf(const Plan& plan);
 
 // A Plan for given `choices` without searching: per-layer rows, the step's prediction and the
-// planner's fidelity proxy. `budget_bytes` is the step's budget (0: none).
-Plan PlanFor(const MemoryModel& model, const std::vector<LayerChoice>& choices, int64_t batch,
+// planner's fidelity proxy. Lean layers run if `lean_layers` or any layer is XConv. `budget_bytes`
+// is the step's budget (0: none).
+Plan PlanFor(const MemoryModel& model, const std::vector<LayerChoice>& choices, bool lean_layers, int64_t batch,
              int64_t budget_bytes, const PlannerOptions& planner);
 
 // The plain values of `choices` on `model`.
@@ -59,13 +60,14 @@ PlanSpec SpecOf(const MemoryModel& model, const std::vector<LayerChoice>& choice
                 int64_t batch, int64_t budget_bytes);
 
 // The choices `spec` names, after checking it against `options` and `model`: the same batch, the
-// same layers, probe counts and modes the model can run. InvalidArgument or FailedPrecondition with
+// same layers, probe counts and modes the model can run, XConv only on layers XConv can run and
+// only with lean layers (spec.lean_layers with every probe 0 is the lean-only plan). InvalidArgument or FailedPrecondition with
 // a sentence.
 absl::StatusOr<std::vector<LayerChoice>> ChoicesOf(const PlanSpec& spec, const TrainOptions& options,
                                                    const MemoryModel& model);
 
-// The plans at step budgets from `planned`'s down to the smallest that fits, by decreasing peak;
-// the first point is `planned`'s own plan.
+// The job's chain: `planned`'s own plan, then the planner's chain (PlanChain) points below it down
+// to the cheapest, by decreasing peak. Peaks are the job's: the step's plus loader and trainer bytes.
 std::vector<ChainPoint> PlanChain(const MemoryModel& model, const TrainingPlan& planned, int64_t batch,
                                   const PlannerOptions& planner);
 

@@ -196,12 +196,13 @@ absl::Status Trainer::Initialize(const PlanSpec* spec) {
       }
       if (differs) {
         const std::vector<LayerChoice> wanted = planned.plan.choices;
-        if (absl::Status s = ApplyChoices(wanted, MixSeed(MixSeed(o.seed, kConvertStream), static_cast<uint64_t>(step_)));
+        if (absl::Status s = ApplyChoices(wanted, train_internal::LeanOf(planned.plan),
+                                          MixSeed(MixSeed(o.seed, kConvertStream), static_cast<uint64_t>(step_)));
             !s.ok()) {
           return s;
         }
       } else if (spec == nullptr) {
-        SetPlan(train_internal::PlanFor(*memory_model_, current, o.batch_size, planned.plan.budget_bytes,
+        SetPlan(train_internal::PlanFor(*memory_model_, current, lean_layers_, o.batch_size, planned.plan.budget_bytes,
                                         o.memory.planner));
       }
     }
@@ -380,8 +381,8 @@ void Trainer::SetPlan(Plan plan) {
   predicted_peak_bytes_ = t.predicted_peak_bytes;
 }
 
-absl::Status Trainer::ApplyChoices(const std::vector<LayerChoice>& choices, uint64_t seed) {
-  const Plan target = train_internal::PlanFor(*memory_model_, choices, options_.batch_size,
+absl::Status Trainer::ApplyChoices(const std::vector<LayerChoice>& choices, bool lean_layers, uint64_t seed) {
+  const Plan target = train_internal::PlanFor(*memory_model_, choices, lean_layers, options_.batch_size,
                                               training_plan_->plan.budget_bytes, options_.memory.planner);
   const bool lean = train_internal::LeanOf(target);
   const ConvertOptions convert = PlanConvertOptions(target, *memory_model_, seed);
@@ -424,7 +425,8 @@ absl::Status Trainer::Replan(const PlanSpec& spec) {
   const int64_t beside = current.loader_bytes + current.trainer_bytes + unmodelled_bytes_;
   const int64_t step_budget = spec.budget_bytes > 0 ? spec.budget_bytes - beside : 0;
   if (spec.budget_bytes > 0) {
-    const Plan target = train_internal::PlanFor(*memory_model_, *choices, o.batch_size, std::max<int64_t>(step_budget, 0),
+    const Plan target = train_internal::PlanFor(*memory_model_, *choices, spec.lean_layers, o.batch_size,
+                                                std::max<int64_t>(step_budget, 0),
                                                 o.memory.planner);
     if (step_budget <= 0 || target.predicted_peak_bytes() > target.usable_bytes) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -437,7 +439,7 @@ absl::Status Trainer::Replan(const PlanSpec& spec) {
   options_.memory.budget_bytes = spec.budget_bytes;
   training_plan_->plan.budget_bytes = std::max<int64_t>(step_budget, 0);
   const uint64_t seed = MixSeed(MixSeed(options_.seed, kConvertStream), static_cast<uint64_t>(step_) + (1ull << 40));
-  if (absl::Status s = ApplyChoices(*choices, seed); !s.ok()) {
+  if (absl::Status s = ApplyChoices(*choices, spec.lean_layers, seed); !s.ok()) {
     options_.memory.budget_bytes = old_budget;
     training_plan_->plan.budget_bytes = old_step_budget;
     return s;
@@ -620,7 +622,7 @@ absl::Status Trainer::FollowMeasurement(const TrainEvent& step, const EventCallb
         "; raise memory.budget_bytes by at least ", excess, " bytes"));
   }
   const uint64_t seed = MixSeed(MixSeed(options_.seed, kConvertStream), static_cast<uint64_t>(step_));
-  if (absl::Status s = ApplyChoices(plan->choices, seed); !s.ok()) return s;
+  if (absl::Status s = ApplyChoices(plan->choices, train_internal::LeanOf(*plan), seed); !s.ok()) return s;
   SetPlan(*std::move(plan));  // its budget_bytes: the step's share less the bytes set aside
   unmodelled_bytes_ = excess;
   ++replans_;

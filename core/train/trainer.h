@@ -127,9 +127,10 @@ class Trainer {
   // Converts the fresh model: as the checkpoint's layers on resume, else as the plan (or fixed_probes).
   absl::Status ConvertModel(const std::optional<Checkpoint>& resume);
   // Converts the live model to `choices` in place: XConv layers take their new settings, torch
-  // convolutions and layers become XConv and lean as the plan needs. Parameters stay the same
+  // convolutions and layers become XConv and lean as the plan needs (`lean_layers`: the plan runs mask
+  // ReLUs and index max pools, also with every convolution exact). Parameters stay the same
   // tensors, so the optimizer's state carries over; freezing is applied again.
-  absl::Status ApplyChoices(const std::vector<LayerChoice>& choices, uint64_t seed);
+  absl::Status ApplyChoices(const std::vector<LayerChoice>& choices, bool lean_layers, uint64_t seed);
   // probes_, xconv_layers_ and lean_layers_ from the model as it runs now.
   void RecordLayers();
   // The memory model's choices for the layers the model runs now.

@@ -34,15 +34,6 @@ struct PlanSpec {
   bool operator==(const PlanSpec&) const = default;
 };
 
-// One step of a job's plan chain: the plan the planner makes at a smaller budget. The scheduler
-// packs jobs by these points (a job may be admitted, or shrunk, at any of them).
-struct ChainPoint {
-  int64_t peak_bytes = 0;            // the job's predicted peak (step plus what is held beside it)
-  double fidelity = 1;               // the plan's fidelity
-  bool lean_layers = false;          // mask ReLUs and index max pools
-  std::vector<LayerChoice> choices;  // indexed like MemoryModel::layers()
-};
-
 // What planning a job finds. Peaks named "job" count the training step (the memory model's
 // prediction) plus what is held beside it: the data loader's bytes and the trainer's own.
 struct TrainingPlan {
@@ -62,8 +53,10 @@ struct TrainingPlan {
   double calibration_error = 0;
   bool calibration_ok = true;
   std::vector<std::string> unknown_nodes;  // autograd nodes the model could not read (counted fixed)
-  // With a budget and automatic probes: the plans at smaller budgets, from the plan itself down to
-  // the cheapest, by decreasing peak (distinct points only); empty otherwise.
+  // With a budget and automatic probes: the plan itself, then the planner's chain (PlanChain,
+  // planner.h) below it down to the cheapest, by decreasing peak (distinct points only); empty
+  // otherwise. Each point's peak_bytes is the job's: the step's plus loader_bytes and trainer_bytes.
+  // The scheduler packs jobs by these points (a job may be admitted, or shrunk, at any of them).
   std::vector<ChainPoint> chain;
   double seconds = 0;                   // wall time of the planning (mostly the model's calibration)
 

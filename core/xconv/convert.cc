@@ -23,29 +23,32 @@ using c10::holds_alternative;
 
 using ModulePtr = std::shared_ptr<torch::nn::Module>;
 
-// Explicit zero padding of a torch conv, or InvalidArgument if XConv cannot express it.
+// Why XConv cannot run a torch conv with these options; empty if it can.
 template <size_t D, typename ConvOptions>
-absl::StatusOr<torch::ExpandingArray<D>> ZeroPadding(const ConvOptions& options,
-                                                     const std::string& path) {
+std::string Unsupported(const ConvOptions& options) {
   if (!holds_alternative<torch::enumtype::kZeros>(options.padding_mode())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "convert: ", path, " uses a non-zero padding mode; XConv supports zero padding only, so "
-        "list this layer in keep_exact"));
+    return absl::StrCat("padding mode ", torch::enumtype::get_enum_name(options.padding_mode()),
+                        ": XConv pads with zeros only");
   }
+  if (holds_alternative<torch::enumtype::kSame>(options.padding())) {
+    for (size_t i = 0; i < D; ++i) {
+      if ((*options.dilation())[i] * ((*options.kernel_size())[i] - 1) % 2 != 0) {
+        return "padding='same' with an even kernel pads unevenly: XConv needs symmetric padding";
+      }
+    }
+  }
+  return "";
+}
+
+// Explicit zero padding of a torch conv XConv can run (Unsupported is empty).
+template <size_t D, typename ConvOptions>
+torch::ExpandingArray<D> ZeroPadding(const ConvOptions& options) {
   torch::ExpandingArray<D> padding(0);
   if (const auto* explicit_padding = get_if<torch::ExpandingArray<D>>(&options.padding())) {
     return *explicit_padding;
   }
   if (holds_alternative<torch::enumtype::kSame>(options.padding())) {
-    for (size_t i = 0; i < D; ++i) {
-      const int64_t total = (*options.dilation())[i] * ((*options.kernel_size())[i] - 1);
-      if (total % 2 != 0) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "convert: ", path, " uses padding='same' with an even kernel, which pads unevenly; "
-            "XConv needs symmetric padding, so list this layer in keep_exact"));
-      }
-      (*padding)[i] = total / 2;
-    }
+    for (size_t i = 0; i < D; ++i) (*padding)[i] = (*options.dilation())[i] * ((*options.kernel_size())[i] - 1) / 2;
   }
   return padding;  // kValid
 }
@@ -54,6 +57,7 @@ struct Walker {
   const ConvertOptions& options;
   std::vector<std::string> converted;
   uint64_t next_layer = 0;
+  std::map<std::string, std::string> left_exact;
 
   XConvSettings SettingsFor(const std::string& path) const {
     auto it = options.per_layer.find(path);
@@ -64,10 +68,16 @@ struct Walker {
   absl::StatusOr<ModulePtr> SwapConv(TorchImpl& conv, const std::string& path) {
     const auto& o = conv.options;
     if (o.transposed()) return nullptr;
-    absl::StatusOr<torch::ExpandingArray<D>> padding = ZeroPadding<D>(o, path);
-    if (!padding.ok()) return padding.status();
+    if (const std::string why = Unsupported<D>(o); !why.empty()) {
+      if (options.unsupported_stay_exact) {
+        left_exact[path] = why;
+        return nullptr;
+      }
+      return absl::InvalidArgumentError(
+          absl::StrCat("convert: ", path, " cannot run as XConv (", why, "), so list this layer in keep_exact"));
+    }
     XConvOptions<D> x(o.in_channels(), o.out_channels(), o.kernel_size());
-    x.stride(o.stride()).padding(*padding).dilation(o.dilation()).groups(o.groups()).bias(o.bias());
+    x.stride(o.stride()).padding(ZeroPadding<D>(o)).dilation(o.dilation()).groups(o.groups()).bias(o.bias());
     x.settings(SettingsFor(path)).seed(MixSeed(options.seed, next_layer++));
     return std::make_shared<XImpl>(x, conv.weight, o.bias() ? conv.bias : torch::Tensor());
   }
@@ -182,12 +192,13 @@ absl::StatusOr<ConvertResult> Convert(std::shared_ptr<torch::nn::Module> root,
   if (options.settings.probes < 0) {
     return absl::InvalidArgumentError("convert: probes must be >= 0 (0 = exact)");
   }
-  Walker walker{options, {}, 0};
+  Walker walker{options, {}, 0, {}};
   try {
     absl::StatusOr<ModulePtr> replacement = walker.Visit(root, "");
     if (!replacement.ok()) return replacement.status();
     // A custom module whose children were swapped in place returns nullptr too.
-    return ConvertResult{*replacement ? *replacement : root, std::move(walker.converted)};
+    return ConvertResult{*replacement ? *replacement : root, std::move(walker.converted),
+                         std::move(walker.left_exact)};
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("convert: ", e.what_without_backtrace()));
   }

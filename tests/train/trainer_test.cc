@@ -5,6 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <filesystem>
@@ -344,11 +345,29 @@ TEST(Trainer, BudgetedJobEvaluatesWithinItsBudget) {
   EXPECT_TRUE(epochs[0].metrics.count("accuracy"));
 }
 
+// A job budget halfway between the smallest plan's and that of lean layers with every convolution
+// exact (the chain's cheapest plan without XConv), so the plan must convert a layer.
+int64_t ConvertingBudget(const TrainOptions& options, const TrainingPlan& exact) {
+  TrainOptions roomy = options;
+  roomy.memory.budget_bytes = exact.exact_peak_bytes;
+  absl::StatusOr<TrainingPlan> planned = PlanTraining(roomy);
+  int64_t lean = exact.exact_peak_bytes;
+  if (planned.ok()) {
+    for (const ChainPoint& point : planned->chain) {
+      const bool xconv = std::any_of(point.choices.begin(), point.choices.end(), [](const LayerChoice& c) { return c.xconv; });
+      if (point.lean_layers && !xconv) lean = point.peak_bytes;
+    }
+  }
+  const auto lean_budget =
+      static_cast<int64_t>(std::ceil(static_cast<double>(lean) / (1.0 - options.memory.planner.margin)));
+  return (exact.minimum_budget_bytes + lean_budget) / 2;
+}
+
 TEST(Trainer, PlannedRunMeasuresWhatItPredicts) {
   TrainOptions options = PlannedCnnOptions();
   absl::StatusOr<TrainingPlan> exact = PlanTraining(options);
   ASSERT_TRUE(exact.ok()) << exact.status();
-  options.memory.budget_bytes = (exact->minimum_budget_bytes + exact->exact_peak_bytes) / 2;
+  options.memory.budget_bytes = ConvertingBudget(options, *exact);
   options.fidelity_interval = 2;
   std::unique_ptr<Trainer> trainer;
   const EventLog log = Train(options, &trainer);
@@ -491,7 +510,9 @@ TEST(Trainer, MeasuredPeakAbovePredictionReplansAndLaterStepsFit) {
               margin / 2 * static_cast<double>(options.memory.budget_bytes));
   EXPECT_LT(replan.predicted_peak_bytes + replan.unmodelled_bytes, options.memory.budget_bytes);
   EXPECT_THAT(replan.reason, HasSubstr("above the predicted"));
-  EXPECT_GT(trainer.plan()->converted_layers(), 0);
+  // A smaller plan: lean layers (with every convolution exact where that fits) or XConv layers.
+  EXPECT_TRUE(trainer.plan()->lean_layers) << trainer.plan()->Table();
+  EXPECT_LT(replan.predicted_peak_bytes, exact_predicted);
   EXPECT_EQ(trainer.predicted_peak_bytes(), replan.predicted_peak_bytes);
   EXPECT_EQ(trainer.unmodelled_bytes(), replan.unmodelled_bytes);
   EXPECT_EQ(replan.probes, trainer.layer_probes());

@@ -5,6 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <memory>
@@ -15,6 +16,7 @@
 #include "core/models/model_zoo.h"
 #include "core/train/trainer.h"
 #include "core/util/generator_state.h"
+#include "core/xconv/modules.h"
 #include "tests/train/train_test_util.h"
 
 namespace xtrain::core {
@@ -184,6 +186,63 @@ TEST(PlanSpec, RebuildsInAnotherTrainerFromPlainValues) {
   ASSERT_TRUE(trainer.ok()) << trainer.status();
   EXPECT_EQ((*trainer)->layer_probes(),
             (std::vector<std::pair<std::string, int64_t>>{{"features.0", 3}, {"features.3", 3}}));
+}
+
+// "Lean layers, every convolution exact" is a plan of its own: the job's chain has it just below
+// the exact job, PlanTraining picks it where it fits and exact does not, and a Trainer given its
+// spec runs mask ReLUs and index max pools with every convolution exact, within the budget.
+TEST(PlanSpec, LeanLayersWithEveryConvolutionExact) {
+  TrainOptions options = PlannedCnnOptions();
+  absl::StatusOr<TrainingPlan> exact = PlanTraining(options);
+  ASSERT_TRUE(exact.ok()) << exact.status();
+  options.memory.budget_bytes = exact->exact_peak_bytes;
+  absl::StatusOr<TrainingPlan> roomy = PlanTraining(options);
+  ASSERT_TRUE(roomy.ok()) << roomy.status();
+  auto is_lean_only = [](const ChainPoint& p) {
+    return p.lean_layers && std::none_of(p.choices.begin(), p.choices.end(), [](const LayerChoice& c) { return c.xconv; });
+  };
+  const auto lean = std::find_if(roomy->chain.begin(), roomy->chain.end(), is_lean_only);
+  ASSERT_NE(lean, roomy->chain.end()) << roomy->Table();
+  EXPECT_EQ(lean->fidelity, 1.0);
+  EXPECT_LT(lean->peak_bytes, exact->exact_peak_bytes);
+  for (size_t i = 1; i < roomy->chain.size(); ++i) {
+    EXPECT_LT(roomy->chain[i].peak_bytes, roomy->chain[i - 1].peak_bytes) << i;  // the plan itself down
+  }
+
+  // A budget the lean job fits and the exact one does not.
+  options.memory.budget_bytes =
+      static_cast<int64_t>(std::ceil(static_cast<double>(lean->peak_bytes) / (1.0 - options.memory.planner.margin))) + 64;
+  ASSERT_LT(options.memory.budget_bytes, exact->exact_peak_bytes);
+  options.max_steps = 3;
+  absl::StatusOr<TrainingPlan> planned = PlanTraining(options);
+  ASSERT_TRUE(planned.ok()) << planned.status();
+  EXPECT_TRUE(planned->spec.lean_layers) << planned->Table();
+  EXPECT_EQ(planned->plan.converted_layers(), 0) << planned->Table();
+  EXPECT_EQ(planned->plan.fidelity, 1.0);
+  EXPECT_EQ(planned->predicted_peak_bytes, lean->peak_bytes);
+  for (const PlanSpec::Layer& layer : planned->spec.layers) EXPECT_EQ(layer.probes, 0) << layer.path;
+
+  absl::StatusOr<std::unique_ptr<Trainer>> trainer = Trainer::Create(options, planned->spec);
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  EXPECT_EQ((*trainer)->training_plan()->spec, planned->spec);
+  EXPECT_EQ((*trainer)->predicted_peak_bytes(), planned->predicted_peak_bytes);
+  for (const auto& [path, probes] : (*trainer)->layer_probes()) EXPECT_EQ(probes, 0) << path;
+  int lean_modules = 0, torch_relus = 0;
+  for (const auto& item : (*trainer)->model()->named_modules("", false)) {
+    if (dynamic_cast<MaskReLUImpl*>(item.value().get()) != nullptr ||
+        dynamic_cast<IndexMaxPoolImpl*>(item.value().get()) != nullptr) {
+      ++lean_modules;
+    }
+    if (dynamic_cast<torch::nn::ReLUImpl*>(item.value().get()) != nullptr) ++torch_relus;
+  }
+  EXPECT_GT(lean_modules, 0);
+  EXPECT_EQ(torch_relus, 0);
+  EventLog log;
+  ASSERT_TRUE((*trainer)->Run(log.Callback()).ok());
+  ASSERT_FALSE(log.Of(TrainEventKind::kStep).empty());
+  for (const TrainEvent& step : log.Of(TrainEventKind::kStep)) {
+    EXPECT_LE(step.measured_peak_bytes, options.memory.budget_bytes) << "step " << step.step;
+  }
 }
 
 TEST(PlanSpec, MismatchesWithTheOptionsAreRefusedWithASentence) {
