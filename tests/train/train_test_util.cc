@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <numeric>
 
@@ -56,6 +58,34 @@ TrainOptions SmallCnnOptions(uint64_t seed) {
   options.fidelity_interval = 0;
   options.threads = kTestThreads;
   return options;
+}
+
+TrainOptions PlannedCnnOptions(uint64_t model_seed, uint64_t data_seed) {
+  TrainOptions options = SmallCnnOptions(model_seed);
+  options.model.width = 16;
+  options.data.train = Classification(128, 0, {32, 32}, 4, data_seed).train;
+  options.data.validation = nullptr;
+  options.batch_size = 32;
+  options.epochs = 1;
+  return options;
+}
+
+int64_t ConvertingBudget(const TrainOptions& options, const TrainingPlan& exact) {
+  TrainOptions roomy = options;
+  roomy.memory.budget_bytes = exact.exact_peak_bytes;
+  absl::StatusOr<TrainingPlan> planned = PlanTraining(roomy);
+  EXPECT_TRUE(planned.ok()) << planned.status();
+  int64_t lean = exact.exact_peak_bytes;
+  if (planned.ok()) {
+    for (const ChainPoint& point : planned->chain) {
+      const bool xconv =
+          std::any_of(point.choices.begin(), point.choices.end(), [](const LayerChoice& c) { return c.xconv; });
+      if (point.lean_layers && !xconv) lean = point.peak_bytes;
+    }
+  }
+  const auto lean_budget =
+      static_cast<int64_t>(std::ceil(static_cast<double>(lean) / (1.0 - options.memory.planner.margin)));
+  return (exact.minimum_budget_bytes + lean_budget) / 2;
 }
 
 EventCallback EventLog::Callback() {

@@ -10,6 +10,7 @@
 #include "core/data/tensor_dataset.h"
 #include "core/train/train_event.h"
 #include "core/train/train_options.h"
+#include "core/train/training_plan.h"
 
 namespace xtrain::core::testing {
 
@@ -34,6 +35,15 @@ Split Images(int64_t train, int64_t validation, std::vector<int64_t> spatial, ui
 
 // Options of a small job: small_cnn on 16x16 classification, Adam, one thread.
 TrainOptions SmallCnnOptions(uint64_t seed = 1);
+
+// small_cnn (width 16) on 128 32x32 images of 4 classes at batch 32, one epoch of 4 steps, no
+// validation: large enough that plans differ from exact.
+TrainOptions PlannedCnnOptions(uint64_t model_seed, uint64_t data_seed);
+
+// A job budget halfway between the smallest plan's and that of lean layers with every convolution
+// exact (the cheapest plan without XConv), so the plan must convert a layer. `exact` is the job
+// planned without a budget.
+int64_t ConvertingBudget(const TrainOptions& options, const TrainingPlan& exact);
 
 // Records the events of a run.
 class EventLog {

@@ -301,16 +301,7 @@ TEST(Trainer, BadDataGetsAClearError) {
   EXPECT_THAT(missing.status().message(), HasSubstr("init.path"));
 }
 
-// small_cnn (width 16) on 32x32 images at batch 32, one epoch of 4 steps, no validation.
-TrainOptions PlannedCnnOptions() {
-  TrainOptions options = SmallCnnOptions();
-  options.model.width = 16;
-  options.data.train = Classification(128, 0, {32, 32}, 4, 21).train;
-  options.data.validation = nullptr;
-  options.batch_size = 32;
-  options.epochs = 1;
-  return options;
-}
+TrainOptions PlannedCnnOptions() { return ::xtrain::core::testing::PlannedCnnOptions(1, 21); }
 
 // The worker caps its process at the job's budget (CpuMemoryMeter::SetLimit); every part of the job
 // must then fit, the epoch-end evaluation as well as the planned steps. At the full batch, the
@@ -343,24 +334,6 @@ TEST(Trainer, BudgetedJobEvaluatesWithinItsBudget) {
   EXPECT_EQ(meter.refusals(), refusals);
   ASSERT_EQ(epochs.size(), 1u);
   EXPECT_TRUE(epochs[0].metrics.count("accuracy"));
-}
-
-// A job budget halfway between the smallest plan's and that of lean layers with every convolution
-// exact (the chain's cheapest plan without XConv), so the plan must convert a layer.
-int64_t ConvertingBudget(const TrainOptions& options, const TrainingPlan& exact) {
-  TrainOptions roomy = options;
-  roomy.memory.budget_bytes = exact.exact_peak_bytes;
-  absl::StatusOr<TrainingPlan> planned = PlanTraining(roomy);
-  int64_t lean = exact.exact_peak_bytes;
-  if (planned.ok()) {
-    for (const ChainPoint& point : planned->chain) {
-      const bool xconv = std::any_of(point.choices.begin(), point.choices.end(), [](const LayerChoice& c) { return c.xconv; });
-      if (point.lean_layers && !xconv) lean = point.peak_bytes;
-    }
-  }
-  const auto lean_budget =
-      static_cast<int64_t>(std::ceil(static_cast<double>(lean) / (1.0 - options.memory.planner.margin)));
-  return (exact.minimum_budget_bytes + lean_budget) / 2;
 }
 
 TEST(Trainer, PlannedRunMeasuresWhatItPredicts) {
