@@ -277,7 +277,10 @@ TEST(Client, SubmitWithoutARequestIdIsNotRetried) {
 
 TEST(Client, MapsTheServersStatusCodeAndMessage) {
   auto state = std::make_shared<FakeState>();
-  state->minimum_budget = 1 << 20;
+  {
+    ::xtrain::server::MutexLock lock(&state->mutex);
+    state->minimum_budget = 1 << 20;
+  }
   auto server = FakeServer::Start(state);
   ASSERT_NE(server, nullptr);
   v1::JobSpec spec;

@@ -176,6 +176,7 @@ class FakeServer::Service : public v1::TrainingService::Service {
     int call = 0;
     v1::ArtifactInfo info;
     std::string content;
+    int64_t chunk = 0;
     int breaks_after = -1;
     {
       ::xtrain::server::MutexLock lock(&state_->mutex);
@@ -187,6 +188,7 @@ class FakeServer::Service : public v1::TrainingService::Service {
       }
       info = state_->artifact;
       content = state_->artifact_content;
+      chunk = state_->download_chunk;
       if (auto it = state_->download_breaks.find(call); it != state_->download_breaks.end()) breaks_after = it->second;
     }
     int64_t offset = request->offset();
@@ -196,7 +198,7 @@ class FakeServer::Service : public v1::TrainingService::Service {
     bool first = true;
     for (int chunks = 0;; ++chunks) {
       if (breaks_after >= 0 && chunks >= breaks_after) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the stream was dropped");
-      std::string data = content.substr(static_cast<size_t>(offset), static_cast<size_t>(state_->download_chunk));
+      std::string data = content.substr(static_cast<size_t>(offset), static_cast<size_t>(chunk));
       if (data.empty() && !first) return grpc::Status::OK;
       v1::DownloadArtifactResponse response;
       if (first) *response.mutable_info() = info;

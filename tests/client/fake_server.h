@@ -29,12 +29,12 @@ struct FakeState {
   // Calls to answer UNAVAILABLE before answering, by method name ("GetJob").
   std::map<std::string, int> unavailable ABSL_GUARDED_BY(mutex);
   // PlanJob refuses budgets below this with RESOURCE_EXHAUSTED.
-  int64_t minimum_budget = 0;
+  int64_t minimum_budget ABSL_GUARDED_BY(mutex) = 0;
   // DownloadArtifact: one artifact served in chunks; the n-th call ends with UNAVAILABLE after this
   // many chunks.
   xtrain::v1::ArtifactInfo artifact ABSL_GUARDED_BY(mutex);
   std::string artifact_content ABSL_GUARDED_BY(mutex);
-  int64_t download_chunk = 1 << 20;
+  int64_t download_chunk ABSL_GUARDED_BY(mutex) = 1 << 20;
   std::map<int, int> download_breaks ABSL_GUARDED_BY(mutex);
   // Shutdown: open watches end with UNAVAILABLE, as xtrain-server's do.
   bool shutting_down ABSL_GUARDED_BY(mutex) = false;

@@ -430,7 +430,10 @@ TEST_F(Xtrainctl, GetOfAnUnknownJobExitsNotFound) {
 }
 
 TEST_F(Xtrainctl, RefusedPlanExitsResourceExhaustedWithTheSmallestBudget) {
-  state_->minimum_budget = 8 << 20;
+  {
+    ::xtrain::server::MutexLock lock(&state_->mutex);
+    state_->minimum_budget = 8 << 20;
+  }
   EXPECT_EQ(Run({"plan", "--model", "small_cnn", "--budget", "1MiB"}), kExitResourceExhausted);
   EXPECT_TRUE(absl::StrContains(err_.str(), "smallest budget that fits is 8388608")) << err_.str();
   EXPECT_EQ(Run({"plan", "--model", "small_cnn", "--budget", "16MiB", "--batch-size", "32"}), kExitOk) << err_.str();
