@@ -21,11 +21,11 @@
 #include "absl/strings/str_cat.h"
 #include "core/memory/autograd_graph.h"
 #include "core/memory/cpu_memory_meter.h"
-#include "core/memory/memory_phase.h"
-#include "core/util/job_slot.h"
 #ifdef XTRAIN_HAVE_CUDA_METER
 #include "core/memory/cuda_memory_meter.h"
 #endif
+#include "core/util/job_slot.h"
+#include "core/util/memory_phase.h"
 #include "core/xconv/convert.h"
 #include "core/xconv/index_max_pool.h"
 #include "core/xconv/modules.h"

@@ -1,5 +1,9 @@
 #pragma once
 
+// The memory-phase hook: operators below (XConv, the lean layers) mark phases and outputs; the
+// memory model above installs the observer that measures them. It sits in util so that neither
+// folder includes the other's headers for it.
+
 #include <torch/torch.h>
 
 namespace xtrain::core {
