@@ -6,7 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "core/xconv/probes.h"
+#include "core/util/mix_seed.h"
 
 namespace xtrain::core {
 

@@ -9,8 +9,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "core/util/generator_state.h"
+#include "core/util/mix_seed.h"
 #include "core/xconv/modules.h"
-#include "core/xconv/probes.h"
 
 namespace xtrain::core {
 namespace {

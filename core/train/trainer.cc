@@ -19,9 +19,9 @@
 #include "core/train/job_setup.h"
 #include "core/train/task_metrics.h"
 #include "core/util/generator_state.h"
+#include "core/util/mix_seed.h"
 #include "core/xconv/convert.h"
 #include "core/xconv/modules.h"
-#include "core/xconv/probes.h"
 
 namespace xtrain::core {
 namespace {
