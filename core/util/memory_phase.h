@@ -30,4 +30,14 @@ void MarkForwardOutput(const torch::Tensor& output);
 // Installs `observer` process-wide (nullptr removes it). The memory model's calibration does.
 void SetMemoryPhaseObserver(MemoryPhaseObserver* observer);
 
+// Installs `observer` (nullptr: none) for its lifetime and removes it on exit, exceptions included,
+// so a failed backward never leaves the hook pointing at a destroyed observer.
+class MemoryPhaseScope {
+ public:
+  explicit MemoryPhaseScope(MemoryPhaseObserver* observer) { SetMemoryPhaseObserver(observer); }
+  ~MemoryPhaseScope() { SetMemoryPhaseObserver(nullptr); }
+  MemoryPhaseScope(const MemoryPhaseScope&) = delete;
+  MemoryPhaseScope& operator=(const MemoryPhaseScope&) = delete;
+};
+
 }  // namespace xtrain::core
