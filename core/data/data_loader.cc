@@ -6,7 +6,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "core/xconv/probes.h"
+#include "core/util/mix_seed.h"
+#include "core/util/status_macros.h"
+#include "core/util/torch_guard.h"
 
 namespace xtrain::core {
 
@@ -53,19 +55,11 @@ absl::Status DataLoader::StartEpoch(int64_t epoch, int64_t skip_batches) {
         absl::StrCat("data loader: cannot start epoch ", epoch, " at batch ", skip_batches,
                      "; use epoch >= 0 and a batch in 0..", num_batches_));
   }
-  torch::Tensor order;
-  try {
-    if (options_.shuffle) {
-      at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(
-          MixSeed(options_.seed, static_cast<uint64_t>(epoch)));
-      order = torch::randperm(dataset_->size(), gen, torch::kLong);
-    } else {
-      order = torch::arange(dataset_->size(), torch::kLong);
-    }
-    order = order.to(dataset_->inputs.device());
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("data loader: ", e.what_without_backtrace()));
-  }
+  XTRAIN_ASSIGN_OR_RETURN(torch::Tensor order, GuardTorch("data loader", [&]() -> absl::StatusOr<torch::Tensor> {
+    if (!options_.shuffle) return torch::arange(dataset_->size(), torch::kLong).to(dataset_->inputs.device());
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(MixSeed(options_.seed, static_cast<uint64_t>(epoch)));
+    return torch::randperm(dataset_->size(), gen, torch::kLong).to(dataset_->inputs.device());
+  }));
   absl::MutexLock lock(&mu_);
   ++generation_;
   epoch_active_ = true;
@@ -133,18 +127,17 @@ void DataLoader::WorkerLoop() {
       batch.epoch = epoch_;
       batch.index = next_claim_++;
     }
-    absl::Status failure;
-    try {
-      const int64_t begin = batch.index * options_.batch_size;
-      const int64_t end = std::min(begin + options_.batch_size, dataset_->size());
-      batch.indices = order.slice(0, begin, end);
-      TensorDataset gathered = GatherExamples(*dataset_, batch.indices);
-      batch.inputs = std::move(gathered.inputs);
-      batch.targets = std::move(gathered.targets);
-    } catch (const c10::Error& e) {
-      failure = absl::InternalError(absl::StrCat("data loader: gathering batch ", batch.index, ": ",
-                                                 e.what_without_backtrace()));
-    }
+    const absl::Status failure = GuardTorch(
+        [&] { return absl::StrCat("data loader: gathering batch ", batch.index); },
+        [&]() -> absl::Status {
+          const int64_t begin = batch.index * options_.batch_size;
+          const int64_t end = std::min(begin + options_.batch_size, dataset_->size());
+          batch.indices = order.slice(0, begin, end);
+          TensorDataset gathered = GatherExamples(*dataset_, batch.indices);
+          batch.inputs = std::move(gathered.inputs);
+          batch.targets = std::move(gathered.targets);
+          return absl::OkStatus();
+        });
     absl::MutexLock lock(&mu_);
     if (generation != generation_) continue;  // StartEpoch moved on; drop this batch
     if (failure.ok()) {

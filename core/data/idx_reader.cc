@@ -10,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/data/file_bytes.h"
-#include "core/data/torch_guard.h"
+#include "core/util/torch_guard.h"
 
 namespace xtrain::core {
 namespace {

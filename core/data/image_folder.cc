@@ -12,7 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "core/data/torch_guard.h"
+#include "core/util/torch_guard.h"
 
 namespace xtrain::core {
 namespace {

@@ -15,7 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "core/data/torch_guard.h"
+#include "core/util/torch_guard.h"
 
 namespace xtrain::core {
 namespace {

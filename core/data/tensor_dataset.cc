@@ -6,7 +6,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
-#include "core/data/torch_guard.h"
+#include "core/util/torch_guard.h"
 
 namespace xtrain::core {
 namespace {

@@ -25,7 +25,7 @@ void Add(const ag::SavedVariable& saved, const std::shared_ptr<ag::Node>& self, 
   try {
     t = saved.unpack(self);
   } catch (const c10::Error&) {
-    return;  // released or modified in place: nothing is kept through it
+    return;  // not the guard: released or modified in place, nothing is kept through it
   }
   if (!t.defined() || !t.has_storage()) return;
   out.saved.push_back({StorageKey(t), static_cast<int64_t>(t.storage().nbytes()),
@@ -56,6 +56,7 @@ Extractor MaxPool() {
     try {
       out.output_numel = pool.result1_.unpack(self).numel();
     } catch (const c10::Error&) {
+      // Not the guard: a released saved tensor leaves the field unset and the walk goes on.
     }
   };
 }
@@ -77,6 +78,7 @@ const std::unordered_map<std::string, Extractor>& Extractors() {
            out.weight_sizes = weight.sizes().vec();
            out.weight_key = StorageKey(weight);
          } catch (const c10::Error&) {
+           // Released saved tensors: the sizes stay unset and the walk goes on.
          }
        }},
       {"MkldnnConvolutionBackward0",
@@ -89,6 +91,7 @@ const std::unordered_map<std::string, Extractor>& Extractors() {
          try {
            out.output_numel = relu.result_.unpack(self).numel();
          } catch (const c10::Error&) {
+           // A released saved tensor: the field stays unset and the walk goes on.
          }
        }},
       {"ThresholdBackward0", Fields<gen::ThresholdBackward0>(&gen::ThresholdBackward0::self_)},

@@ -28,6 +28,7 @@ class CountingAllocator final : public c10::Allocator {
     try {
       inner = base_->allocate(bytes);
     } catch (...) {
+      // Not the guard: an allocator throws as LibTorch expects; this only takes back the count.
       if (bytes > 0) meter_->Sub(static_cast<int64_t>(bytes));
       throw;
     }

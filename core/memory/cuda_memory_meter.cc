@@ -4,6 +4,7 @@
 #include <c10/cuda/CUDAFunctions.h>
 
 #include "absl/strings/str_cat.h"
+#include "core/util/torch_guard.h"
 
 namespace xtrain::core {
 namespace {
@@ -25,12 +26,10 @@ absl::StatusOr<CudaMemoryMeter> CudaMemoryMeter::ForDevice(int device, double me
   if (memory_fraction <= 0 || memory_fraction > 1) {
     return absl::InvalidArgumentError("cuda meter: memory_fraction must be in (0, 1]");
   }
-  try {
+  return GuardTorch("cuda meter", [&]() -> absl::StatusOr<CudaMemoryMeter> {
     if (memory_fraction < 1) alloc::setMemoryFraction(memory_fraction, device);
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("cuda meter: ", e.what_without_backtrace()));
-  }
-  return CudaMemoryMeter(device);
+    return CudaMemoryMeter(device);
+  });
 }
 
 int64_t CudaMemoryMeter::current_bytes() const {

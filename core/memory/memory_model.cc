@@ -17,15 +17,16 @@
 #include <torch/csrc/autograd/function_hook.h>
 #include <ATen/record_function.h>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "core/memory/autograd_graph.h"
 #include "core/memory/cpu_memory_meter.h"
-#include "core/memory/memory_phase.h"
-#include "core/util/job_slot.h"
 #ifdef XTRAIN_HAVE_CUDA_METER
 #include "core/memory/cuda_memory_meter.h"
 #endif
+#include "core/util/job_slot.h"
+#include "core/util/memory_phase.h"
+#include "core/util/status_macros.h"
+#include "core/util/torch_guard.h"
 #include "core/xconv/convert.h"
 #include "core/xconv/index_max_pool.h"
 #include "core/xconv/modules.h"
@@ -119,18 +120,17 @@ void OnOpEnd(const at::RecordFunction& fn, at::ObserverContext*) {
 // Installs the op callback and the custom-function observer for one forward.
 class ForwardScope {
  public:
-  explicit ForwardScope(ForwardRecorder* recorder) {
+  explicit ForwardScope(ForwardRecorder* recorder) : phases_(recorder) {
     active_forward = recorder;
-    SetMemoryPhaseObserver(recorder);
     handle_ = at::addThreadLocalCallback(at::RecordFunctionCallback(&OnOpStart, &OnOpEnd).needsOutputs(true));
   }
   ~ForwardScope() {
     at::removeCallback(handle_);
-    SetMemoryPhaseObserver(nullptr);
     active_forward = nullptr;
   }
 
  private:
+  MemoryPhaseScope phases_;
   at::CallbackHandle handle_;
 };
 
@@ -229,7 +229,7 @@ absl::StatusOr<StepRecord> RunStep(const ModelFactory& factory, const ForwardFn&
   MemoryMeter& meter = **made_meter;
   const int64_t base = meter.current_bytes();
   StepRecord record;
-  try {
+  XTRAIN_RETURN_IF_ERROR(GuardTorch("memory model: a calibration step failed", [&]() -> absl::Status {
     absl::StatusOr<std::shared_ptr<torch::nn::Module>> made = factory();
     if (!made.ok()) return made.status();
     std::shared_ptr<torch::nn::Module> model = *std::move(made);
@@ -294,9 +294,10 @@ absl::StatusOr<StepRecord> RunStep(const ModelFactory& factory, const ForwardFn&
         record.fixed.insert(StorageKey(target));
       }
       meter.ResetPeak();
-      if (measured) SetMemoryPhaseObserver(&recorder);
-      loss.backward();
-      SetMemoryPhaseObserver(nullptr);
+      {
+        MemoryPhaseScope phases(measured ? &recorder : nullptr);
+        loss.backward();
+      }
       recorder.Close();
       output = torch::Tensor();
       loss = torch::Tensor();
@@ -331,11 +332,8 @@ absl::StatusOr<StepRecord> RunStep(const ModelFactory& factory, const ForwardFn&
       optimizer->step();
       if (measured) record.optimizer_peak = meter.peak_bytes() - base;
     }
-  } catch (const c10::Error& e) {
-    SetMemoryPhaseObserver(nullptr);
-    return absl::InternalError(
-        absl::StrCat("memory model: a calibration step failed: ", e.what_without_backtrace()));
-  }
+    return absl::OkStatus();
+  }));
   return record;
 }
 
@@ -438,56 +436,6 @@ std::string ModuleOfParameter(const std::string& name) {
 }
 
 }  // namespace
-
-absl::StatusOr<OptimizerKind> ParseOptimizerKind(absl::string_view name) {
-  const std::string lower = absl::AsciiStrToLower(name);
-  if (lower == "sgd") return OptimizerKind::kSgd;
-  if (lower == "sgd_momentum" || lower == "momentum") return OptimizerKind::kSgdMomentum;
-  if (lower == "adam") return OptimizerKind::kAdam;
-  if (lower == "adamw") return OptimizerKind::kAdamW;
-  return absl::InvalidArgumentError(absl::StrCat("unknown optimizer '", std::string(name),
-                                                 "'; use sgd, sgd_momentum, adam or adamw"));
-}
-
-std::string OptimizerKindName(OptimizerKind kind) {
-  switch (kind) {
-    case OptimizerKind::kSgd: return "sgd";
-    case OptimizerKind::kSgdMomentum: return "sgd_momentum";
-    case OptimizerKind::kAdam: return "adam";
-    case OptimizerKind::kAdamW: return "adamw";
-  }
-  return "?";
-}
-
-int64_t OptimizerStateMultiple(OptimizerKind kind) {
-  switch (kind) {
-    case OptimizerKind::kSgd: return 0;
-    case OptimizerKind::kSgdMomentum: return 1;
-    case OptimizerKind::kAdam:
-    case OptimizerKind::kAdamW: return 2;
-  }
-  return 0;
-}
-
-std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(OptimizerKind kind,
-                                                       std::vector<torch::Tensor> parameters,
-                                                       double lr, double weight_decay) {
-  switch (kind) {
-    case OptimizerKind::kSgd:
-      return std::make_unique<torch::optim::SGD>(
-          parameters, torch::optim::SGDOptions(lr).weight_decay(weight_decay));
-    case OptimizerKind::kSgdMomentum:
-      return std::make_unique<torch::optim::SGD>(
-          parameters, torch::optim::SGDOptions(lr).momentum(0.9).weight_decay(weight_decay));
-    case OptimizerKind::kAdam:
-      return std::make_unique<torch::optim::Adam>(
-          parameters, torch::optim::AdamOptions(lr).weight_decay(weight_decay));
-    case OptimizerKind::kAdamW:
-      return std::make_unique<torch::optim::AdamW>(
-          parameters, torch::optim::AdamWOptions(lr).weight_decay(weight_decay));
-  }
-  return nullptr;
-}
 
 torch::Tensor SequentialForward(torch::nn::Module& model, const torch::Tensor& input) {
   auto* sequential = model.as<torch::nn::Sequential>();
@@ -644,18 +592,19 @@ absl::StatusOr<MemoryModel> MemoryModel::Build(const ModelFactory& factory, cons
   if (!slot.ok()) return slot.status();
   if (absl::Status status = ValidateBuild(step, options); !status.ok()) return status;
   AtLeastTwoThreads threads;
-  absl::StatusOr<Calibration> runs = Calibrate(factory, forward, step, options);
-  if (!runs.ok()) return runs.status();
-  MemoryModel model;
-  model.step_ = step;
-  model.options_ = options;
-  if (absl::Status status = model.ClassifyNodes(*runs); !status.ok()) return status;
-  if (absl::Status status = model.ProbeLayers(factory, *runs); !status.ok()) return status;
-  if (absl::Status status = model.FitForward(*runs); !status.ok()) return status;
-  if (absl::Status status = model.FitStorages(*runs); !status.ok()) return status;
-  model.FitNodes(*runs);
-  model.CheckCalibration(*runs);
-  return model;
+  return GuardTorch("memory model", [&]() -> absl::StatusOr<MemoryModel> {
+    XTRAIN_ASSIGN_OR_RETURN(Calibration runs, Calibrate(factory, forward, step, options));
+    MemoryModel model;
+    model.step_ = step;
+    model.options_ = options;
+    XTRAIN_RETURN_IF_ERROR(model.ClassifyNodes(runs));
+    XTRAIN_RETURN_IF_ERROR(model.ProbeLayers(factory, runs));
+    XTRAIN_RETURN_IF_ERROR(model.FitForward(runs));
+    XTRAIN_RETURN_IF_ERROR(model.FitStorages(runs));
+    model.FitNodes(runs);
+    model.CheckCalibration(runs);
+    return model;
+  });
 }
 
 absl::StatusOr<MemoryModel::Calibration> MemoryModel::Calibrate(const ModelFactory& factory,
@@ -1007,9 +956,10 @@ LayerProbe ProbeLayer(const ConvCall& call, const std::vector<int64_t>& sample_s
     probe.forward = meter.peak_bytes() - before;
     const torch::Tensor g = torch::randn(y.sizes(), gen, options).to(step.device);
     PhasePeaks phases(meter);
-    SetMemoryPhaseObserver(&phases);
-    y.backward(g);
-    SetMemoryPhaseObserver(nullptr);
+    {
+      MemoryPhaseScope observe(&phases);
+      y.backward(g);
+    }
     probe.backward = phases.Close();
   }
   return probe;
@@ -1036,7 +986,7 @@ absl::Status MemoryModel::ProbeLayers(const ModelFactory& factory, const Calibra
     Excess* backward = nullptr;
   };
   std::map<std::string, LayerExcess> probed;  // by layer signature: equal layers probe once
-  try {
+  return GuardTorch("memory model: probing a layer alone failed", [&]() -> absl::Status {
     absl::StatusOr<std::shared_ptr<torch::nn::Module>> model = factory();
     if (!model.ok()) return model.status();
     const auto modules = (*model)->named_modules();
@@ -1104,10 +1054,8 @@ absl::Status MemoryModel::ProbeLayers(const ModelFactory& factory, const Calibra
       probed[signature.str()] = excess;
       excess_[l] = std::move(excess);
     }
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("memory model: probing a layer alone failed: ", e.what_without_backtrace()));
-  }
-  return absl::OkStatus();
+    return absl::OkStatus();
+  });
 }
 
 absl::StatusOr<int64_t> MeasureTrainingPeak(const ModelFactory& factory, const ForwardFn& forward,
@@ -1119,7 +1067,7 @@ absl::StatusOr<int64_t> MeasureTrainingPeak(const ModelFactory& factory, const F
   const int64_t base = meter.current_bytes();
   meter.ResetPeak();
   int64_t peak = 0;
-  try {
+  XTRAIN_RETURN_IF_ERROR(GuardTorch("measure: a training step failed", [&]() -> absl::Status {
     absl::StatusOr<std::shared_ptr<torch::nn::Module>> made = factory();
     if (!made.ok()) return made.status();
     std::shared_ptr<torch::nn::Module> model = *std::move(made);
@@ -1159,9 +1107,8 @@ absl::StatusOr<int64_t> MeasureTrainingPeak(const ModelFactory& factory, const F
       optimizer->step();
     }
     peak = meter.peak_bytes() - base;
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("measure: a training step failed: ", e.what_without_backtrace()));
-  }
+    return absl::OkStatus();
+  }));
   return peak;
 }
 

@@ -9,21 +9,11 @@
 #include <torch/torch.h>
 
 #include "absl/status/statusor.h"
+#include "core/util/optimizer.h"
 #include "core/xconv/convert.h"
 #include "core/xconv/xconv_options.h"
 
 namespace xtrain::core {
-
-// Optimizers whose state the model counts (momentum buffers, Adam moments).
-enum class OptimizerKind { kSgd, kSgdMomentum, kAdam, kAdamW };
-absl::StatusOr<OptimizerKind> ParseOptimizerKind(absl::string_view name);
-std::string OptimizerKindName(OptimizerKind kind);
-// Persistent state values per parameter value: 0 (SGD), 1 (momentum), 2 (Adam, AdamW).
-int64_t OptimizerStateMultiple(OptimizerKind kind);
-// An optimizer of `kind` over `parameters` (learning rate `lr`; momentum 0.9; weight decay as given).
-std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(OptimizerKind kind,
-                                                       std::vector<torch::Tensor> parameters,
-                                                       double lr, double weight_decay = 0.0);
 
 // The loss a step ends in; its saved tensors and gradient are part of the step's memory.
 enum class LossKind { kCrossEntropy, kMse };

@@ -18,6 +18,7 @@
 #include "core/models/strided_grouped.h"
 #include "core/models/unet.h"
 #include "core/util/generator_state.h"
+#include "core/util/torch_guard.h"
 
 namespace xtrain::core {
 namespace {
@@ -183,12 +184,13 @@ absl::StatusOr<std::shared_ptr<NetworkImpl>> BuildModel(const ModelSpec& spec) {
   }
   absl::StatusOr<ModelSpec> resolved = Resolve(spec, *family);
   if (!resolved.ok()) return resolved.status();
+  // Running out of memory is ResourceExhausted with advice, not the guard's InternalError.
   try {
-    absl::MutexLock lock(&build_mutex);
-    GlobalSeedGuard seed_guard(resolved->seed);
-    return family->build(*resolved);
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("model ", spec.name, ": ", e.what_without_backtrace()));
+    return GuardTorch(absl::StrCat("model ", spec.name), [&]() -> absl::StatusOr<std::shared_ptr<NetworkImpl>> {
+      absl::MutexLock lock(&build_mutex);
+      GlobalSeedGuard seed_guard(resolved->seed);
+      return family->build(*resolved);
+    });
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(
         absl::StrCat("model ", spec.name, ": out of memory building the parameters; reduce width"));

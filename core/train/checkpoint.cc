@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "core/util/torch_guard.h"
 
 namespace xtrain::core {
 namespace {
@@ -100,6 +101,7 @@ absl::Status WriteAtomically(torch::serialize::OutputArchive& archive, const std
         absl::StrCat("cannot create checkpoint file ", temporary, ": ", std::strerror(errno)));
   }
   int write_errno = 0;
+  // Not the guard: a failed write removes the temporary file and is Unavailable, with errno's reason.
   try {
     archive.save_to([&](const void* data, size_t size) -> size_t {
       const char* bytes = static_cast<const char*>(data);
@@ -195,14 +197,14 @@ absl::StatusOr<std::unique_ptr<torch::serialize::InputArchive>> OpenArchive(cons
   if (!std::filesystem::is_regular_file(path, error)) {
     return absl::NotFoundError(absl::StrCat(what, " ", path, " does not exist"));
   }
-  auto archive = std::make_unique<torch::serialize::InputArchive>();
-  try {
-    archive->load_from(path);
-  } catch (const c10::Error& e) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " ", path, " is not a LibTorch archive: ",
-                                                   e.what_without_backtrace()));
-  }
-  return archive;
+  return GuardTorch(
+      [&] { return absl::StrCat(what, " ", path, " is not a LibTorch archive"); },
+      [&]() -> absl::StatusOr<std::unique_ptr<torch::serialize::InputArchive>> {
+        auto archive = std::make_unique<torch::serialize::InputArchive>();
+        archive->load_from(path);
+        return archive;
+      },
+      absl::StatusCode::kInvalidArgument);
 }
 
 bool IsCheckpoint(torch::serialize::InputArchive& archive) {
@@ -214,7 +216,7 @@ bool IsCheckpoint(torch::serialize::InputArchive& archive) {
 
 absl::Status Checkpoint::Write(const std::string& path, const torch::nn::Module& model,
                                const torch::optim::Optimizer& optimizer, const CheckpointState& state) {
-  try {
+  return GuardTorch(absl::StrCat("cannot serialise checkpoint ", path), [&]() -> absl::Status {
     torch::serialize::OutputArchive archive;
     archive.write("format", c10::IValue(std::string(kFormat)));
     archive.write("model_name", c10::IValue(state.model_name));
@@ -238,10 +240,7 @@ absl::Status Checkpoint::Write(const std::string& path, const torch::nn::Module&
     optimizer.save(optimizer_archive);
     archive.write("optimizer", optimizer_archive);
     return WriteAtomically(archive, path);
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat("cannot serialise checkpoint ", path, ": ", e.what_without_backtrace()));
-  }
+  });
 }
 
 absl::StatusOr<Checkpoint> Checkpoint::Read(const std::string& path) {
@@ -252,7 +251,8 @@ absl::StatusOr<Checkpoint> Checkpoint::Read(const std::string& path) {
     return absl::InvalidArgumentError(absl::StrCat(path, " is not an xtrain checkpoint (no '", kFormat,
                                                    "' marker); pass a checkpoint that Trainer wrote"));
   }
-  try {
+  const std::string context = absl::StrCat("checkpoint ", path, " is incomplete");
+  return GuardTorch(context, [&]() -> absl::StatusOr<Checkpoint> {
     CheckpointState state;
     c10::IValue v;
     a.read("model_name", v);
@@ -281,43 +281,39 @@ absl::StatusOr<Checkpoint> Checkpoint::Read(const std::string& path) {
     if (!layers.ok()) return layers.status();
     state.xconv_layers = *std::move(layers);
     return Checkpoint(path, *std::move(archive), std::move(state));
-  } catch (const c10::Error& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("checkpoint ", path, " is incomplete: ", e.what_without_backtrace()));
-  }
+  }, absl::StatusCode::kInvalidArgument);
 }
 
 absl::Status Checkpoint::LoadModel(torch::nn::Module& model) const {
-  try {
+  return GuardTorch(absl::StrCat("cannot load the model from ", path_), [&] {
     torch::serialize::InputArchive model_archive;
     archive_->read("model", model_archive);
     WeightsLoadReport report;
     return CopyModule(model_archive, model, "", /*strict=*/true, path_, report);
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat("cannot load the model from ", path_, ": ", e.what_without_backtrace()));
-  }
+  });
 }
 
 absl::Status Checkpoint::LoadOptimizer(torch::optim::Optimizer& optimizer) const {
-  try {
-    torch::serialize::InputArchive optimizer_archive;
-    archive_->read("optimizer", optimizer_archive);
-    optimizer.load(optimizer_archive);
-    return absl::OkStatus();
-  } catch (const c10::Error& e) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the optimizer state in ", path_,
-        " does not fit this job (another optimizer or other trainable parameters?): ",
-        e.what_without_backtrace()));
-  }
+  return GuardTorch(
+      [&] {
+        return absl::StrCat("the optimizer state in ", path_,
+                            " does not fit this job (another optimizer or other trainable parameters?)");
+      },
+      [&] {
+        torch::serialize::InputArchive optimizer_archive;
+        archive_->read("optimizer", optimizer_archive);
+        optimizer.load(optimizer_archive);
+        return absl::OkStatus();
+      },
+      absl::StatusCode::kInvalidArgument);
 }
 
 absl::StatusOr<WeightsLoadReport> LoadWeights(const std::string& path, torch::nn::Module& model,
                                               bool strict) {
   absl::StatusOr<std::unique_ptr<torch::serialize::InputArchive>> archive = OpenArchive(path, "weights file");
   if (!archive.ok()) return archive.status();
-  try {
+  const std::string context = absl::StrCat("cannot load weights from ", path);
+  return GuardTorch(context, [&]() -> absl::StatusOr<WeightsLoadReport> {
     torch::serialize::InputArchive model_archive;
     torch::serialize::InputArchive* source = archive->get();
     if (IsCheckpoint(**archive)) {
@@ -331,10 +327,7 @@ absl::StatusOr<WeightsLoadReport> LoadWeights(const std::string& path, torch::nn
           path, " holds none of the model's parameters; is it a file of another model?"));
     }
     return report;
-  } catch (const c10::Error& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot load weights from ", path, ": ", e.what_without_backtrace()));
-  }
+  }, absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace xtrain::core

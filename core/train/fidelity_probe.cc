@@ -9,8 +9,10 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "core/util/generator_state.h"
+#include "core/util/mix_seed.h"
+#include "core/util/status_macros.h"
+#include "core/util/torch_guard.h"
 #include "core/xconv/modules.h"
-#include "core/xconv/probes.h"
 
 namespace xtrain::core {
 namespace {
@@ -103,7 +105,7 @@ absl::StatusOr<FidelityReport> FidelityProbe::Measure(const Batch& batch, int64_
   FidelityReport report;
   report.micro_batch = micro_batch;
   if (active.empty()) return report;
-  try {
+  XTRAIN_RETURN_IF_ERROR(GuardTorch("fidelity: a measurement pass failed", [&]() -> absl::Status {
     std::vector<torch::Tensor> weights, g1;
     for (const Layer* layer : active) {
       if (!layer->weight.grad().defined()) {
@@ -150,9 +152,8 @@ absl::StatusOr<FidelityReport> FidelityProbe::Measure(const Batch& batch, int64_
       report.layers.push_back(std::move(layer));
     }
     report.ratio = report.xconv_variance / report.sgd_variance;
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("fidelity: a measurement pass failed: ", e.what_without_backtrace()));
-  }
+    return absl::OkStatus();
+  }));
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;
 }

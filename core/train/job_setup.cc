@@ -132,6 +132,8 @@ absl::Status CheckModelFitsTask(const TrainOptions& o, const TaskAdapter& adapte
       scratch);
   if (!batch.ok()) return Prefixed(batch.status(), "data.train: ");
   torch::Tensor output;
+  // Not the guard: a model that cannot run on the data is the user's mistake, InvalidArgument with
+  // what to change after LibTorch's message.
   try {
     torch::NoGradGuard no_grad;
     EvalMode eval(model);

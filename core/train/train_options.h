@@ -14,6 +14,7 @@
 #include "core/memory/memory_model.h"
 #include "core/memory/planner.h"
 #include "core/models/model_spec.h"
+#include "core/util/optimizer.h"
 
 namespace xtrain::core {
 

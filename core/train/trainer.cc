@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <exception>
 #include <mutex>
 #include <set>
 #include <unordered_set>
@@ -19,9 +18,11 @@
 #include "core/train/job_setup.h"
 #include "core/train/task_metrics.h"
 #include "core/util/generator_state.h"
+#include "core/util/mix_seed.h"
+#include "core/util/status_macros.h"
+#include "core/util/torch_guard.h"
 #include "core/xconv/convert.h"
 #include "core/xconv/modules.h"
-#include "core/xconv/probes.h"
 
 namespace xtrain::core {
 namespace {
@@ -111,15 +112,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::CreateImpl(TrainOptions option
   absl::StatusOr<JobSlot> slot = JobSlot::Acquire(absl::StrCat("a Trainer (model ", options.model.name, ")"));
   if (!slot.ok()) return slot.status();
   std::unique_ptr<Trainer> trainer(new Trainer(std::move(options), *std::move(slot)));
-  absl::Status status;
-  try {
-    status = trainer->Initialize(spec);
-  } catch (const c10::Error& e) {
-    status = absl::InternalError(absl::StrCat("creating the trainer failed: ", e.what_without_backtrace()));
-  } catch (const std::exception& e) {
-    status = absl::InternalError(absl::StrCat("creating the trainer failed: ", e.what()));
-  }
-  if (!status.ok()) return status;
+  XTRAIN_RETURN_IF_ERROR(GuardExceptions("creating the trainer failed", [&] { return trainer->Initialize(spec); }));
   return trainer;
 }
 
@@ -413,6 +406,10 @@ absl::Status Trainer::ApplyChoices(const std::vector<LayerChoice>& choices, bool
 }
 
 absl::Status Trainer::Replan(const PlanSpec& spec) {
+  return GuardTorch("re-planning failed", [&] { return ReplanUnguarded(spec); });
+}
+
+absl::Status Trainer::ReplanUnguarded(const PlanSpec& spec) {
   if (!memory_model_ || !training_plan_) {
     return absl::FailedPreconditionError(
         "this job has no memory model to re-plan with; give it a memory.budget_bytes or a plan at Create");
@@ -454,14 +451,12 @@ int64_t Trainer::steps_per_epoch() const { return loader_ ? loader_->num_batches
 int64_t Trainer::total_steps() const { return steps_per_epoch() * options_.epochs; }
 
 absl::Status Trainer::Run(const EventCallback& callback, const std::atomic<bool>* cancel) {
-  try {
-    return RunLoop(callback, cancel);
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("training failed at step ", step_ + 1, " (epoch ", position_.epoch,
-                                            ", batch ", position_.batch, "): ", e.what_without_backtrace()));
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("training failed at step ", step_ + 1, ": ", e.what()));
-  }
+  return GuardExceptions(
+      [&] {
+        return absl::StrCat("training failed at step ", step_ + 1, " (epoch ", position_.epoch, ", batch ",
+                            position_.batch, ")");
+      },
+      [&] { return RunLoop(callback, cancel); });
 }
 
 absl::Status Trainer::RunLoop(const EventCallback& callback, const std::atomic<bool>* cancel) {
@@ -650,11 +645,7 @@ Batch Trainer::ToModelDtype(Batch batch) const {
 }
 
 absl::StatusOr<std::map<std::string, double>> Trainer::Evaluate() {
-  try {
-    return EvaluateUnguarded();
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("evaluation failed: ", e.what_without_backtrace()));
-  }
+  return GuardTorch("evaluation failed", [&] { return EvaluateUnguarded(); });
 }
 
 absl::StatusOr<std::map<std::string, double>> Trainer::EvaluateUnguarded() {
@@ -687,11 +678,7 @@ absl::StatusOr<std::map<std::string, double>> Trainer::EvaluateUnguarded() {
 
 absl::StatusOr<std::string> Trainer::SaveCheckpoint() {
   if (!store_) return absl::FailedPreconditionError("no checkpoint.dir to write a checkpoint to");
-  try {
-    return WriteCheckpoint();
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("writing a checkpoint failed: ", e.what_without_backtrace()));
-  }
+  return GuardTorch("writing a checkpoint failed", [&] { return WriteCheckpoint(); });
 }
 
 absl::StatusOr<std::string> Trainer::WriteCheckpoint() {

@@ -143,6 +143,7 @@ class Trainer {
   // The closed loop after a step: re-plans when `step` measured too far above the prediction.
   absl::Status FollowMeasurement(const TrainEvent& step, const EventCallback& emit);
   absl::StatusOr<std::map<std::string, double>> EvaluateUnguarded();
+  absl::Status ReplanUnguarded(const PlanSpec& spec);
   absl::StatusOr<std::string> WriteCheckpoint();
   absl::Status EmitCheckpoint(const EventCallback& callback);
   TrainEvent BaseEvent(TrainEventKind kind) const;

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <exception>
 #include <memory>
 #include <utility>
 
@@ -14,6 +13,7 @@
 #include "core/models/model_zoo.h"
 #include "core/train/job_setup.h"
 #include "core/util/job_slot.h"
+#include "core/util/torch_guard.h"
 
 namespace xtrain::core {
 namespace {
@@ -195,7 +195,7 @@ absl::StatusOr<TrainingPlan> PlanTraining(const TrainOptions& options) {
   if (absl::Status s = ValidateTrainOptions(options); !s.ok()) return s;
   absl::StatusOr<JobSlot> slot = JobSlot::Acquire(absl::StrCat("a PlanTraining call (model ", options.model.name, ")"));
   if (!slot.ok()) return slot.status();
-  try {
+  return GuardExceptions("planning the job failed", [&]() -> absl::StatusOr<TrainingPlan> {
     CpuMemoryMeter::Install();
     if (absl::Status s = train_internal::CheckDataValues(options); !s.ok()) return s;
     absl::StatusOr<std::unique_ptr<TaskAdapter>> adapter = MakeTaskAdapter(options.task.kind, options.task.options);
@@ -214,11 +214,7 @@ absl::StatusOr<TrainingPlan> PlanTraining(const TrainOptions& options) {
     absl::StatusOr<TrainingPlan> plan = train_internal::PlanJob(options, *memory, nullptr);
     if (plan.ok()) plan->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return plan;
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("planning the job failed: ", e.what_without_backtrace()));
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("planning the job failed: ", e.what()));
-  }
+  });
 }
 
 std::string TrainingPlan::Table() const {

@@ -6,8 +6,10 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "core/util/mix_seed.h"
+#include "core/util/status_macros.h"
+#include "core/util/torch_guard.h"
 #include "core/xconv/modules.h"
-#include "core/xconv/probes.h"
 
 namespace xtrain::core {
 namespace {
@@ -193,15 +195,12 @@ absl::StatusOr<ConvertResult> Convert(std::shared_ptr<torch::nn::Module> root,
     return absl::InvalidArgumentError("convert: probes must be >= 0 (0 = exact)");
   }
   Walker walker{options, {}, 0, {}};
-  try {
-    absl::StatusOr<ModulePtr> replacement = walker.Visit(root, "");
-    if (!replacement.ok()) return replacement.status();
+  return GuardTorch("convert", [&]() -> absl::StatusOr<ConvertResult> {
+    XTRAIN_ASSIGN_OR_RETURN(ModulePtr replacement, walker.Visit(root, ""));
     // A custom module whose children were swapped in place returns nullptr too.
-    return ConvertResult{*replacement ? *replacement : root, std::move(walker.converted),
+    return ConvertResult{replacement ? replacement : root, std::move(walker.converted),
                          std::move(walker.left_exact)};
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("convert: ", e.what_without_backtrace()));
-  }
+  });
 }
 
 }  // namespace xtrain::core

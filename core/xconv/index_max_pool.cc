@@ -7,7 +7,7 @@
 #include <cmath>
 #include <limits>
 
-#include "core/memory/memory_phase.h"
+#include "core/util/memory_phase.h"
 
 namespace xtrain::core {
 namespace {

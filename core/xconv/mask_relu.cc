@@ -3,7 +3,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
-#include "core/memory/memory_phase.h"
+#include "core/util/memory_phase.h"
 
 namespace xtrain::core {
 namespace {

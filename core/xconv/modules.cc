@@ -2,8 +2,8 @@
 
 #include <cmath>
 
+#include "core/util/mix_seed.h"
 #include "core/xconv/mask_relu.h"
-#include "core/xconv/probes.h"
 #include "core/xconv/xconv_op.h"
 
 namespace xtrain::core {

@@ -6,6 +6,8 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include "core/util/mix_seed.h"
+
 namespace xtrain::core {
 namespace {
 
@@ -23,13 +25,6 @@ torch::Tensor OrthogonalRows(int64_t rows, int64_t dim, at::Generator& gen,
 }
 
 }  // namespace
-
-uint64_t MixSeed(uint64_t base, uint64_t counter) {
-  uint64_t z = base + 0x9E3779B97F4A7C15ULL * (counter + 1);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
-}
 
 torch::Tensor DrawProbeMatrix(int64_t rows, int64_t dim, ProbeDistribution distribution,
                               uint64_t seed, torch::ScalarType dtype, torch::Device device) {

@@ -32,7 +32,4 @@ ProbeSet MakeProbes(const XConvSettings& settings, int64_t channels, int64_t spa
 // Columns of the sketch one sample keeps: C_in * r (independent) or r (multichannel, orthogonal).
 int64_t SketchValuesPerSample(ProbeMode mode, int64_t channels, int64_t probes);
 
-// A well-mixed 64-bit value for step `counter` of a stream seeded with `base` (SplitMix64).
-uint64_t MixSeed(uint64_t base, uint64_t counter);
-
 }  // namespace xtrain::core

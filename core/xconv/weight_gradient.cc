@@ -2,7 +2,7 @@
 
 #include <limits>
 
-#include "core/memory/memory_phase.h"
+#include "core/util/memory_phase.h"
 
 namespace xtrain::core {
 namespace {

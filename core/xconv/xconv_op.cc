@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "core/memory/memory_phase.h"
+#include "core/util/memory_phase.h"
 #include "core/xconv/probes.h"
 #include "core/xconv/weight_gradient.h"
 

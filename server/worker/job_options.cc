@@ -14,6 +14,7 @@
 #include "core/data/synthetic.h"
 #include "core/data/task.h"
 #include "core/data/tensor_dataset.h"
+#include "core/util/optimizer.h"
 #include "server/common/util.h"
 
 namespace xtrain::server {

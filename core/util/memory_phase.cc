@@ -1,4 +1,4 @@
-#include "core/memory/memory_phase.h"
+#include "core/util/memory_phase.h"
 
 #include <atomic>
 

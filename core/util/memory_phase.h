@@ -1,5 +1,9 @@
 #pragma once
 
+// The memory-phase hook: operators below (XConv, the lean layers) mark phases and outputs; the
+// memory model above installs the observer that measures them. It sits in util so that neither
+// folder includes the other's headers for it.
+
 #include <torch/torch.h>
 
 namespace xtrain::core {
@@ -25,5 +29,15 @@ void MarkForwardOutput(const torch::Tensor& output);
 
 // Installs `observer` process-wide (nullptr removes it). The memory model's calibration does.
 void SetMemoryPhaseObserver(MemoryPhaseObserver* observer);
+
+// Installs `observer` (nullptr: none) for its lifetime and removes it on exit, exceptions included,
+// so a failed backward never leaves the hook pointing at a destroyed observer.
+class MemoryPhaseScope {
+ public:
+  explicit MemoryPhaseScope(MemoryPhaseObserver* observer) { SetMemoryPhaseObserver(observer); }
+  ~MemoryPhaseScope() { SetMemoryPhaseObserver(nullptr); }
+  MemoryPhaseScope(const MemoryPhaseScope&) = delete;
+  MemoryPhaseScope& operator=(const MemoryPhaseScope&) = delete;
+};
 
 }  // namespace xtrain::core
