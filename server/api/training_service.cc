@@ -122,7 +122,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* TrainingServiceImpl::WatchJob(grpc::
   if (!grpc::SerializationTraits<v1::WatchJobRequest>::Deserialize(&bytes, &request).ok()) {
     return new FailedWrite<grpc::ByteBuffer>(absl::InvalidArgumentError("the WatchJobRequest does not parse"));
   }
-  absl::StatusOr<v1::Job> job = scheduler_.GetJob(TenantOf(context), request.job_id());
+  absl::StatusOr<std::shared_ptr<const v1::Job>> job = scheduler_.JobSnapshot(TenantOf(context), request.job_id());
   if (!job.ok()) return new FailedWrite<grpc::ByteBuffer>(job.status());
   if (request.from_sequence() < 0) {
     return new FailedWrite<grpc::ByteBuffer>(absl::InvalidArgumentError(
