@@ -129,12 +129,17 @@ class WatchHub::Watcher : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     if (action == Action::kWrite) {
       grpc::Slice parts[2] = {std::move(pending_), pending_coalesced_ > 0 ? CoalescedBytes(pending_coalesced_) : grpc::Slice()};
       response_ = grpc::ByteBuffer(parts, pending_coalesced_ > 0 ? 2 : 1);
+      HandOver(this);
       StartWrite(&response_);
     }
-    if (action == Action::kFinish) Finish(status);
+    if (action == Action::kFinish) {
+      HandOver(this);
+      Finish(status);
+    }
   }
 
   void OnWriteDone(bool ok) override {
+    TakeOver(this);
     Action action;
     grpc::Status status;
     {
@@ -162,6 +167,7 @@ class WatchHub::Watcher : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   }
 
   void OnDone() override {
+    TakeOver(this);
     hub_.Detach(log_);
     delete this;
   }
