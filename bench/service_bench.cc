@@ -1141,6 +1141,12 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
   const int64_t rss_after = std::max(*rss_connected, *rss_window);
   const double per_watcher = static_cast<double>(rss_after - *rss_before) / watchers;
   const double delivered = published > 0 ? static_cast<double>(s.samples) / (static_cast<double>(published) * watchers) : 0;
+  // CPU per delivered event on each side, and the cores each would need at this rate to deliver every
+  // event to every watcher (events per second x watchers): above the cores there are, watchers fall
+  // behind, in the server's queue (it coalesces) or in the transport's buffers (it cannot).
+  const double server_us = 1e6 * server_cpu * window_s / static_cast<double>(s.samples);
+  const double client_us = 1e6 * client_cpu * window_s / static_cast<double>(s.samples);
+  const double demand = events_per_second * watchers;
   JsonObject row = report.Begin("watch_job", "watchers", watchers, s);
   row.String("lag", "receipt time on the client minus the event's time, events received in the window")
       .Int("channels", channels)
@@ -1152,8 +1158,10 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
       .Number("connect_s", connect_s)
       .Number("server_cpu_cores", server_cpu)
       .Number("client_cpu_cores", client_cpu)
-      .Number("server_cpu_us_per_event", 1e6 * server_cpu * window_s / static_cast<double>(s.samples))
-      .Number("client_cpu_us_per_event", 1e6 * client_cpu * window_s / static_cast<double>(s.samples))
+      .Number("server_cpu_us_per_event", server_us)
+      .Number("client_cpu_us_per_event", client_us)
+      .Number("server_cores_to_deliver_all", server_us * demand / 1e6)
+      .Number("client_cores_to_receive_all", client_us * demand / 1e6)
       .String("server_busiest_thread", busiest_thread)
       .Number("server_busiest_thread_cores", busiest_cpu / window_s)
       .Int("rss_before_bytes", *rss_before)
@@ -1175,11 +1183,11 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
               Ms(s.p99),
               absl::StrFormat("%.1f KB server RSS per watcher; %d events in %.0f s, %.0f%% delivered (rest coalesced); "
                               "connected in %.1f s; CPU cores busy: server %.2f (its busiest thread %.2f), clients %.2f; "
-                              "CPU an event delivered: server %.1f us, clients %.1f us",
+                              "CPU an event delivered: server %.1f us, clients %.1f us (every event to every "
+                              "watcher would take %.2f and %.2f cores)",
                               per_watcher / 1000, published, sizes.watch_window_s, 100 * delivered, connect_s,
-                              server_cpu, busiest_cpu / window_s, client_cpu,
-                              1e6 * server_cpu * window_s / static_cast<double>(s.samples),
-                              1e6 * client_cpu * window_s / static_cast<double>(s.samples)),
+                              server_cpu, busiest_cpu / window_s, client_cpu, server_us, client_us,
+                              server_us * demand / 1e6, client_us * demand / 1e6),
               goal});
   return absl::OkStatus();
 }
