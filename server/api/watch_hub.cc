@@ -152,6 +152,7 @@ class WatchHub::Watcher : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   }
 
   void OnCancel() override {
+    TakeOver(this);
     Action action = Action::kNone;
     grpc::Status status;
     {
@@ -265,6 +266,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* WatchHub::Watch(const std::string& j
   std::shared_ptr<JobLog> log = shut_down ? std::make_shared<JobLog>() : LogFor(job_id);
   const int64_t next = std::max<int64_t>(1, from_sequence);
   auto* watcher = new Watcher(*this, log, next);
+  HandOver(watcher);  // gRPC may call OnCancel on another thread as soon as the stream exists
   ++watchers_;
   Watcher::Action action = Watcher::Action::kNone;
   grpc::Status status;
