@@ -14,14 +14,17 @@ import sys
 # (name, the key of its count, the counts every run has; None: any) and the fields that must be > 0.
 COMMON = ["p50_ms", "p99_ms", "mean_ms", "max_ms", "samples", "cores"]
 FIGURES = [
-    ("get_job", "clients", [1, 16, 64], ["calls_per_client", "calls_per_second", "server_cpu_ms_per_call", "store_jobs"]),
-    ("list_jobs", "clients", [1, 16, 64], ["calls_per_client", "calls_per_second", "server_cpu_ms_per_call", "store_jobs"]),
+    ("get_job", "clients", [1, 16, 64],
+     ["calls_per_client", "calls_per_second", "server_cpu_ms_per_call", "client_cpu_ms_per_call", "store_jobs"]),
+    ("list_jobs", "clients", [1, 16, 64],
+     ["calls_per_client", "calls_per_second", "server_cpu_ms_per_call", "client_cpu_ms_per_call", "store_jobs"]),
     ("plan_job_cold", "clients", [1], []),
     ("plan_job_cached", "clients", [1], []),
     ("submit_to_first_step", "clients", [1], []),
     ("watch_job", "watchers", None,
      ["channels", "window_s", "events_published", "events_per_second", "delivered_fraction", "connect_s",
-      "server_cpu_cores", "client_cpu_cores", "server_busiest_thread_cores", "rss_before_bytes",
+      "server_cpu_cores", "client_cpu_cores", "server_cpu_us_per_event", "client_cpu_us_per_event",
+      "server_busiest_thread_cores", "rss_before_bytes",
       "rss_connected_bytes", "rss_window_bytes", "memory_per_watcher_bytes"]),
 ]
 

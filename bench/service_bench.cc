@@ -17,11 +17,13 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <future>
 #include <latch>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -35,7 +37,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
 #include "bench/bench_util.h"
 #include "client/client.h"
 #include "xtrain/v1/training_service.grpc.pb.h"
@@ -61,6 +66,8 @@ struct Options {
   std::string server_bin = XTRAIN_BENCH_SERVER_PATH;
   std::string worker_bin = XTRAIN_BENCH_WORKER_PATH;
   bool quick = false;
+  std::set<std::string> figures;  // the figures to measure (empty: all)
+  std::vector<int> watchers;      // watcher counts instead of the defaults
   std::string json;
   std::string markdown;
   std::string data_root;
@@ -90,6 +97,8 @@ Sizes SizesFor(bool quick) {
 
 constexpr int kWatchersPerChannel = 500;
 
+const std::set<absl::string_view> kFigures = {"get_job", "list_jobs", "plan_job", "submit_to_first_step", "watch_job"};
+
 std::string Usage() {
   return R"(xtrain-bench service (also xtrain-service-bench): the service's latencies against a real
 xtrain-server started here on 127.0.0.1 (port 0) with a fresh data dir, stopped and removed at the end.
@@ -109,13 +118,16 @@ Flags:
   --json FILE         one JSON object per figure row
   --markdown FILE     the table and the goals
   --data-root DIR     where the temporary data dir goes (default: $TMPDIR or /tmp)
+  --figures LIST      only these figures, comma-separated: get_job, list_jobs, plan_job,
+                      submit_to_first_step, watch_job (default: all; for profiling one of them)
+  --watchers LIST     watch_job's watcher counts, comma-separated (default: 1000,10000; --quick 300,1000)
 )";
 }
 
 absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   absl::StatusOr<std::vector<Flag>> flags =
-      SplitFlags(args, {"--quick", "--help", "-h"}, {"--server-bin", "--worker-bin", "--json", "--markdown", "--data-root"},
+      SplitFlags(args, {"--quick", "--help", "-h"}, {"--server-bin", "--worker-bin", "--json", "--markdown", "--data-root", "--figures", "--watchers"},
                  "service");
   if (!flags.ok()) return flags.status();
   Options options;
@@ -127,8 +139,25 @@ absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
     if (flag.name == "--json") options.json = flag.value;
     if (flag.name == "--markdown") options.markdown = flag.value;
     if (flag.name == "--data-root") options.data_root = flag.value;
+    if (flag.name == "--figures") {
+      for (absl::string_view name : absl::StrSplit(flag.value, ',', absl::SkipEmpty())) {
+        if (!kFigures.contains(name)) {
+          return absl::InvalidArgumentError(absl::StrCat("--figures: unknown figure '", name, "'; use ",
+                                                         absl::StrJoin(kFigures, ", ")));
+        }
+        options.figures.insert(std::string(name));
+      }
+    }
+    if (flag.name == "--watchers") {
+      for (absl::string_view count : absl::StrSplit(flag.value, ',', absl::SkipEmpty())) {
+        absl::StatusOr<int64_t> watchers = ParseInt("--watchers", count, 1);
+        if (!watchers.ok()) return watchers.status();
+        options.watchers.push_back(static_cast<int>(*watchers));
+      }
+    }
   }
   if (options.help) return options;
+  if (options.figures.empty()) options.figures = std::set<std::string>(kFigures.begin(), kFigures.end());
   if (options.server_bin.empty()) return absl::InvalidArgumentError("this build has no xtrain-server: give --server-bin");
   if (options.worker_bin.empty()) {
     return absl::InvalidArgumentError("this build has no xtrain-worker: give --worker-bin (the real or the fake worker)");
@@ -557,112 +586,181 @@ absl::StatusOr<std::vector<std::string>> FillStore(client::Client& client, int j
 // ---------------------------------------------------------------------------------------------------
 // Figure 1: unary latency at concurrent clients.
 
-using UnaryCall = std::function<grpc::Status(v1::TrainingService::Stub&, int client, int call)>;
+// One client's calls: how to fill a request, start the call on gRPC's callback API, and check the answer.
+template <typename Request, typename Response>
+struct UnaryKind {
+  std::function<void(int client, int call, Request*)> fill;  // call -1: the untimed connecting call
+  std::function<void(v1::TrainingService::Stub&, grpc::ClientContext*, const Request*, Response*,
+                     std::function<void(grpc::Status)>)>
+      start;
+  std::function<grpc::Status(const Request&, const Response&)> check;
+};
 
-// `clients` threads, each with its own channel; one untimed call each to connect, then `calls` timed ones
-// each, all starting together. Returns every call's milliseconds and the wall time.
-absl::StatusOr<std::pair<std::vector<double>, double>> RunClients(const std::string& target, int clients, int calls,
-                                                                  const UnaryCall& call) {
+// A closed-loop client on its own channel: each call starts as the previous one returns, from gRPC's
+// callback thread, so the benchmark runs no thread per client (64 blocking threads on 2 cores would
+// measure their own scheduling as much as the server).
+template <typename Request, typename Response>
+class UnaryLoop {
+ public:
+  UnaryLoop(v1::TrainingService::Stub& stub, const UnaryKind<Request, Response>& kind, int client, int calls,
+            std::latch& finished)
+      : stub_(stub), kind_(kind), client_(client), calls_(calls), finished_(finished) {
+    times_.reserve(calls);
+  }
+
+  // The connecting call: waits for the channel (a failed connect attempt is retried), untimed.
+  grpc::Status Connect() {
+    grpc::ClientContext context;
+    SetDeadline(context, std::chrono::seconds(60));
+    context.set_wait_for_ready(true);
+    Request request;
+    Response response;
+    kind_.fill(client_, -1, &request);
+    std::promise<grpc::Status> done;
+    kind_.start(stub_, &context, &request, &response, [&done](grpc::Status s) { done.set_value(std::move(s)); });
+    grpc::Status status = done.get_future().get();
+    return status.ok() ? kind_.check(request, response) : status;
+  }
+
+  void Start() { Next(); }
+
+  const std::vector<double>& times() const { return times_; }
+  const grpc::Status& status() const { return status_; }
+
+ private:
+  void Next() {
+    context_ = std::make_unique<grpc::ClientContext>();
+    SetDeadline(*context_, std::chrono::seconds(60));
+    request_.Clear();
+    response_.Clear();
+    kind_.fill(client_, static_cast<int>(times_.size()), &request_);
+    start_ = SteadyClock::now();
+    kind_.start(stub_, context_.get(), &request_, &response_, [this](grpc::Status status) { Done(std::move(status)); });
+  }
+
+  void Done(grpc::Status status) {
+    times_.push_back(MillisSince(start_));
+    if (status.ok()) status = kind_.check(request_, response_);
+    if (!status.ok()) {
+      status_ = std::move(status);
+      finished_.count_down();
+      return;
+    }
+    if (static_cast<int>(times_.size()) == calls_) {
+      finished_.count_down();
+      return;
+    }
+    Next();
+  }
+
+  v1::TrainingService::Stub& stub_;
+  const UnaryKind<Request, Response>& kind_;
+  const int client_;
+  const int calls_;
+  std::latch& finished_;
+  std::unique_ptr<grpc::ClientContext> context_;
+  Request request_;
+  Response response_;
+  SteadyClock::time_point start_;
+  std::vector<double> times_;
+  grpc::Status status_;
+};
+
+struct UnaryRun {
+  std::vector<double> times_ms;
+  double wall_s = 0;
+  double client_cpu_s = 0;  // this process's CPU time over the timed calls
+};
+
+// `clients` closed-loop clients, each on its own channel; one untimed call each to connect, then
+// `calls` timed ones each, all starting together.
+template <typename Request, typename Response>
+absl::StatusOr<UnaryRun> RunClients(const std::string& target, int clients, int calls,
+                                    const UnaryKind<Request, Response>& kind) {
   std::vector<std::unique_ptr<v1::TrainingService::Stub>> stubs;
   for (int c = 0; c < clients; ++c) stubs.push_back(OwnStub(target));
-  std::vector<std::vector<double>> times(clients);
-  std::vector<grpc::Status> errors(clients);
-  std::latch ready(clients);
-  std::latch go(1);
-  std::vector<std::thread> threads;
+  std::latch finished(clients);
+  std::vector<std::unique_ptr<UnaryLoop<Request, Response>>> loops;
   for (int c = 0; c < clients; ++c) {
-    threads.emplace_back([&, c] {
-      grpc::Status warm = call(*stubs[c], c, -1);
-      ready.count_down();
-      go.wait();
-      if (!warm.ok()) {
-        errors[c] = warm;
-        return;
-      }
-      times[c].reserve(calls);
-      for (int i = 0; i < calls; ++i) {
-        const auto start = SteadyClock::now();
-        grpc::Status status = call(*stubs[c], c, i);
-        times[c].push_back(MillisSince(start));
-        if (!status.ok()) {
-          errors[c] = status;
-          return;
-        }
-      }
-    });
+    loops.push_back(std::make_unique<UnaryLoop<Request, Response>>(*stubs[c], kind, c, calls, finished));
+    if (grpc::Status warm = loops.back()->Connect(); !warm.ok()) return Failed(absl::StrCat("client ", c), warm);
   }
-  ready.wait();
+  const double cpu_start = OwnCpuSeconds();
   const auto start = SteadyClock::now();
-  go.count_down();
-  for (std::thread& t : threads) t.join();
-  const double wall_s = MillisSince(start) / 1000;
-  std::vector<double> all;
+  for (auto& loop : loops) loop->Start();
+  finished.wait();
+  UnaryRun run;
+  run.wall_s = MillisSince(start) / 1000;
+  run.client_cpu_s = OwnCpuSeconds() - cpu_start;
   for (int c = 0; c < clients; ++c) {
-    if (!errors[c].ok()) return Failed(absl::StrCat("client ", c), errors[c]);
-    all.insert(all.end(), times[c].begin(), times[c].end());
+    if (!loops[c]->status().ok()) return Failed(absl::StrCat("client ", c), loops[c]->status());
+    run.times_ms.insert(run.times_ms.end(), loops[c]->times().begin(), loops[c]->times().end());
   }
-  return std::make_pair(std::move(all), wall_s);
+  return run;
 }
 
 absl::Status UnaryFigures(Report& report, const Sizes& sizes, const ServerProcess& server,
-                          const std::vector<std::string>& ids) {
+                          const std::vector<std::string>& ids, const std::set<std::string>& figures) {
   const std::string target = server.target();
-  // The connecting call (call -1) waits for the channel to be ready (a failed connect attempt is
-  // retried); the timed calls do not.
-  const UnaryCall get = [&ids](v1::TrainingService::Stub& stub, int client, int call) {
-    grpc::ClientContext context;
-    SetDeadline(context, std::chrono::seconds(60));
-    context.set_wait_for_ready(call < 0);
-    v1::GetJobRequest request;
-    request.set_job_id(ids[(static_cast<size_t>(client) * 7919 + static_cast<size_t>(call + 1) * 31) % ids.size()]);
-    v1::GetJobResponse response;
-    grpc::Status status = stub.GetJob(&context, request, &response);
-    if (status.ok() && response.job().id() != request.job_id()) {
-      return grpc::Status(grpc::StatusCode::INTERNAL, "GetJob answered another job");
-    }
-    return status;
+  UnaryKind<v1::GetJobRequest, v1::GetJobResponse> get;
+  get.fill = [&ids](int client, int call, v1::GetJobRequest* request) {
+    request->set_job_id(ids[(static_cast<size_t>(client) * 7919 + static_cast<size_t>(call + 1) * 31) % ids.size()]);
   };
-  const UnaryCall list = [&sizes](v1::TrainingService::Stub& stub, int, int call) {
-    grpc::ClientContext context;
-    SetDeadline(context, std::chrono::seconds(60));
-    context.set_wait_for_ready(call < 0);
-    v1::ListJobsRequest request;
-    request.set_page_size(50);
-    v1::ListJobsResponse response;
-    grpc::Status status = stub.ListJobs(&context, request, &response);
-    if (status.ok() && response.jobs_size() != std::min(50, sizes.store_jobs)) {
+  get.start = [](v1::TrainingService::Stub& stub, grpc::ClientContext* context, const v1::GetJobRequest* request,
+                 v1::GetJobResponse* response, std::function<void(grpc::Status)> done) {
+    stub.async()->GetJob(context, request, response, std::move(done));
+  };
+  get.check = [](const v1::GetJobRequest& request, const v1::GetJobResponse& response) {
+    if (response.job().id() != request.job_id()) return grpc::Status(grpc::StatusCode::INTERNAL, "GetJob answered another job");
+    return grpc::Status::OK;
+  };
+  UnaryKind<v1::ListJobsRequest, v1::ListJobsResponse> list;
+  list.fill = [](int, int, v1::ListJobsRequest* request) { request->set_page_size(50); };
+  list.start = [](v1::TrainingService::Stub& stub, grpc::ClientContext* context, const v1::ListJobsRequest* request,
+                  v1::ListJobsResponse* response, std::function<void(grpc::Status)> done) {
+    stub.async()->ListJobs(context, request, response, std::move(done));
+  };
+  list.check = [&sizes](const v1::ListJobsRequest&, const v1::ListJobsResponse& response) {
+    if (response.jobs_size() != std::min(50, sizes.store_jobs)) {
       return grpc::Status(grpc::StatusCode::INTERNAL, absl::StrCat("ListJobs gave ", response.jobs_size(), " jobs"));
     }
-    return status;
+    return grpc::Status::OK;
   };
   struct Kind {
     const char* name;
-    const UnaryCall* call;
+    std::function<absl::StatusOr<UnaryRun>(int clients, int calls)> run;
     int total, min;
     const char* what;
   };
   const Kind kinds[] = {
-      {"get_job", &get, sizes.get_calls_total, sizes.get_calls_min, "one job of the store"},
-      {"list_jobs", &list, sizes.list_calls_total, sizes.list_calls_min, "first page, 50 jobs"},
+      {"get_job", [&](int clients, int calls) { return RunClients(target, clients, calls, get); }, sizes.get_calls_total,
+       sizes.get_calls_min, "one job of the store"},
+      {"list_jobs", [&](int clients, int calls) { return RunClients(target, clients, calls, list); },
+       sizes.list_calls_total, sizes.list_calls_min, "first page, 50 jobs"},
   };
   for (const Kind& kind : kinds) {
+    if (!figures.count(kind.name)) continue;
     for (int clients : sizes.clients) {
       const int calls = std::max(kind.min, kind.total / clients);
       std::fprintf(stderr, "%s: %d clients x %d calls\n", kind.name, clients, calls);
       absl::StatusOr<double> cpu_before = server.CpuSeconds();
-      absl::StatusOr<std::pair<std::vector<double>, double>> run = RunClients(target, clients, calls, *kind.call);
+      absl::StatusOr<UnaryRun> run = kind.run(clients, calls);
       absl::StatusOr<double> cpu_after = server.CpuSeconds();
       if (!run.ok()) return absl::Status(run.status().code(), absl::StrCat(kind.name, ": ", run.status().message()));
       if (!cpu_before.ok()) return cpu_before.status();
       if (!cpu_after.ok()) return cpu_after.status();
-      const Summary s = Summarize(run->first);
-      const double qps = static_cast<double>(s.samples) / run->second;
+      const Summary s = Summarize(run->times_ms);
+      const double qps = static_cast<double>(s.samples) / run->wall_s;
       // Includes the untimed connecting call of each client.
       const double server_cpu_ms = 1000 * (*cpu_after - *cpu_before) / static_cast<double>(s.samples + clients);
+      const double client_cpu_ms = 1000 * run->client_cpu_s / static_cast<double>(s.samples);
       JsonObject row = report.Begin(kind.name, "clients", clients, s);
       row.Int("calls_per_client", calls)
           .Number("calls_per_second", qps)
           .Number("server_cpu_ms_per_call", server_cpu_ms)
+          .Number("client_cpu_ms_per_call", client_cpu_ms)
+          .Number("server_cpu_cores", (*cpu_after - *cpu_before) / run->wall_s)
+          .Number("client_cpu_cores", run->client_cpu_s / run->wall_s)
           .Int("store_jobs", sizes.store_jobs);
       std::string goal;
       if (std::string(kind.name) == "get_job" && clients == 64) {
@@ -670,9 +768,11 @@ absl::Status UnaryFigures(Report& report, const Sizes& sizes, const ServerProces
         row.String("goal", "p99 < 5 ms at 64 clients").Bool("goal_met", met);
         goal = GoalText(met, "p99 < 5 ms");
       }
-      report.Add(row, clients,
-                 {kind.name, absl::StrCat(clients, clients == 1 ? " client" : " clients"), absl::StrCat(s.samples), Ms(s.p50), Ms(s.p99),
-                  absl::StrFormat("%s; %.0f calls/s; server CPU %.3f ms a call", kind.what, qps, server_cpu_ms),
+      report.Add(row, 0,
+                 {kind.name, absl::StrCat(clients, clients == 1 ? " client" : " clients"), absl::StrCat(s.samples),
+                  Ms(s.p50), Ms(s.p99),
+                  absl::StrFormat("%s; %.0f calls/s; CPU a call: server %.3f ms, clients %.3f ms", kind.what, qps,
+                                  server_cpu_ms, client_cpu_ms),
                   goal});
     }
   }
@@ -809,70 +909,100 @@ absl::Status SubmitFigures(Report& report, const Sizes& sizes, const std::string
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Figure 4: many watchers on one running job (gRPC's callback API: no thread per watcher).
+// Figure 4: many watchers on one running job. The watchers are streams of gRPC's asynchronous API, one
+// completion queue per channel, each drained by one thread: no thread per watcher, and no queue holds
+// more than one channel's streams (Debian's gRPC is built with its debug checks, which scan a queue's
+// outstanding operations on every completion: 10,000 streams on one queue would cost the client more
+// than the server spends sending).
 
 struct WatchShared {
-  std::atomic<int64_t> receiving{0};     // watchers that got at least one event
-  std::atomic<int64_t> events{0};
-  std::atomic<int64_t> coalesced{0};
+  std::atomic<int64_t> receiving{0};                // watchers that got at least one event
   std::atomic<int64_t> window_start_ns{INT64_MAX};  // lag is recorded for events received in the window
   std::atomic<int64_t> window_end_ns{INT64_MAX};
+  std::atomic<int64_t> done{0};                     // streams ended
+  std::atomic<int64_t> errors{0};
   std::mutex mutex;
-  std::condition_variable done_cv;
-  int64_t done = 0;
-  int64_t errors = 0;
-  std::string first_error;
-  std::vector<double> lags_ms;
+  std::string first_error;  // guarded by mutex
 };
 
-class Watcher : public grpc::ClientReadReactor<v1::WatchJobResponse> {
+// One completion queue and the thread that drains it; what its streams received. Only its thread
+// writes the figures, read after the thread is joined.
+struct WatchLane {
+  grpc::CompletionQueue cq;
+  std::thread thread;
+  std::vector<double> lags_ms;
+  int64_t events = 0;
+  int64_t coalesced = 0;
+};
+
+// One WatchJob stream on its lane's queue; its tags are its address with the step in the low bits.
+class WatchStream {
  public:
-  Watcher(WatchShared& shared, v1::TrainingService::Stub& stub, const std::string& job_id, int64_t from_sequence)
-      : shared_(shared) {
-    request_.set_job_id(job_id);
-    request_.set_from_sequence(from_sequence);
-    stub.async()->WatchJob(&context_, &request_, this);
-    StartRead(&response_);
-    StartCall();
+  enum Step : uintptr_t { kStarted = 0, kRead = 1, kFinished = 2 };
+
+  WatchStream(WatchShared& shared, WatchLane& lane, v1::TrainingService::Stub& stub, const std::string& job_id,
+              int64_t from_sequence)
+      : shared_(shared), lane_(lane) {
+    v1::WatchJobRequest request;
+    request.set_job_id(job_id);
+    request.set_from_sequence(from_sequence);
+    reader_ = stub.PrepareAsyncWatchJob(&context_, request, &lane.cq);
+    reader_->StartCall(Tag(kStarted));
   }
 
-  void OnReadDone(bool ok) override {
-    if (!ok) return;  // OnDone follows
-    const int64_t now = SystemNanos();
-    if (!receiving_) {
-      receiving_ = true;
-      shared_.receiving.fetch_add(1);
-    }
-    shared_.events.fetch_add(1, std::memory_order_relaxed);
-    shared_.coalesced.fetch_add(response_.coalesced(), std::memory_order_relaxed);
-    const google::protobuf::Timestamp& time = response_.event().time();
-    const int64_t at = time.seconds() * 1000000000 + time.nanos();
-    if (now >= shared_.window_start_ns.load() && now < shared_.window_end_ns.load()) {
-      std::lock_guard<std::mutex> lock(shared_.mutex);
-      shared_.lags_ms.push_back(static_cast<double>(now - at) / 1e6);
-    }
-    StartRead(&response_);
-  }
-
-  void OnDone(const grpc::Status& status) override {
-    std::lock_guard<std::mutex> lock(shared_.mutex);
-    if (!status.ok() && status.error_code() != grpc::StatusCode::CANCELLED) {
-      if (shared_.errors++ == 0) {
-        shared_.first_error = absl::StrCat(static_cast<int>(status.error_code()), ": ", status.error_message());
-      }
-    }
-    ++shared_.done;
-    shared_.done_cv.notify_all();
+  static void Proceed(void* tag, bool ok) {
+    auto* stream = reinterpret_cast<WatchStream*>(reinterpret_cast<uintptr_t>(tag) & ~uintptr_t{3});
+    stream->Proceed(static_cast<Step>(reinterpret_cast<uintptr_t>(tag) & 3), ok);
   }
 
   void Cancel() { context_.TryCancel(); }
 
  private:
+  void* Tag(Step step) { return reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(this) | step); }
+
+  // On the lane's thread; one step at a time.
+  void Proceed(Step step, bool ok) {
+    switch (step) {
+      case kStarted:
+        if (!ok) return reader_->Finish(&status_, Tag(kFinished));
+        return reader_->Read(&response_, Tag(kRead));
+      case kRead:
+        if (!ok) return reader_->Finish(&status_, Tag(kFinished));
+        Received();
+        return reader_->Read(&response_, Tag(kRead));
+      case kFinished:
+        if (!status_.ok() && status_.error_code() != grpc::StatusCode::CANCELLED && shared_.errors++ == 0) {
+          std::lock_guard<std::mutex> lock(shared_.mutex);
+          shared_.first_error = absl::StrCat(static_cast<int>(status_.error_code()), ": ", status_.error_message());
+        }
+        ++shared_.done;
+        return;
+    }
+  }
+
+  void Received() {
+    const int64_t now = SystemNanos();
+    if (!receiving_) {
+      receiving_ = true;
+      ++shared_.receiving;
+    }
+    ++lane_.events;
+    lane_.coalesced += response_.coalesced();
+    const google::protobuf::Timestamp& time = response_.event().time();
+    const int64_t at = time.seconds() * 1000000000 + time.nanos();
+    if (now >= shared_.window_start_ns.load(std::memory_order_relaxed) &&
+        now < shared_.window_end_ns.load(std::memory_order_relaxed)) {
+      lane_.lags_ms.push_back(static_cast<double>(now - at) / 1e6);
+    }
+  }
+
   WatchShared& shared_;
+  WatchLane& lane_;
   grpc::ClientContext context_;
-  v1::WatchJobRequest request_;
+  std::unique_ptr<grpc::ClientAsyncReader<v1::WatchJobResponse>> reader_;
   v1::WatchJobResponse response_;
-  bool receiving_ = false;  // only touched by this stream's callbacks, which never overlap
+  grpc::Status status_;
+  bool receiving_ = false;
 };
 
 absl::StatusOr<v1::Job> GetJob(v1::TrainingService::Stub& stub, const std::string& id) {
@@ -903,18 +1033,27 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
   std::vector<std::unique_ptr<v1::TrainingService::Stub>> stubs;
   for (int c = 0; c < channels; ++c) stubs.push_back(OwnStub(server.target()));
   WatchShared shared;
-  std::vector<std::unique_ptr<Watcher>> streams;
+  std::vector<std::unique_ptr<WatchLane>> lanes;
+  for (int c = 0; c < channels; ++c) {
+    lanes.push_back(std::make_unique<WatchLane>());
+    WatchLane* lane = lanes.back().get();
+    lane->thread = std::thread([lane] {
+      void* tag = nullptr;
+      bool ok = false;
+      while (lane->cq.Next(&tag, &ok)) WatchStream::Proceed(tag, ok);
+    });
+  }
+  std::vector<std::unique_ptr<WatchStream>> streams;
   streams.reserve(watchers);
   const auto connect_start = SteadyClock::now();
   // Live events only: from the sequence after the newest.
   for (int w = 0; w < watchers; ++w) {
-    streams.push_back(std::make_unique<Watcher>(shared, *stubs[w % channels], job_id, job->last_sequence() + 1));
+    streams.push_back(std::make_unique<WatchStream>(shared, *lanes[w % channels], *stubs[w % channels], job_id,
+                                                    job->last_sequence() + 1));
   }
   const auto connect_deadline = connect_start + std::chrono::seconds(60) + std::chrono::milliseconds(10) * watchers;
-  while (shared.receiving.load() < watchers && SteadyClock::now() < connect_deadline) {
+  while (shared.receiving.load() < watchers && shared.done.load() == 0 && SteadyClock::now() < connect_deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    std::lock_guard<std::mutex> lock(shared.mutex);
-    if (shared.done > 0) break;
   }
   const double connect_s = MillisSince(connect_start) / 1000;
   const int64_t receiving = shared.receiving.load();
@@ -949,23 +1088,37 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
   absl::StatusOr<v1::Job> at_end = GetJob(*control, job_id);
 
   for (auto& stream : streams) stream->Cancel();
-  bool all_done = false;
-  {
-    std::unique_lock<std::mutex> lock(shared.mutex);
-    all_done = shared.done_cv.wait_for(lock, std::chrono::seconds(120), [&] { return shared.done == watchers; });
+  const auto cancel_deadline = SteadyClock::now() + std::chrono::seconds(120);
+  while (shared.done.load() < watchers && SteadyClock::now() < cancel_deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  if (!all_done) {
-    // A reactor must outlive its OnDone: leave the stragglers allocated rather than free them under gRPC.
+  if (shared.done.load() < watchers) {
+    // A stream must outlive its last tag: leave the streams, queues and their threads rather than free
+    // them under gRPC.
     for (auto& stream : streams) (void)stream.release();
+    for (auto& lane : lanes) lane.release()->thread.detach();
     return absl::DeadlineExceededError("watch streams did not end within 120 s of their cancel");
   }
+  std::vector<double> lags_ms;
+  int64_t coalesced = 0;
+  for (auto& lane : lanes) {
+    lane->cq.Shutdown();
+    lane->thread.join();
+    lags_ms.insert(lags_ms.end(), lane->lags_ms.begin(), lane->lags_ms.end());
+    coalesced += lane->coalesced;
+  }
+  streams.clear();
+  const std::string first_error = [&shared] {
+    std::lock_guard<std::mutex> lock(shared.mutex);
+    return shared.first_error;
+  }();
   if (receiving < watchers) {
     return absl::DeadlineExceededError(absl::StrCat("only ", receiving, " of ", watchers, " watchers received an event within ",
                                                     absl::StrFormat("%.1f", connect_s), " s",
-                                                    shared.first_error.empty() ? "" : "; first error: ", shared.first_error));
+                                                    first_error.empty() ? "" : "; first error: ", first_error));
   }
   if (shared.errors > 0) {
-    return absl::InternalError(absl::StrCat(shared.errors, " watch streams failed; the first: ", shared.first_error));
+    return absl::InternalError(absl::StrCat(shared.errors.load(), " watch streams failed; the first: ", first_error));
   }
   if (!rss_connected.ok()) return rss_connected.status();
   if (!rss_window.ok()) return rss_window.status();
@@ -976,7 +1129,7 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
   if (!server_cpu_end.ok()) return server_cpu_end.status();
   const double server_cpu = (*server_cpu_end - *server_cpu_start) / window_s;
 
-  const Summary s = Summarize(shared.lags_ms);
+  const Summary s = Summarize(std::move(lags_ms));
   if (s.samples == 0) return absl::InternalError("no event was delivered inside the measured window");
   // The job's event rate from two snapshots (last_sequence at update_time: exact however late GetJob
   // answers under load), and the events published in the window at that rate.
@@ -988,6 +1141,12 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
   const int64_t rss_after = std::max(*rss_connected, *rss_window);
   const double per_watcher = static_cast<double>(rss_after - *rss_before) / watchers;
   const double delivered = published > 0 ? static_cast<double>(s.samples) / (static_cast<double>(published) * watchers) : 0;
+  // CPU per delivered event on each side, and the cores each would need at this rate to deliver every
+  // event to every watcher (events per second x watchers): above the cores there are, watchers fall
+  // behind, in the server's queue (it coalesces) or in the transport's buffers (it cannot).
+  const double server_us = 1e6 * server_cpu * window_s / static_cast<double>(s.samples);
+  const double client_us = 1e6 * client_cpu * window_s / static_cast<double>(s.samples);
+  const double demand = events_per_second * watchers;
   JsonObject row = report.Begin("watch_job", "watchers", watchers, s);
   row.String("lag", "receipt time on the client minus the event's time, events received in the window")
       .Int("channels", channels)
@@ -995,10 +1154,14 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
       .Int("events_published", published)
       .Number("events_per_second", events_per_second)
       .Number("delivered_fraction", delivered)
-      .Int("events_coalesced", shared.coalesced.load())
+      .Int("events_coalesced", coalesced)
       .Number("connect_s", connect_s)
       .Number("server_cpu_cores", server_cpu)
       .Number("client_cpu_cores", client_cpu)
+      .Number("server_cpu_us_per_event", server_us)
+      .Number("client_cpu_us_per_event", client_us)
+      .Number("server_cores_to_deliver_all", server_us * demand / 1e6)
+      .Number("client_cores_to_receive_all", client_us * demand / 1e6)
       .String("server_busiest_thread", busiest_thread)
       .Number("server_busiest_thread_cores", busiest_cpu / window_s)
       .Int("rss_before_bytes", *rss_before)
@@ -1019,9 +1182,12 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
              {"watch_job (delivery lag)", absl::StrCat(watchers, " watchers"), absl::StrCat(s.samples), Ms(s.p50),
               Ms(s.p99),
               absl::StrFormat("%.1f KB server RSS per watcher; %d events in %.0f s, %.0f%% delivered (rest coalesced); "
-                              "connected in %.1f s; CPU cores busy: server %.2f (its busiest thread %.2f), clients %.2f",
+                              "connected in %.1f s; CPU cores busy: server %.2f (its busiest thread %.2f), clients %.2f; "
+                              "CPU an event delivered: server %.1f us, clients %.1f us (every event to every "
+                              "watcher would take %.2f and %.2f cores)",
                               per_watcher / 1000, published, sizes.watch_window_s, 100 * delivered, connect_s,
-                              server_cpu, busiest_cpu / window_s, client_cpu),
+                              server_cpu, busiest_cpu / window_s, client_cpu, server_us, client_us,
+                              server_us * demand / 1e6, client_us * demand / 1e6),
               goal});
   return absl::OkStatus();
 }
@@ -1071,7 +1237,8 @@ absl::Status WatchFigures(Report& report, const Sizes& sizes, const ServerProces
 // ---------------------------------------------------------------------------------------------------
 
 absl::Status Run(const Options& options) {
-  const Sizes sizes = SizesFor(options.quick);
+  Sizes sizes = SizesFor(options.quick);
+  if (!options.watchers.empty()) sizes.watchers = options.watchers;
   const bool fake = FakeWorker(options);
   Report report(options, sizes);
   if (absl::Status s = report.Open(); !s.ok()) return s;
@@ -1093,12 +1260,23 @@ absl::Status Run(const Options& options) {
     if (!ids.ok()) return ids.status();
     report.Note(absl::StrFormat("The store: %d jobs submitted and cancelled in %.1f s before the latency figures.",
                                 sizes.store_jobs, MillisSince(fill_start) / 1000));
-    if (absl::Status s = UnaryFigures(report, sizes, **server, *ids); !s.ok()) return s;
-    if (absl::Status s = PlanFigures(report, sizes, target); !s.ok()) return s;
-    if (absl::Status s = SubmitFigures(report, sizes, target, fake); !s.ok()) return s;
-    return WatchFigures(report, sizes, **server, fake);
+    const std::set<std::string>& figures = options.figures;
+    if (absl::Status s = UnaryFigures(report, sizes, **server, *ids, figures); !s.ok()) return s;
+    if (figures.count("plan_job")) {
+      if (absl::Status s = PlanFigures(report, sizes, target); !s.ok()) return s;
+    }
+    if (figures.count("submit_to_first_step")) {
+      if (absl::Status s = SubmitFigures(report, sizes, target, fake); !s.ok()) return s;
+    }
+    return figures.count("watch_job") ? WatchFigures(report, sizes, **server, fake) : absl::OkStatus();
   }();
-  report.Note("Clients, server and workers share the machine's cores: client threads take CPU from the server.");
+  report.Note("Clients, server and workers share the machine's cores: what the clients spend is CPU the server "
+              "does not get. Each row gives both sides' CPU per call or per delivered event (this process for the "
+              "clients, /proc for the server). The unary clients are closed loops on gRPC's callback API (each its "
+              "own channel, the next call issued from the previous one's callback: no thread per client); the "
+              "watchers are streams of gRPC's asynchronous API, one completion queue and one thread per 500.");
+  report.Note("Closed-loop clients wait for one another: at 64 clients a call's latency is about 64 / (calls per "
+              "second), so the 64-client rows measure the throughput the server gets out of the cores it shares.");
   report.Note("Lag: the client's receipt time minus the event's `time` (set when the server appends the event, "
               "before the store commits it), for every event received in the window (1 s after the last watcher "
               "got its first event); watchers that fall behind get step events coalesced (`delivered_fraction` "
@@ -1124,6 +1302,9 @@ int RunServiceBench(int argc, char** argv) {
     std::fputs(Usage().c_str(), stdout);
     return 0;
   }
+  // As in xtrain-server (server/main.cc): Debian's Abseil keeps a process-wide deadlock graph on every
+  // absl::Mutex lock, gRPC's included, which the clients would pay for on every call.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   const absl::Status status = Run(*options);
   // Stopped by a signal: its thread cleans up and exits; this one must not return first.
   while (g_stopping.load()) ::pause();

@@ -115,15 +115,20 @@ class FailedWrite : public grpc::ServerWriteReactor<Response> {
 
 }  // namespace
 
-grpc::ServerWriteReactor<v1::WatchJobResponse>* TrainingServiceImpl::WatchJob(grpc::CallbackServerContext* context,
-                                                                              const v1::WatchJobRequest* request) {
-  absl::StatusOr<v1::Job> job = scheduler_.GetJob(TenantOf(context), request->job_id());
-  if (!job.ok()) return new FailedWrite<v1::WatchJobResponse>(job.status());
-  if (request->from_sequence() < 0) {
-    return new FailedWrite<v1::WatchJobResponse>(absl::InvalidArgumentError(
-        absl::StrCat("from_sequence is ", request->from_sequence(), "; use 0 (the whole log) or a sequence number")));
+grpc::ServerWriteReactor<grpc::ByteBuffer>* TrainingServiceImpl::WatchJob(grpc::CallbackServerContext* context,
+                                                                          const grpc::ByteBuffer* request_bytes) {
+  v1::WatchJobRequest request;
+  grpc::ByteBuffer bytes(*request_bytes);
+  if (!grpc::SerializationTraits<v1::WatchJobRequest>::Deserialize(&bytes, &request).ok()) {
+    return new FailedWrite<grpc::ByteBuffer>(absl::InvalidArgumentError("the WatchJobRequest does not parse"));
   }
-  return hub_.Watch(request->job_id(), request->from_sequence());
+  absl::StatusOr<std::shared_ptr<const v1::Job>> job = scheduler_.JobSnapshot(TenantOf(context), request.job_id());
+  if (!job.ok()) return new FailedWrite<grpc::ByteBuffer>(job.status());
+  if (request.from_sequence() < 0) {
+    return new FailedWrite<grpc::ByteBuffer>(absl::InvalidArgumentError(
+        absl::StrCat("from_sequence is ", request.from_sequence(), "; use 0 (the whole log) or a sequence number")));
+  }
+  return hub_.Watch(request.job_id(), request.from_sequence());
 }
 
 // Streams an artifact's file from an offset, one chunk in flight.

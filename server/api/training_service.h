@@ -20,8 +20,10 @@ struct TrainingServiceOptions {
 };
 
 // xtrain.v1.TrainingService on gRPC's callback API (STYLE.md): handlers validate, read or hand the
-// request to the scheduler, and never block on training; every reactor finishes exactly once.
-class TrainingServiceImpl final : public xtrain::v1::TrainingService::CallbackService {
+// request to the scheduler, and never block on training; every reactor finishes exactly once. WatchJob
+// is a raw method (serialized messages): its watchers share each event's bytes (WatchHub).
+class TrainingServiceImpl final
+    : public xtrain::v1::TrainingService::WithRawCallbackMethod_WatchJob<xtrain::v1::TrainingService::CallbackService> {
  public:
   TrainingServiceImpl(Scheduler& scheduler, WatchHub& hub, JobStore& store, TrainingServiceOptions options);
 
@@ -35,8 +37,9 @@ class TrainingServiceImpl final : public xtrain::v1::TrainingService::CallbackSe
                                      xtrain::v1::ListJobsResponse* response) override;
   grpc::ServerUnaryReactor* CancelJob(grpc::CallbackServerContext* context, const xtrain::v1::CancelJobRequest* request,
                                       xtrain::v1::CancelJobResponse* response) override;
-  grpc::ServerWriteReactor<xtrain::v1::WatchJobResponse>* WatchJob(
-      grpc::CallbackServerContext* context, const xtrain::v1::WatchJobRequest* request) override;
+  // Streams serialized WatchJobResponses; `request` is a serialized WatchJobRequest.
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* WatchJob(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request) override;
   grpc::ServerWriteReactor<xtrain::v1::DownloadArtifactResponse>* DownloadArtifact(
       grpc::CallbackServerContext* context, const xtrain::v1::DownloadArtifactRequest* request) override;
   grpc::ServerReadReactor<xtrain::v1::UploadArtifactRequest>* UploadArtifact(

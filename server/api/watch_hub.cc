@@ -1,5 +1,6 @@
 #include "server/api/watch_hub.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -17,34 +18,62 @@ bool IsFinal(const v1::JobEvent& event) {
   return to == v1::SUCCEEDED || to == v1::FAILED || to == v1::CANCELLED;
 }
 
+// The WatchJobResponse of `event`, serialized: what every watcher of the event sends.
+grpc::Slice ResponseBytes(const v1::JobEvent& event) {
+  v1::WatchJobResponse response;
+  *response.mutable_event() = event;
+  return grpc::Slice(response.SerializeAsString());
+}
+
+// A WatchJobResponse with only `coalesced` set. Sent after an event's bytes, the two parse as one
+// response (protobuf merges concatenated messages), so a watcher's count costs a few bytes of its own.
+grpc::Slice CoalescedBytes(int64_t coalesced) {
+  v1::WatchJobResponse response;
+  response.set_coalesced(coalesced);
+  return grpc::Slice(response.SerializeAsString());
+}
+
 }  // namespace
 
 struct WatchHub::JobLog {
+  // One event of the log, serialized once and shared by every watcher's writes.
+  struct Entry {
+    grpc::Slice response;
+    bool step = false;
+  };
+
   absl::Mutex mutex;
-  std::vector<std::shared_ptr<const v1::JobEvent>> events ABSL_GUARDED_BY(mutex);  // [i]->sequence() == i + 1
+  std::vector<Entry> events ABSL_GUARDED_BY(mutex);     // [i] is sequence i + 1
   int64_t last_step_index ABSL_GUARDED_BY(mutex) = -1;  // index of the newest step event
   bool ended ABSL_GUARDED_BY(mutex) = false;            // the final event is in
   bool shut_down ABSL_GUARDED_BY(mutex) = false;
-  std::set<Watcher*> watchers ABSL_GUARDED_BY(mutex);
+  int64_t watchers ABSL_GUARDED_BY(mutex) = 0;          // attached: the log is dropped at 0 once ended
+  std::vector<Watcher*> idle ABSL_GUARDED_BY(mutex);    // caught up, nothing in flight: Publish wakes them
 
-  void Append(std::shared_ptr<const v1::JobEvent> event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex) {
-    if (event->sequence() != static_cast<int64_t>(events.size()) + 1) return;  // a repeat (loaded and published)
-    if (event->has_step()) last_step_index = static_cast<int64_t>(events.size());
-    if (IsFinal(*event)) ended = true;
-    events.push_back(std::move(event));
+  // Returns false for a repeat (an event both loaded from the store and published).
+  bool Append(const v1::JobEvent& event, grpc::Slice response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex) {
+    if (event.sequence() != static_cast<int64_t>(events.size()) + 1) return false;
+    if (event.has_step()) last_step_index = static_cast<int64_t>(events.size());
+    if (IsFinal(event)) ended = true;
+    events.push_back(Entry{std::move(response), event.has_step()});
+    return true;
   }
 };
 
-// One WatchJob stream: a cursor into its job's log with at most one write in flight.
-class WatchHub::Watcher : public grpc::ServerWriteReactor<v1::WatchJobResponse> {
+// One WatchJob stream: a cursor into its job's log with at most one write in flight. At any time one
+// party owns it: the thread inside NextLocked (the watch's start, its OnWriteDone, or the fan-out
+// thread waking it), the log's idle list, or gRPC while its write is in flight.
+class WatchHub::Watcher : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   enum class Action { kNone, kWrite, kFinish };
 
   Watcher(WatchHub& hub, std::shared_ptr<JobLog> log, int64_t next) : hub_(hub), log_(std::move(log)), next_(next) {}
 
-  // Decides what to do next; the caller performs it after releasing the log's mutex.
+  // Decides what to do next: a write (the event is kept for Perform), the end of the stream, or
+  // nothing for now (the watcher joins the idle list). The caller performs it after releasing the
+  // log's mutex.
   Action NextLocked(int64_t coalesce_lag, grpc::Status* status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(log_->mutex) {
-    if (finish_called_ || in_flight_) return Action::kNone;
+    if (finish_called_ || in_flight_ || idle_index_ >= 0 || waking_) return Action::kNone;
     if (cancelled_) return FinishLocked(grpc::Status::CANCELLED, status);
     if (log_->shut_down) {
       return FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE,
@@ -53,21 +82,23 @@ class WatchHub::Watcher : public grpc::ServerWriteReactor<v1::WatchJobResponse> 
     }
     const int64_t size = static_cast<int64_t>(log_->events.size());
     if (next_ > size) {
-      return log_->ended ? FinishLocked(grpc::Status::OK, status) : Action::kNone;
+      if (log_->ended) return FinishLocked(grpc::Status::OK, status);
+      idle_index_ = static_cast<int64_t>(log_->idle.size());
+      log_->idle.push_back(this);
+      return Action::kNone;
     }
     int64_t index = next_ - 1;
     if (index >= backlog_ && size - index > coalesce_lag) {
       // Behind on live events: skip step events older than the newest one; everything else is
       // delivered. The backlog the watch asked for is never coalesced (a reconnecting client sees
       // one log without gaps).
-      while (index < log_->last_step_index && log_->events[index]->has_step()) {
+      while (index < log_->last_step_index && log_->events[index].step) {
         ++index;
         ++skipped_;
       }
     }
-    response_.Clear();
-    *response_.mutable_event() = *log_->events[index];
-    response_.set_coalesced(skipped_);
+    pending_ = log_->events[index].response;
+    pending_coalesced_ = skipped_;
     hub_.coalesced_ += skipped_;
     skipped_ = 0;
     next_ = index + 2;
@@ -75,14 +106,40 @@ class WatchHub::Watcher : public grpc::ServerWriteReactor<v1::WatchJobResponse> 
     return Action::kWrite;
   }
 
+  // Taken off the idle list by Publish or Shutdown, for the fan-out thread to wake.
+  void TakeIdleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(log_->mutex) {
+    idle_index_ = -1;
+    waking_ = true;
+  }
+  // The fan-out thread owns it again.
+  void WokenLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(log_->mutex) { waking_ = false; }
+
   void SetBacklogLocked(int64_t size) ABSL_EXCLUSIVE_LOCKS_REQUIRED(log_->mutex) { backlog_ = size; }
 
+  // Ends the stream with `result` (performed by the caller, once).
+  Action FinishLocked(grpc::Status result, grpc::Status* status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(log_->mutex) {
+    if (finish_called_) return Action::kNone;
+    finish_called_ = true;
+    *status = std::move(result);
+    return Action::kFinish;
+  }
+
+  // Only the party that got `action` from NextLocked calls this: pending_ is its until the write starts.
   void Perform(Action action, const grpc::Status& status) {
-    if (action == Action::kWrite) StartWrite(&response_);
-    if (action == Action::kFinish) Finish(status);
+    if (action == Action::kWrite) {
+      grpc::Slice parts[2] = {std::move(pending_), pending_coalesced_ > 0 ? CoalescedBytes(pending_coalesced_) : grpc::Slice()};
+      response_ = grpc::ByteBuffer(parts, pending_coalesced_ > 0 ? 2 : 1);
+      HandOver(this);
+      StartWrite(&response_);
+    }
+    if (action == Action::kFinish) {
+      HandOver(this);
+      Finish(status);
+    }
   }
 
   void OnWriteDone(bool ok) override {
+    TakeOver(this);
     Action action;
     grpc::Status status;
     {
@@ -95,45 +152,63 @@ class WatchHub::Watcher : public grpc::ServerWriteReactor<v1::WatchJobResponse> 
   }
 
   void OnCancel() override {
-    Action action;
+    TakeOver(this);
+    Action action = Action::kNone;
     grpc::Status status;
     {
       MutexLock lock(&log_->mutex);
       cancelled_ = true;
-      action = NextLocked(hub_.options_.coalesce_lag, &status);
+      // An idle watcher ends now; one in flight or being woken ends when its owner looks next.
+      if (idle_index_ >= 0) {
+        RemoveFromIdleLocked();
+        action = FinishLocked(grpc::Status::CANCELLED, &status);
+      }
     }
     Perform(action, status);
   }
 
   void OnDone() override {
-    hub_.Detach(log_, this);
+    TakeOver(this);
+    hub_.Detach(log_);
     delete this;
   }
 
-  // Ends the stream with `result` (performed by the caller, once).
-  Action FinishLocked(grpc::Status result, grpc::Status* status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(log_->mutex) {
-    if (finish_called_) return Action::kNone;
-    finish_called_ = true;
-    *status = std::move(result);
-    return Action::kFinish;
-  }
-
  private:
+  void RemoveFromIdleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(log_->mutex) {
+    std::vector<Watcher*>& idle = log_->idle;
+    Watcher* last = idle.back();
+    idle[idle_index_] = last;
+    last->idle_index_ = idle_index_;
+    idle.pop_back();
+    idle_index_ = -1;
+  }
 
   WatchHub& hub_;
   std::shared_ptr<JobLog> log_;
-  int64_t next_;                 // the sequence number to send next
-  bool in_flight_ = false;       // a write is outstanding (response_ belongs to gRPC)
-  bool finish_called_ = false;
-  bool cancelled_ = false;
-  int64_t skipped_ = 0;          // step events skipped since the last write
-  int64_t backlog_ = 0;          // the log's size when the watch began: replayed whole
-  v1::WatchJobResponse response_;
+  int64_t next_ ABSL_GUARDED_BY(log_->mutex);             // the sequence number to send next
+  bool in_flight_ ABSL_GUARDED_BY(log_->mutex) = false;   // a write is outstanding (response_ is gRPC's)
+  int64_t idle_index_ ABSL_GUARDED_BY(log_->mutex) = -1;  // its place in log_->idle; -1 when not idle
+  bool waking_ ABSL_GUARDED_BY(log_->mutex) = false;      // queued for the fan-out thread
+  bool finish_called_ ABSL_GUARDED_BY(log_->mutex) = false;
+  bool cancelled_ ABSL_GUARDED_BY(log_->mutex) = false;
+  int64_t skipped_ ABSL_GUARDED_BY(log_->mutex) = 0;      // step events skipped since the last write
+  int64_t backlog_ ABSL_GUARDED_BY(log_->mutex) = 0;      // the log's size when the watch began: replayed whole
+  grpc::Slice pending_;            // the event NextLocked chose, until Perform starts its write
+  int64_t pending_coalesced_ = 0;  // its coalesced count
+  grpc::ByteBuffer response_;      // the write in flight
 };
 
-WatchHub::WatchHub(JobStore& store, WatchHubOptions options) : store_(store), options_(options) {}
+WatchHub::WatchHub(JobStore& store, WatchHubOptions options)
+    : store_(store), options_(options), fan_out_([this] { FanOut(); }) {}
 
-WatchHub::~WatchHub() = default;
+WatchHub::~WatchHub() {
+  {
+    MutexLock lock(&wake_mutex_);
+    stop_ = true;
+    wake_cv_.Signal();
+  }
+  fan_out_.join();
+}
 
 std::shared_ptr<WatchHub::JobLog> WatchHub::LogFor(const std::string& job_id) {
   MutexLock lock(&mutex_);
@@ -145,7 +220,7 @@ std::shared_ptr<WatchHub::JobLog> WatchHub::LogFor(const std::string& job_id) {
     spdlog::error("reading the event log of job {} failed: {}", job_id, std::string(events.status().message()));
   } else {
     MutexLock log_lock(&log->mutex);
-    for (v1::JobEvent& event : *events) log->Append(std::make_shared<const v1::JobEvent>(std::move(event)));
+    for (const v1::JobEvent& event : *events) log->Append(event, ResponseBytes(event));
   }
   return log;
 }
@@ -159,29 +234,30 @@ void WatchHub::Publish(const v1::Job& job, const std::vector<v1::JobEvent>& even
     if (it == logs_.end()) return;  // nobody watches: the store has it for later watchers
     log = it->second;
   }
-  std::vector<std::pair<Watcher*, grpc::Status>> finishes;
-  std::vector<Watcher*> writes;
+  std::vector<grpc::Slice> responses;
+  responses.reserve(events.size());
+  for (const v1::JobEvent& event : events) responses.push_back(ResponseBytes(event));
+  Wake wake{log, {}};
   bool drop = false;
   {
     MutexLock lock(&log->mutex);
-    for (const v1::JobEvent& event : events) log->Append(std::make_shared<const v1::JobEvent>(event));
-    for (Watcher* watcher : log->watchers) {
-      grpc::Status status;
-      const Watcher::Action action = watcher->NextLocked(options_.coalesce_lag, &status);
-      if (action == Watcher::Action::kWrite) writes.push_back(watcher);
-      if (action == Watcher::Action::kFinish) finishes.emplace_back(watcher, std::move(status));
+    bool appended = false;
+    for (size_t i = 0; i < events.size(); ++i) appended |= log->Append(events[i], std::move(responses[i]));
+    if (appended) {
+      wake.watchers.swap(log->idle);
+      for (Watcher* watcher : wake.watchers) watcher->TakeIdleLocked();
     }
-    drop = log->ended && log->watchers.empty();
+    drop = log->ended && log->watchers == 0;
   }
-  for (Watcher* watcher : writes) watcher->Perform(Watcher::Action::kWrite, grpc::Status::OK);
-  for (auto& [watcher, status] : finishes) watcher->Perform(Watcher::Action::kFinish, status);
+  if (!wake.watchers.empty()) Enqueue(std::move(wake));
   if (drop) {
     MutexLock lock(&mutex_);
-    logs_.erase(job.id());
+    auto it = logs_.find(job.id());
+    if (it != logs_.end() && it->second == log) logs_.erase(it);
   }
 }
 
-grpc::ServerWriteReactor<v1::WatchJobResponse>* WatchHub::Watch(const std::string& job_id, int64_t from_sequence) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* WatchHub::Watch(const std::string& job_id, int64_t from_sequence) {
   bool shut_down;
   {
     MutexLock lock(&mutex_);
@@ -190,13 +266,14 @@ grpc::ServerWriteReactor<v1::WatchJobResponse>* WatchHub::Watch(const std::strin
   std::shared_ptr<JobLog> log = shut_down ? std::make_shared<JobLog>() : LogFor(job_id);
   const int64_t next = std::max<int64_t>(1, from_sequence);
   auto* watcher = new Watcher(*this, log, next);
+  HandOver(watcher);  // gRPC may call OnCancel on another thread as soon as the stream exists
   ++watchers_;
   Watcher::Action action = Watcher::Action::kNone;
   grpc::Status status;
   {
     MutexLock lock(&log->mutex);
     const int64_t size = static_cast<int64_t>(log->events.size());
-    log->watchers.insert(watcher);
+    ++log->watchers;
     watcher->SetBacklogLocked(size);
     if (shut_down) log->shut_down = true;
     if (next > size + 1) {
@@ -213,14 +290,14 @@ grpc::ServerWriteReactor<v1::WatchJobResponse>* WatchHub::Watch(const std::strin
   return watcher;
 }
 
-void WatchHub::Detach(const std::shared_ptr<JobLog>& log, Watcher* watcher) {
+void WatchHub::Detach(const std::shared_ptr<JobLog>& log) {
   --watchers_;
   MutexLock lock(&mutex_);
   bool drop = false;
   {
     MutexLock log_lock(&log->mutex);
-    log->watchers.erase(watcher);
-    drop = log->ended && log->watchers.empty();
+    --log->watchers;
+    drop = log->ended && log->watchers == 0;
   }
   if (drop) {
     for (auto it = logs_.begin(); it != logs_.end(); ++it) {
@@ -240,18 +317,59 @@ void WatchHub::Shutdown() {
     for (auto& [id, log] : logs_) logs.push_back(log);
   }
   for (const std::shared_ptr<JobLog>& log : logs) {
-    std::vector<std::pair<Watcher*, grpc::Status>> finishes;
+    Wake wake{log, {}};
     {
       MutexLock lock(&log->mutex);
       log->shut_down = true;
-      for (Watcher* watcher : log->watchers) {
-        grpc::Status status;
-        if (watcher->NextLocked(options_.coalesce_lag, &status) == Watcher::Action::kFinish) {
-          finishes.emplace_back(watcher, std::move(status));
-        }
+      wake.watchers.swap(log->idle);
+      for (Watcher* watcher : wake.watchers) watcher->TakeIdleLocked();
+    }
+    if (!wake.watchers.empty()) Enqueue(std::move(wake));
+  }
+  // Watchers in flight end at their OnWriteDone; the idle ones end on the fan-out thread.
+  MutexLock lock(&wake_mutex_);
+  while (!wakes_.empty() || waking_) lock.Wait(&drained_cv_);
+}
+
+void WatchHub::Enqueue(Wake wake) {
+  MutexLock lock(&wake_mutex_);
+  wakes_.push_back(std::move(wake));
+  wake_cv_.Signal();
+}
+
+void WatchHub::FanOut() {
+  for (;;) {
+    Wake wake;
+    {
+      MutexLock lock(&wake_mutex_);
+      while (wakes_.empty() && !stop_) lock.Wait(&wake_cv_);
+      if (wakes_.empty()) return;
+      wake = std::move(wakes_.front());
+      wakes_.pop_front();
+      waking_ = true;
+    }
+    WakeAll(wake);
+    MutexLock lock(&wake_mutex_);
+    waking_ = false;
+    if (wakes_.empty()) drained_cv_.SignalAll();
+  }
+}
+
+void WatchHub::WakeAll(const Wake& wake) {
+  const size_t batch = static_cast<size_t>(std::max(1, options_.wake_batch));
+  std::vector<std::pair<Watcher::Action, grpc::Status>> actions;
+  for (size_t begin = 0; begin < wake.watchers.size(); begin += batch) {
+    const size_t end = std::min(wake.watchers.size(), begin + batch);
+    actions.assign(end - begin, {Watcher::Action::kNone, grpc::Status::OK});
+    {
+      MutexLock lock(&wake.log->mutex);
+      for (size_t i = begin; i < end; ++i) {
+        wake.watchers[i]->WokenLocked();
+        actions[i - begin].first = wake.watchers[i]->NextLocked(options_.coalesce_lag, &actions[i - begin].second);
       }
     }
-    for (auto& [watcher, status] : finishes) watcher->Perform(Watcher::Action::kFinish, status);
+    // A watcher may be gone once its Finish is performed: nothing touches it after Perform.
+    for (size_t i = begin; i < end; ++i) wake.watchers[i]->Perform(actions[i - begin].first, actions[i - begin].second);
   }
 }
 

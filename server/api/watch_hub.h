@@ -2,10 +2,11 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
-#include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
@@ -22,27 +23,32 @@ struct WatchHubOptions {
   // (keeping the newest) until it catches up; the backlog it asked for is replayed whole, and state
   // changes, plans, validations, checkpoints and the final event are never skipped.
   int64_t coalesce_lag = 16;
+  // Idle watchers woken under one lock acquisition by the fan-out thread.
+  int wake_batch = 256;
 };
 
 // WatchJob's publisher (STYLE.md: one write in flight per stream, newest value wins, Finish exactly
-// once). Each job's event log is held once, shared by its watchers; a watcher is a cursor into it, so
-// a slow watcher costs no memory and never slows training or other watchers. Logs load from the store
-// on the first watch and grow with Publish (called after the store has the events).
+// once). Each job's event log is held once, shared by its watchers, each event serialized once: a
+// watcher is a cursor into the log, so a slow watcher costs no memory and never slows training or
+// other watchers. A watcher pulls its next event when its write completes (on gRPC's threads); Publish
+// only appends and hands the watchers that were idle to the hub's fan-out thread, which starts their
+// writes, so the scheduler's thread never writes to 10,000 streams. Logs load from the store on the
+// first watch and grow with Publish (called after the store has the events).
 class WatchHub {
  public:
   WatchHub(JobStore& store, WatchHubOptions options = {});
-  ~WatchHub();
+  ~WatchHub();  // after the gRPC server that ran the streams has stopped
   WatchHub(const WatchHub&) = delete;
   WatchHub& operator=(const WatchHub&) = delete;
 
   // Appends committed events (the scheduler's Publisher). Any thread.
   void Publish(const xtrain::v1::Job& job, const std::vector<xtrain::v1::JobEvent>& events);
-  // A reactor streaming `job_id`'s log from `from_sequence`, then live; it finishes OK after the
-  // job's final event. `last_sequence` and `terminal` are the job's as the caller read them (after its
-  // access checks): from_sequence past last_sequence + 1 is OUT_OF_RANGE.
-  grpc::ServerWriteReactor<xtrain::v1::WatchJobResponse>* Watch(const std::string& job_id, int64_t from_sequence);
-  // Ends every stream with UNAVAILABLE and a sentence saying where to reconnect from; later watches
-  // are refused the same way.
+  // A reactor streaming `job_id`'s log from `from_sequence`, then live; it finishes OK after the job's
+  // final event. The stream's messages are serialized WatchJobResponses (WatchJob is a raw method, so
+  // that watchers share each event's bytes). `from_sequence` past the log's end + 1 is OUT_OF_RANGE.
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Watch(const std::string& job_id, int64_t from_sequence);
+  // Ends every stream with UNAVAILABLE and a sentence saying where to reconnect from, and returns once
+  // the idle ones have been finished; later watches are refused the same way.
   void Shutdown();
 
   int64_t watchers() const { return watchers_.load(); }
@@ -51,8 +57,17 @@ class WatchHub {
  private:
   class Watcher;
   struct JobLog;
+  // Watchers of `log` taken off its idle list, for the fan-out thread to wake.
+  struct Wake {
+    std::shared_ptr<JobLog> log;
+    std::vector<Watcher*> watchers;
+  };
+
   std::shared_ptr<JobLog> LogFor(const std::string& job_id);
-  void Detach(const std::shared_ptr<JobLog>& log, Watcher* watcher);
+  void Detach(const std::shared_ptr<JobLog>& log);
+  void Enqueue(Wake wake);
+  void FanOut();  // the fan-out thread
+  void WakeAll(const Wake& wake);
 
   JobStore& store_;
   const WatchHubOptions options_;
@@ -61,6 +76,14 @@ class WatchHub {
   bool shut_down_ ABSL_GUARDED_BY(mutex_) = false;
   std::atomic<int64_t> watchers_{0};
   std::atomic<int64_t> coalesced_{0};
+
+  absl::Mutex wake_mutex_;
+  absl::CondVar wake_cv_;     // work queued, or stop
+  absl::CondVar drained_cv_;  // the queue emptied and its wakes are done
+  std::deque<Wake> wakes_ ABSL_GUARDED_BY(wake_mutex_);
+  bool waking_ ABSL_GUARDED_BY(wake_mutex_) = false;  // the fan-out thread is working on a Wake
+  bool stop_ ABSL_GUARDED_BY(wake_mutex_) = false;
+  std::thread fan_out_;
 };
 
 }  // namespace xtrain::server

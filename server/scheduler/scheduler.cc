@@ -174,10 +174,7 @@ absl::Status Scheduler::Recover() {
         }
       }
     }
-    {
-      MutexLock lock(&snapshot_mutex_);
-      snapshots_[id] = Snapshot{entry->job, entry->order};
-    }
+    SetSnapshot(entry->job, entry->order);
     jobs_[id] = std::move(entry);
   }
   Flush();
@@ -523,9 +520,9 @@ void Scheduler::SubmitPlanned(const std::string& tenant, const v1::SubmitJobRequ
     return done(s);
   }
   if (!job.client_request_id().empty()) request_ids_[{tenant, job.client_request_id()}] = job.id();
+  SetSnapshot(job, entry->order);
   {
     MutexLock lock(&snapshot_mutex_);
-    snapshots_[job.id()] = Snapshot{job, entry->order};
     ++stats_.queued;
   }
   publisher_(job, write.events);
@@ -576,16 +573,41 @@ void Scheduler::Cancel(std::string tenant, std::string job_id, Done<v1::Job> don
 // ---------------------------------------------------------------------------------------------------
 // Reads.
 
-absl::StatusOr<v1::Job> Scheduler::GetJob(const std::string& tenant, const std::string& job_id) const {
+void Scheduler::SetSnapshot(const v1::Job& job, int64_t order) {
+  auto snapshot = std::make_shared<const v1::Job>(job);
+  MutexLock lock(&snapshot_mutex_);
+  snapshots_[job.id()] = Snapshot{snapshot, order};
+  by_order_[order] = std::move(snapshot);
+}
+
+absl::StatusOr<std::shared_ptr<const v1::Job>> Scheduler::JobSnapshot(const std::string& tenant,
+                                                                       const std::string& job_id) const {
   MutexLock lock(&snapshot_mutex_);
   auto it = snapshots_.find(job_id);
-  if (it == snapshots_.end() || (!tenant.empty() && it->second.job.tenant() != tenant)) {
+  if (it == snapshots_.end() || (!tenant.empty() && it->second.job->tenant() != tenant)) {
     return absl::NotFoundError(absl::StrCat("job '", job_id, "' does not exist"));
   }
-  v1::Job job = it->second.job;
-  if (auto wait = waiting_.find(job_id); wait != waiting_.end() && job.state() == v1::QUEUED) {
-    job.set_queue_position(wait->second.queue_position);
-    job.set_waiting_reason(wait->second.reason);
+  return it->second.job;
+}
+
+absl::StatusOr<v1::Job> Scheduler::GetJob(const std::string& tenant, const std::string& job_id) const {
+  std::shared_ptr<const v1::Job> snapshot;
+  std::optional<WaitInfo> wait;
+  {
+    MutexLock lock(&snapshot_mutex_);
+    auto it = snapshots_.find(job_id);
+    if (it == snapshots_.end() || (!tenant.empty() && it->second.job->tenant() != tenant)) {
+      return absl::NotFoundError(absl::StrCat("job '", job_id, "' does not exist"));
+    }
+    snapshot = it->second.job;
+    if (auto found = waiting_.find(job_id); found != waiting_.end() && snapshot->state() == v1::QUEUED) {
+      wait = found->second;
+    }
+  }
+  v1::Job job = *snapshot;
+  if (wait) {
+    job.set_queue_position(wait->queue_position);
+    job.set_waiting_reason(wait->reason);
   }
   return job;
 }
@@ -603,35 +625,46 @@ absl::StatusOr<v1::ListJobsResponse> Scheduler::ListJobs(const std::string& tena
     }
   }
   std::set<int> states(request.states().begin(), request.states().end());
-  MutexLock lock(&snapshot_mutex_);
-  std::vector<const Snapshot*> matched;
-  for (const auto& [id, snapshot] : snapshots_) {
-    const v1::Job& job = snapshot.job;
-    if (snapshot.order >= before) continue;
-    if (!tenant.empty() && job.tenant() != tenant) continue;
-    if (!states.empty() && !states.count(job.state())) continue;
-    bool labels_match = true;
-    for (const auto& [key, value] : request.labels()) {
-      auto label = job.spec().labels().find(key);
-      if (label == job.spec().labels().end() || label->second != value) {
-        labels_match = false;
-        break;
+  struct Match {
+    int64_t order;
+    std::shared_ptr<const v1::Job> job;
+    std::optional<WaitInfo> wait;
+  };
+  std::vector<Match> page;  // the page, and one more if there is a next page
+  {
+    MutexLock lock(&snapshot_mutex_);
+    // Newest first from the token on: the page is the first page_size jobs that match.
+    for (auto it = by_order_.upper_bound(before); it != by_order_.end(); ++it) {
+      const v1::Job& job = *it->second;
+      if (!tenant.empty() && job.tenant() != tenant) continue;
+      if (!states.empty() && !states.count(job.state())) continue;
+      bool labels_match = true;
+      for (const auto& [key, value] : request.labels()) {
+        auto label = job.spec().labels().find(key);
+        if (label == job.spec().labels().end() || label->second != value) {
+          labels_match = false;
+          break;
+        }
       }
+      if (!labels_match) continue;
+      Match& match = page.emplace_back(Match{it->first, it->second, std::nullopt});
+      if (auto wait = waiting_.find(job.id()); wait != waiting_.end() && job.state() == v1::QUEUED) {
+        match.wait = wait->second;
+      }
+      if (static_cast<int>(page.size()) > page_size) break;
     }
-    if (labels_match) matched.push_back(&snapshot);
   }
-  std::sort(matched.begin(), matched.end(), [](const Snapshot* a, const Snapshot* b) { return a->order > b->order; });
   v1::ListJobsResponse response;
-  for (size_t i = 0; i < matched.size() && static_cast<int>(i) < page_size; ++i) {
+  for (size_t i = 0; i < page.size() && static_cast<int>(i) < page_size; ++i) {
     v1::Job& job = *response.add_jobs();
-    job = matched[i]->job;
-    if (auto wait = waiting_.find(job.id()); wait != waiting_.end() && job.state() == v1::QUEUED) {
-      job.set_queue_position(wait->second.queue_position);
-      job.set_waiting_reason(wait->second.reason);
+    job = *page[i].job;
+    if (page[i].wait) {
+      job.set_queue_position(page[i].wait->queue_position);
+      job.set_waiting_reason(page[i].wait->reason);
     }
   }
-  if (static_cast<int>(matched.size()) > page_size) {
-    response.set_next_page_token(absl::StrCat(matched[page_size - 1]->order));
+  if (static_cast<int>(page.size()) > page_size) {
+    response.set_next_page_token(absl::StrCat(page[page_size - 1].order));
   }
   return response;
 }
@@ -1089,10 +1122,10 @@ void Scheduler::Flush() {
     return;
   }
   staged_.clear();
+  for (JobEntry* entry : entries) SetSnapshot(entry->job, entry->order);
   {
     MutexLock lock(&snapshot_mutex_);
     for (JobEntry* entry : entries) {
-      snapshots_[entry->job.id()] = Snapshot{entry->job, entry->order};
       if (entry->job.state() != v1::QUEUED) waiting_.erase(entry->job.id());
     }
   }

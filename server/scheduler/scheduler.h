@@ -15,6 +15,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -74,6 +75,9 @@ class Scheduler {
   // A job as last committed, with its live queue position and waiting reason. NotFound for an unknown
   // id or another tenant's job (empty tenant: any).
   absl::StatusOr<xtrain::v1::Job> GetJob(const std::string& tenant, const std::string& job_id) const;
+  // The job as last committed, shared rather than copied (no queue position): NotFound as GetJob.
+  absl::StatusOr<std::shared_ptr<const xtrain::v1::Job>> JobSnapshot(const std::string& tenant,
+                                                                     const std::string& job_id) const;
   absl::StatusOr<xtrain::v1::ListJobsResponse> ListJobs(const std::string& tenant,
                                                         const xtrain::v1::ListJobsRequest& request) const;
 
@@ -160,13 +164,19 @@ class Scheduler {
   std::unique_ptr<boost::asio::steady_timer> shutdown_timer_;
   std::unique_ptr<boost::asio::steady_timer> aging_timer_;
 
-  // Read snapshots for other threads.
+  // Replaces a job's read snapshot (io thread; copies the job before taking the lock).
+  void SetSnapshot(const xtrain::v1::Job& job, int64_t order);
+
+  // Read snapshots for other threads: immutable jobs shared with the readers, so a read holds the lock
+  // for a lookup and copies the job after releasing it.
   mutable absl::Mutex snapshot_mutex_;
   struct Snapshot {
-    xtrain::v1::Job job;
+    std::shared_ptr<const xtrain::v1::Job> job;
     int64_t order = 0;
   };
-  std::map<std::string, Snapshot> snapshots_ ABSL_GUARDED_BY(snapshot_mutex_);
+  absl::flat_hash_map<std::string, Snapshot> snapshots_ ABSL_GUARDED_BY(snapshot_mutex_);
+  // The same snapshots newest first (by submission order), for ListJobs' pages.
+  std::map<int64_t, std::shared_ptr<const xtrain::v1::Job>, std::greater<>> by_order_ ABSL_GUARDED_BY(snapshot_mutex_);
   std::map<std::string, WaitInfo> waiting_ ABSL_GUARDED_BY(snapshot_mutex_);
   Stats stats_ ABSL_GUARDED_BY(snapshot_mutex_);
 };

@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <set>
 #include <thread>
@@ -249,6 +250,11 @@ TEST(Service, HundredWatchersSeeTheWholeLog) {
     EXPECT_EQ(seen[i].back().sequence(), done.last_sequence());
     EXPECT_THAT(States(seen[i]), ::testing::ElementsAre(v1::QUEUED, v1::RUNNING, v1::SUCCEEDED));
     for (size_t k = 1; k < seen[i].size(); ++k) EXPECT_GT(seen[i][k].sequence(), seen[i][k - 1].sequence());
+  }
+  // Each stream's reactor goes once gRPC is done with it, which may be just after its client saw the end.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (test->server->hub().watchers() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   EXPECT_EQ(test->server->hub().watchers(), 0);
 }
