@@ -946,22 +946,22 @@ LayerProbe ProbeLayer(const ConvCall& call, const std::vector<int64_t>& sample_s
   std::vector<int64_t> sizes = {batch};
   sizes.insert(sizes.end(), sample_sizes.begin(), sample_sizes.end());
   const auto options = torch::TensorOptions().dtype(step.dtype);
+  // One run: a second one measured the same bytes for every layer of the bench's seven nets (their
+  // predictions at every batch from 1 to 4x the job's were identical), at twice the cost.
   LayerProbe probe;
-  for (int s = 0; s < 2; ++s) {
-    torch::Tensor x = torch::randn(sizes, gen, options).to(step.device);
-    if (input_grad) x.requires_grad_(true);
-    const int64_t before = meter.current_bytes();
-    meter.ResetPeak();
-    torch::Tensor y = call(x);
-    probe.forward = meter.peak_bytes() - before;
-    const torch::Tensor g = torch::randn(y.sizes(), gen, options).to(step.device);
-    PhasePeaks phases(meter);
-    {
-      MemoryPhaseScope observe(&phases);
-      y.backward(g);
-    }
-    probe.backward = phases.Close();
+  torch::Tensor x = torch::randn(sizes, gen, options).to(step.device);
+  if (input_grad) x.requires_grad_(true);
+  const int64_t before = meter.current_bytes();
+  meter.ResetPeak();
+  torch::Tensor y = call(x);
+  probe.forward = meter.peak_bytes() - before;
+  const torch::Tensor g = torch::randn(y.sizes(), gen, options).to(step.device);
+  PhasePeaks phases(meter);
+  {
+    MemoryPhaseScope observe(&phases);
+    y.backward(g);
   }
+  probe.backward = phases.Close();
   return probe;
 }
 
