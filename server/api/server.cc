@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <future>
 
@@ -63,6 +64,10 @@ absl::Status Server::Initialize() {
 
   SupervisorOptions supervision;
   supervision.worker_path = options_.worker_path;
+  // Planning workers share the cores with training workers: OpenMP threads that spin while they wait
+  // slow each other down (a model build took twice as long with one core busy), so idle ones sleep.
+  // An OMP_WAIT_POLICY in the server's environment wins.
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr) supervision.worker_env["OMP_WAIT_POLICY"] = "PASSIVE";
   supervisor_ = std::make_unique<Supervisor>(io_, supervision);
   hub_ = std::make_unique<WatchHub>(*store_);
   SchedulerOptions scheduling;
