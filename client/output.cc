@@ -194,7 +194,15 @@ std::string FormatJob(const v1::Job& job) {
     if (!p.metric_name().empty()) Line(out, "metric", absl::StrCat(p.metric_name(), " ", Number(p.metric_value())));
     if (p.last_checkpoint_step() > 0) Line(out, "checkpoint", absl::StrCat("at step ", p.last_checkpoint_step()));
   }
+  // The budget the job runs under (what the scheduler reserves: its plan's, after any shrink) and, where
+  // it differs, the one the spec asked for.
   std::string memory = absl::StrCat("budget ", HumanBytes(job.budget_bytes() > 0 ? job.budget_bytes() : job.plan().budget_bytes()));
+  const int64_t requested = spec.memory().budget_bytes();
+  if (requested > 0 && job.budget_bytes() > 0 && requested != job.budget_bytes()) {
+    absl::StrAppend(&memory, " reserved (", HumanBytes(requested), " requested)");
+  } else if (spec.memory().device_share() > 0) {
+    absl::StrAppend(&memory, absl::StrFormat(" (%.4g%% of the device requested)", 100 * spec.memory().device_share()));
+  }
   if (job.plan().predicted_peak_bytes() > 0 || p.predicted_peak_bytes() > 0) {
     absl::StrAppend(&memory, "; peak predicted ",
                     HumanBytes(p.predicted_peak_bytes() > 0 ? p.predicted_peak_bytes() : job.plan().predicted_peak_bytes()));

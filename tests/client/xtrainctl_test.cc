@@ -417,6 +417,28 @@ TEST_F(Xtrainctl, ProgressBeforeTheFirstStepShowsTheState) {
   EXPECT_LT(progress.EtaSeconds(), 0);
 }
 
+// The scheduler reserves the budget the job's plan runs under, which may be less than the one asked for:
+// the detail view names both, and the share when the spec gave one.
+TEST_F(Xtrainctl, JobSaysWhichBudgetIsReservedAndWhichRequested) {
+  v1::Job job;
+  job.set_id("job-1");
+  job.set_state(v1::RUNNING);
+  job.mutable_spec()->mutable_memory()->set_budget_bytes(23 << 20);
+  job.set_budget_bytes(22 << 20);
+  std::string out = FormatJob(job);
+  EXPECT_TRUE(absl::StrContains(out, "budget 22.00 MiB reserved (23.00 MiB requested)")) << out;
+
+  job.set_budget_bytes(23 << 20);  // the same: nothing to tell apart
+  out = FormatJob(job);
+  EXPECT_TRUE(absl::StrContains(out, "budget 23.00 MiB\n") || absl::StrContains(out, "budget 23.00 MiB;")) << out;
+  EXPECT_FALSE(absl::StrContains(out, "requested")) << out;
+
+  job.mutable_spec()->mutable_memory()->set_budget_bytes(0);
+  job.mutable_spec()->mutable_memory()->set_device_share(0.25);
+  out = FormatJob(job);
+  EXPECT_TRUE(absl::StrContains(out, "budget 23.00 MiB (25% of the device requested)")) << out;
+}
+
 TEST_F(Xtrainctl, TablePadsColumns) {
   EXPECT_EQ(FormatTable({"ID", "N"}, {{"job-1", "5"}, {"j", "100"}}, {false, true}),
             "ID       N\n"
