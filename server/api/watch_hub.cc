@@ -233,6 +233,7 @@ std::shared_ptr<WatchHub::JobLog> WatchHub::LogFor(const std::string& job_id) {
     spdlog::error("reading the event log of job {} failed: {}", job_id, std::string(events.status().message()));
   } else {
     MutexLock log_lock(&log->mutex);
+    // Stamped now, however old: loaded events are in every watch's backlog, which is never coalesced.
     const auto now = std::chrono::steady_clock::now();
     for (const v1::JobEvent& event : *events) log->Append(event, ResponseBytes(event), now);
   }
