@@ -23,6 +23,7 @@
 #include "server/api/watch_hub.h"
 #include "server/common/util.h"
 #include "server/store/job_store.h"
+#include "tests/server/watch_contract.h"
 #include "xtrain/v1/training_service.grpc.pb.h"
 
 namespace xtrain::server {
@@ -217,28 +218,6 @@ std::vector<int64_t> Coalesced(const std::vector<v1::WatchJobResponse>& response
   return counts;
 }
 
-// What a watcher from `from` may receive of a log whose kinds are `steps` (true: a step event) by
-// sequence (index 0 unused): sequences rise; the events between two it received are exactly as many
-// as the later one's `coalesced` and all steps, and only live events (after `backlog`) are skipped;
-// the last one is the log's last (the final event).
-void ExpectCoalescedLog(const std::vector<v1::WatchJobResponse>& responses, const std::vector<bool>& steps,
-                        int64_t from, int64_t backlog, const std::string& who) {
-  ASSERT_FALSE(responses.empty()) << who;
-  int64_t previous = from - 1;
-  for (const v1::WatchJobResponse& r : responses) {
-    const int64_t sequence = r.event().sequence();
-    ASSERT_GT(sequence, previous) << who;
-    ASSERT_EQ(sequence - previous - 1, r.coalesced()) << who << ": sequence " << sequence;
-    for (int64_t skipped = previous + 1; skipped < sequence; ++skipped) {
-      ASSERT_TRUE(steps[skipped]) << who << ": sequence " << skipped << " (not a step) was skipped";
-      ASSERT_GT(skipped, backlog) << who << ": sequence " << skipped << " of the backlog was skipped";
-    }
-    ASSERT_EQ(r.event().has_step(), steps[sequence]) << who << ": sequence " << sequence;
-    previous = sequence;
-  }
-  EXPECT_EQ(previous, static_cast<int64_t>(steps.size()) - 1) << who << ": the final event is missing";
-}
-
 TEST(WatchHub, CaughtUpWatchersGetEveryEventInOrder) {
   WatchHubOptions options;
   options.coalesce_lag = 1 << 30;  // never coalesce: every watcher must see every event
@@ -375,7 +354,7 @@ TEST(WatchHub, BacklogOlderThanTheAgeIsReplayedWhole) {
   steps.push_back(false);
   ASSERT_TRUE(early.status().ok()) << early.status().error_message();
   ASSERT_TRUE(late.status().ok()) << late.status().error_message();
-  ExpectCoalescedLog(early.Join(), steps, 1, 1, "early");
+  EXPECT_TRUE(testing::FollowsWatchContract(early.Join(), 1, 1, steps)) << "early";
   const std::vector<v1::WatchJobResponse>& seen = late.Join();
   ASSERT_EQ(seen.size(), 32u);
   for (size_t i = 0; i < seen.size(); ++i) {
@@ -405,8 +384,8 @@ TEST(WatchHub, BacklogIsReplayedWholeAndOnlyLiveEventsAreCoalesced) {
   steps.push_back(false);
   ASSERT_TRUE(from_start.status().ok()) << from_start.status().error_message();
   ASSERT_TRUE(from_middle.status().ok()) << from_middle.status().error_message();
-  ExpectCoalescedLog(from_start.Join(), steps, 1, 101, "from 0");
-  ExpectCoalescedLog(from_middle.Join(), steps, 51, 101, "from 51");
+  EXPECT_TRUE(testing::FollowsWatchContract(from_start.Join(), 1, 101, steps)) << "from 0";
+  EXPECT_TRUE(testing::FollowsWatchContract(from_middle.Join(), 51, 101, steps)) << "from 51";
   // The backlog whole, in order.
   for (int64_t sequence = 1; sequence <= 101; ++sequence) {
     ASSERT_EQ(from_start.Join()[sequence - 1].event().sequence(), sequence);
@@ -444,7 +423,7 @@ TEST(WatchHub, ManyWatchersKeepOrderAndCoalescingUnderConcurrentPublishing) {
   for (int i = 0; i < kWatchers; ++i) {
     ASSERT_TRUE(readers[i]->status().ok()) << i << ": " << readers[i]->status().error_message();
     // A watcher that connected late has more of the log as its backlog than the first event.
-    ExpectCoalescedLog(readers[i]->Join(), steps, 1, 1, absl::StrCat("watcher ", i));
+    EXPECT_TRUE(testing::FollowsWatchContract(readers[i]->Join(), 1, 1, steps)) << "watcher " << i;
   }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (test.hub().watchers() > 0 && std::chrono::steady_clock::now() < deadline) {
@@ -484,7 +463,7 @@ TEST(WatchHub, CancelledWatchersEndWhileOthersGoOn) {
       continue;
     }
     ASSERT_TRUE(status.ok()) << i << ": " << status.error_message();
-    ExpectCoalescedLog(readers[i]->Join(), steps, 1, 1, absl::StrCat("watcher ", i));
+    EXPECT_TRUE(testing::FollowsWatchContract(readers[i]->Join(), 1, 1, steps)) << "watcher " << i;
   }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (test.hub().watchers() > 0 && std::chrono::steady_clock::now() < deadline) {
