@@ -88,6 +88,20 @@ class ClientTest(unittest.TestCase):
     def watch_all(self, job_id, from_sequence=0):
         return list(self.client.watch(job_id, from_sequence))
 
+    def assert_watch_contract(self, responses, from_sequence, backlog_through):
+        """WatchJob's contract for one stream (tests/server/watch_contract.h): no repeat, no reordering,
+        each sequence the previous one's + 1 + that response's `coalesced` (live steps a watcher fell
+        behind on), and nothing skipped in the backlog (events through `backlog_through`)."""
+        previous = max(from_sequence, 1) - 1
+        for i, response in enumerate(responses):
+            sequence, coalesced = response.event.sequence, response.coalesced
+            self.assertGreater(sequence, previous, f"response {i}: a repeat or out of order")
+            self.assertEqual(sequence, previous + 1 + coalesced,
+                             f"response {i}: sequence {sequence} after {previous} with coalesced {coalesced}")
+            if coalesced:
+                self.assertGreater(previous + 1, backlog_through, f"response {i}: backlog events skipped")
+            previous = sequence
+
     def test_plan_then_from_the_cache(self):
         first = self.client.plan(tiny_job())
         self.assertEqual(first.plan.batch_size, 32)
@@ -117,9 +131,10 @@ class ClientTest(unittest.TestCase):
     def test_submit_watch_to_the_end(self):
         response = self.client.submit(tiny_job(max_steps=4, test="watch"))
         job_id = response.job.id
-        events = [r.event for r in self.watch_all(job_id)]
-        sequences = [e.sequence for e in events]
-        self.assertEqual(sequences, list(range(1, len(events) + 1)))  # the whole log, no gap, no repeat
+        # Watched live: steps it falls behind on may be coalesced, and counted.
+        responses = self.watch_all(job_id)
+        self.assert_watch_contract(responses, 0, response.job.last_sequence)
+        events = [r.event for r in responses]
         self.assertEqual(events[-1].WhichOneof("kind"), "state")
         self.assertEqual(events[-1].state.to_state, self.pb.SUCCEEDED, events[-1])
         steps = [e.step.step for e in events if e.WhichOneof("kind") == "step"]
@@ -128,10 +143,12 @@ class ClientTest(unittest.TestCase):
         job = self.client.get(job_id)
         self.assertEqual(job.state, self.pb.SUCCEEDED)
         self.assertEqual(job.progress.step, 4)
+        self.assertEqual(events[-1].sequence, job.last_sequence)
         self.assertTrue(job.weights_artifact_id)
-        # Watching again from the middle replays the rest.
-        tail = [r.event.sequence for r in self.watch_all(job_id, from_sequence=3)]
-        self.assertEqual(tail, sequences[2:])
+        # Watching again from the middle replays the rest, whole: it is all backlog now.
+        tail = self.watch_all(job_id, from_sequence=3)
+        self.assert_watch_contract(tail, 3, job.last_sequence)
+        self.assertEqual([r.event.sequence for r in tail], list(range(3, job.last_sequence + 1)))
 
     def test_submit_is_idempotent_by_request_id(self):
         first = self.client.submit(tiny_job(max_steps=1), client_request_id="python-idempotent")

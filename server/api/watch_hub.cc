@@ -1,6 +1,7 @@
 #include "server/api/watch_hub.h"
 
 #include <algorithm>
+#include <chrono>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -40,6 +41,7 @@ struct WatchHub::JobLog {
   struct Entry {
     grpc::Slice response;
     bool step = false;
+    std::chrono::steady_clock::time_point appended;  // when the hub got it: a step's age for coalesce_age
   };
 
   absl::Mutex mutex;
@@ -51,12 +53,23 @@ struct WatchHub::JobLog {
   std::vector<Watcher*> idle ABSL_GUARDED_BY(mutex);    // caught up, nothing in flight: Publish wakes them
 
   // Returns false for a repeat (an event both loaded from the store and published).
-  bool Append(const v1::JobEvent& event, grpc::Slice response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex) {
+  bool Append(const v1::JobEvent& event, grpc::Slice response, std::chrono::steady_clock::time_point now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex) {
     if (event.sequence() != static_cast<int64_t>(events.size()) + 1) return false;
     if (event.has_step()) last_step_index = static_cast<int64_t>(events.size());
     if (IsFinal(event)) ended = true;
-    events.push_back(Entry{std::move(response), event.has_step()});
+    events.push_back(Entry{std::move(response), event.has_step(), now});
     return true;
+  }
+
+  // Whether a watcher whose next event is events[index] is behind (WatchHubOptions): more than
+  // coalesce_lag events from the end, or that event a step older than coalesce_age while a newer step
+  // exists (only then can skipping help, so only then is the clock read).
+  bool BehindLocked(int64_t index, const WatchHubOptions& options) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex) {
+    if (static_cast<int64_t>(events.size()) - index > options.coalesce_lag) return true;
+    if (options.coalesce_age <= std::chrono::steady_clock::duration::zero()) return false;
+    if (index >= last_step_index || !events[index].step) return false;
+    return std::chrono::steady_clock::now() - events[index].appended > options.coalesce_age;
   }
 };
 
@@ -72,7 +85,7 @@ class WatchHub::Watcher : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   // Decides what to do next: a write (the event is kept for Perform), the end of the stream, or
   // nothing for now (the watcher joins the idle list). The caller performs it after releasing the
   // log's mutex.
-  Action NextLocked(int64_t coalesce_lag, grpc::Status* status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(log_->mutex) {
+  Action NextLocked(grpc::Status* status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(log_->mutex) {
     if (finish_called_ || in_flight_ || idle_index_ >= 0 || waking_) return Action::kNone;
     if (cancelled_) return FinishLocked(grpc::Status::CANCELLED, status);
     if (log_->shut_down) {
@@ -88,10 +101,10 @@ class WatchHub::Watcher : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       return Action::kNone;
     }
     int64_t index = next_ - 1;
-    if (index >= backlog_ && size - index > coalesce_lag) {
-      // Behind on live events: skip step events older than the newest one; everything else is
-      // delivered. The backlog the watch asked for is never coalesced (a reconnecting client sees
-      // one log without gaps).
+    if (index >= backlog_ && log_->BehindLocked(index, hub_.options_)) {
+      // Behind on live events (by count or by age): skip step events older than the newest one;
+      // everything else is delivered. The backlog the watch asked for is never coalesced (a
+      // reconnecting client sees one log without gaps).
       while (index < log_->last_step_index && log_->events[index].step) {
         ++index;
         ++skipped_;
@@ -146,7 +159,7 @@ class WatchHub::Watcher : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       MutexLock lock(&log_->mutex);
       in_flight_ = false;
       if (!ok) cancelled_ = true;  // the stream broke: the client went away
-      action = NextLocked(hub_.options_.coalesce_lag, &status);
+      action = NextLocked(&status);
     }
     Perform(action, status);
   }
@@ -220,7 +233,9 @@ std::shared_ptr<WatchHub::JobLog> WatchHub::LogFor(const std::string& job_id) {
     spdlog::error("reading the event log of job {} failed: {}", job_id, std::string(events.status().message()));
   } else {
     MutexLock log_lock(&log->mutex);
-    for (const v1::JobEvent& event : *events) log->Append(event, ResponseBytes(event));
+    // Stamped now, however old: loaded events are in every watch's backlog, which is never coalesced.
+    const auto now = std::chrono::steady_clock::now();
+    for (const v1::JobEvent& event : *events) log->Append(event, ResponseBytes(event), now);
   }
   return log;
 }
@@ -241,8 +256,9 @@ void WatchHub::Publish(const v1::Job& job, const std::vector<v1::JobEvent>& even
   bool drop = false;
   {
     MutexLock lock(&log->mutex);
+    const auto now = std::chrono::steady_clock::now();
     bool appended = false;
-    for (size_t i = 0; i < events.size(); ++i) appended |= log->Append(events[i], std::move(responses[i]));
+    for (size_t i = 0; i < events.size(); ++i) appended |= log->Append(events[i], std::move(responses[i]), now);
     if (appended) {
       wake.watchers.swap(log->idle);
       for (Watcher* watcher : wake.watchers) watcher->TakeIdleLocked();
@@ -283,7 +299,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* WatchHub::Watch(const std::string& j
                                     "'s log, which ends at ", size, "; watch from ", size + 1, " or less")),
           &status);
     } else {
-      action = watcher->NextLocked(options_.coalesce_lag, &status);
+      action = watcher->NextLocked(&status);
     }
   }
   watcher->Perform(action, status);
@@ -365,7 +381,7 @@ void WatchHub::WakeAll(const Wake& wake) {
       MutexLock lock(&wake.log->mutex);
       for (size_t i = begin; i < end; ++i) {
         wake.watchers[i]->WokenLocked();
-        actions[i - begin].first = wake.watchers[i]->NextLocked(options_.coalesce_lag, &actions[i - begin].second);
+        actions[i - begin].first = wake.watchers[i]->NextLocked(&actions[i - begin].second);
       }
     }
     // A watcher may be gone once its Finish is performed: nothing touches it after Perform.

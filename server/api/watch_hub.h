@@ -1,6 +1,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -18,11 +19,16 @@
 
 namespace xtrain::server {
 
+// A watcher behind on events published after it connected skips the step events older than the newest
+// step (counting them in its next response's `coalesced`); it is behind when either rule below holds.
+// The backlog a watch asked for is replayed whole, and state changes, plans, validations, checkpoints
+// and the final event are never skipped.
 struct WatchHubOptions {
-  // A watcher this many events behind the log's end skips step events published after it connected
-  // (keeping the newest) until it catches up; the backlog it asked for is replayed whole, and state
-  // changes, plans, validations, checkpoints and the final event are never skipped.
+  // Behind: its next event is more than this many events from the log's end.
   int64_t coalesce_lag = 16;
+  // Behind: its next event is a step published longer ago than this (the lag it would show), so lag
+  // does not grow with the event rate. Zero or negative turns this rule off.
+  std::chrono::steady_clock::duration coalesce_age = std::chrono::milliseconds(50);
   // Idle watchers woken under one lock acquisition by the fan-out thread.
   int wake_batch = 256;
 };
@@ -30,10 +36,12 @@ struct WatchHubOptions {
 // WatchJob's publisher (STYLE.md: one write in flight per stream, newest value wins, Finish exactly
 // once). Each job's event log is held once, shared by its watchers, each event serialized once: a
 // watcher is a cursor into the log, so a slow watcher costs no memory and never slows training or
-// other watchers. A watcher pulls its next event when its write completes (on gRPC's threads); Publish
-// only appends and hands the watchers that were idle to the hub's fan-out thread, which starts their
-// writes, so the scheduler's thread never writes to 10,000 streams. Logs load from the store on the
-// first watch and grow with Publish (called after the store has the events).
+// other watchers. A watcher pulls its next event when its write completes (on gRPC's threads), skipping
+// to the newest step when it is behind by count or by age (WatchHubOptions): one that keeps up (pulls
+// each step within coalesce_age of its publishing) sees every step. Publish only appends and hands the
+// watchers that were idle to the hub's fan-out thread, which starts their writes, so the scheduler's
+// thread never writes to 10,000 streams. Logs load from the store on the first watch and grow with
+// Publish (called after the store has the events).
 class WatchHub {
  public:
   WatchHub(JobStore& store, WatchHubOptions options = {});

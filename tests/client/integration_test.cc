@@ -25,11 +25,13 @@
 #include "absl/synchronization/notification.h"
 #include "client/client.h"
 #include "server/common/mutex.h"
+#include "tests/server/watch_contract.h"
 
 namespace xtrain::client {
 namespace {
 namespace v1 = ::xtrain::v1;
 namespace fs = std::filesystem;
+using ::xtrain::server::testing::FollowsWatchContract;
 
 // A temporary folder, removed with its content when the test ends, passed or failed.
 class TempDir {
@@ -217,11 +219,11 @@ TEST(Xtrainctl, PlanSubmitWatchGetListDownloadAgainstTheServer) {
   ASSERT_EQ(watch.exit_code, 0) << watch.err;
   const std::vector<std::string> lines = absl::StrSplit(watch.out, '\n', absl::SkipEmpty());
   ASSERT_EQ(static_cast<int64_t>(lines.size()), job.last_sequence()) << watch.out;
+  std::vector<v1::WatchJobResponse> responses(lines.size());
   for (size_t i = 0; i < lines.size(); ++i) {
-    v1::WatchJobResponse response;
-    ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(lines[i], &response).ok()) << lines[i];
-    EXPECT_EQ(response.event().sequence(), static_cast<int64_t>(i) + 1);
+    ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(lines[i], &responses[i]).ok()) << lines[i];
   }
+  EXPECT_TRUE(FollowsWatchContract(responses, 0, job.last_sequence()));  // an ended job's log: all backlog
 
   const std::string weights = dir.path() + "/weights.pt";
   CtlResult download = Ctl(dir.path(), {"download", "--job", job_id, "--to", weights, "--server", at});
@@ -312,13 +314,13 @@ TEST(Client, WatchIsUnbrokenAcrossAServerKilledAndRestarted) {
   const std::string job_id = submitted->job().id();
 
   absl::Mutex mutex;
-  std::vector<v1::JobEvent> events;
+  std::vector<v1::WatchJobResponse> responses;
   ::xtrain::server::Notification training;
   absl::Status status;
   std::thread watcher([&] {
     status = client->Watch(job_id, 0, [&](const v1::WatchJobResponse& response) {
       ::xtrain::server::MutexLock lock(&mutex);
-      events.push_back(response.event());
+      responses.push_back(response);
       if (response.event().has_step() && response.event().step().step() >= 8 && !training.HasBeenNotified()) {
         training.Notify();
       }
@@ -334,15 +336,17 @@ TEST(Client, WatchIsUnbrokenAcrossAServerKilledAndRestarted) {
   ASSERT_TRUE(status.ok()) << status;
 
   ::xtrain::server::MutexLock lock(&mutex);
-  ASSERT_FALSE(events.empty());
-  for (size_t i = 0; i < events.size(); ++i) {
-    ASSERT_EQ(events[i].sequence(), static_cast<int64_t>(i) + 1) << "a gap or a repeat at " << i;
-  }
-  EXPECT_EQ(events.back().state().to_state(), v1::SUCCEEDED) << events.back().DebugString();
+  ASSERT_FALSE(responses.empty());
+  // Watched live: steps it fell behind on may be coalesced, and counted; no repeat, no unreported gap,
+  // across the restart too. (Where the client reconnected is its own affair, so the restarted server's
+  // backlog being replayed whole is Service.ServerKilledMidJobResumesWithAnUnbrokenLog's to check.)
+  EXPECT_TRUE(FollowsWatchContract(responses, 0, submitted->job().last_sequence()));
+  const v1::JobEvent& last = responses.back().event();
+  EXPECT_EQ(last.state().to_state(), v1::SUCCEEDED) << last.DebugString();
   absl::StatusOr<v1::Job> job = client->GetJob(job_id);
   ASSERT_TRUE(job.ok()) << job.status();
   EXPECT_EQ(job->state(), v1::SUCCEEDED);
-  EXPECT_EQ(job->last_sequence(), static_cast<int64_t>(events.size()));
+  EXPECT_EQ(job->last_sequence(), last.sequence());
 }
 
 TEST(Client, UploadFinetuneFromItDownload) {

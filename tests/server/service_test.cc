@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/common/util.h"
 #include "tests/server/service_test_util.h"
+#include "tests/server/watch_contract.h"
 
 namespace xtrain::server::testing {
 namespace {
@@ -49,13 +50,6 @@ grpc::Status Cancel(v1::TrainingService::Stub& stub, const std::string& id, v1::
   v1::CancelJobRequest request;
   request.set_job_id(id);
   return stub.CancelJob(&context, request, response);
-}
-
-// Sequences are 1, 2, ..., n: no gap, no repeat.
-void ExpectContinuous(const std::vector<v1::JobEvent>& events) {
-  for (size_t i = 0; i < events.size(); ++i) {
-    ASSERT_EQ(events[i].sequence(), static_cast<int64_t>(i) + 1) << "event " << i;
-  }
 }
 
 std::vector<v1::JobState> States(const std::vector<v1::JobEvent>& events) {
@@ -113,10 +107,17 @@ TEST(Service, LifecycleFromSubmitToSucceeded) {
   EXPECT_GT(job.plan().layers_size(), 0);
 
   grpc::Status status;
-  std::vector<v1::JobEvent> events = WatchToEnd(*test->stub, job.id(), 0, &status);
+  // Watched live from before it runs: steps the watcher falls behind on may be coalesced (and counted).
+  const std::vector<v1::WatchJobResponse> live = WatchToEnd(*test->stub, job.id(), 0, &status);
   ASSERT_TRUE(status.ok()) << status.error_message();
-  ExpectContinuous(events);
-  EXPECT_THAT(States(events), ::testing::ElementsAre(v1::QUEUED, v1::RUNNING, v1::SUCCEEDED));
+  EXPECT_THAT(States(EventsOf(live)), ::testing::ElementsAre(v1::QUEUED, v1::RUNNING, v1::SUCCEEDED));
+  v1::Job done = WaitForEnd(*test->stub, job.id());
+  // Watched again after the end: the whole log, which the live watch must match but for skipped steps.
+  const std::vector<v1::WatchJobResponse> log = WatchToEnd(*test->stub, job.id(), 0, &status);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_TRUE(FollowsWatchContract(log, 0, done.last_sequence()));
+  EXPECT_TRUE(FollowsWatchContract(live, 0, job.last_sequence(), StepsOf(log)));
+  const std::vector<v1::JobEvent> events = EventsOf(log);
   int steps = 0;
   int64_t last_step = 0;
   for (const v1::JobEvent& e : events) {
@@ -129,7 +130,6 @@ TEST(Service, LifecycleFromSubmitToSucceeded) {
     EXPECT_TRUE(std::isfinite(e.step().loss()));
   }
   EXPECT_EQ(steps, 12);
-  v1::Job done = WaitForEnd(*test->stub, job.id());
   EXPECT_EQ(done.state(), v1::SUCCEEDED);
   EXPECT_EQ(done.progress().step(), 12);
   EXPECT_TRUE(done.final_metrics().count("accuracy")) << done.ShortDebugString();
@@ -232,9 +232,10 @@ TEST(Service, CancelStopsARunningJobWithinAStep) {
 TEST(Service, HundredWatchersSeeTheWholeLog) {
   auto test = TestServer::Start();
   ASSERT_NE(test, nullptr);
-  const std::string id = Submit(*test->stub, TinyJob(30)).job().id();
+  const v1::Job submitted = Submit(*test->stub, TinyJob(30)).job();
+  const std::string id = submitted.id();
   constexpr int kWatchers = 100;
-  std::vector<std::vector<v1::JobEvent>> seen(kWatchers);
+  std::vector<std::vector<v1::WatchJobResponse>> seen(kWatchers);
   std::vector<grpc::Status> statuses(kWatchers);
   std::vector<std::thread> threads;
   for (int i = 0; i < kWatchers; ++i) {
@@ -243,13 +244,17 @@ TEST(Service, HundredWatchersSeeTheWholeLog) {
   for (std::thread& t : threads) t.join();
   const v1::Job done = WaitForEnd(*test->stub, id);
   ASSERT_EQ(done.state(), v1::SUCCEEDED);
+  grpc::Status status;
+  const std::vector<v1::WatchJobResponse> log = WatchToEnd(*test->stub, id, 0, &status);  // all backlog now
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_TRUE(FollowsWatchContract(log, 0, done.last_sequence()));
+  ASSERT_EQ(static_cast<int64_t>(log.size()), done.last_sequence());
   for (int i = 0; i < kWatchers; ++i) {
     ASSERT_TRUE(statuses[i].ok()) << i << ": " << statuses[i].error_message();
-    // A watcher that fell behind may skip step events; every other event arrives, in order.
-    ASSERT_FALSE(seen[i].empty());
-    EXPECT_EQ(seen[i].back().sequence(), done.last_sequence());
-    EXPECT_THAT(States(seen[i]), ::testing::ElementsAre(v1::QUEUED, v1::RUNNING, v1::SUCCEEDED));
-    for (size_t k = 1; k < seen[i].size(); ++k) EXPECT_GT(seen[i][k].sequence(), seen[i][k - 1].sequence());
+    // A watcher that fell behind may skip step events, and says how many; every other event arrives, in
+    // order, the final one last.
+    EXPECT_TRUE(FollowsWatchContract(seen[i], 0, submitted.last_sequence(), StepsOf(log))) << "watcher " << i;
+    EXPECT_THAT(States(EventsOf(seen[i])), ::testing::ElementsAre(v1::QUEUED, v1::RUNNING, v1::SUCCEEDED));
   }
   // Each stream's reactor goes once gRPC is done with it, which may be just after its client saw the end.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
@@ -268,10 +273,10 @@ TEST(Service, WatchFromPastTheEndIsOutOfRange) {
   WatchToEnd(*test->stub, id, done.last_sequence() + 5, &status);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::OUT_OF_RANGE);
   // From the last event: exactly that event, then the stream ends.
-  std::vector<v1::JobEvent> tail = WatchToEnd(*test->stub, id, done.last_sequence(), &status);
+  std::vector<v1::WatchJobResponse> tail = WatchToEnd(*test->stub, id, done.last_sequence(), &status);
   EXPECT_TRUE(status.ok());
   ASSERT_EQ(tail.size(), 1u);
-  EXPECT_EQ(tail[0].state().to_state(), v1::SUCCEEDED);
+  EXPECT_EQ(tail[0].event().state().to_state(), v1::SUCCEEDED);
   WatchToEnd(*test->stub, "job-does-not-exist", 0, &status);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
 }
@@ -292,8 +297,11 @@ TEST(Service, KilledWorkerIsRetriedFromItsCheckpoint) {
   EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.failure_reason();
   EXPECT_EQ(done.attempts(), 1);
   grpc::Status status;
-  std::vector<v1::JobEvent> events = WatchToEnd(*test->stub, id, 0, &status);
-  ExpectContinuous(events);
+  const std::vector<v1::WatchJobResponse> log = WatchToEnd(*test->stub, id, 0, &status);
+  // Watched after the end: all of it is backlog, replayed whole.
+  EXPECT_TRUE(FollowsWatchContract(log, 0, done.last_sequence()));
+  EXPECT_EQ(static_cast<int64_t>(log.size()), done.last_sequence());
+  const std::vector<v1::JobEvent> events = EventsOf(log);
   bool failure_logged = false;
   for (const v1::JobEvent& e : events) {
     if (e.has_attempt_failed()) {
@@ -314,34 +322,42 @@ TEST(Service, ServerKilledMidJobResumesWithAnUnbrokenLog) {
   v1::JobSpec spec = TinyJob(/*max_steps=*/80, /*epochs=*/20);
   spec.mutable_checkpoint()->set_every_steps(10);
   std::string id;
-  std::vector<v1::JobEvent> before;
+  std::vector<v1::WatchJobResponse> before;
+  int64_t logged_before = 0;  // events logged before the first watch: its backlog
   {
     ServerProcess server(data_dir, data_root);
     ASSERT_TRUE(server.serving());
     id = Submit(server.stub(), spec).job().id();
-    WaitFor(server.stub(), id, [](const v1::Job& j) { return j.progress().last_checkpoint_step() >= 20; });
+    logged_before =
+        WaitFor(server.stub(), id, [](const v1::Job& j) { return j.progress().last_checkpoint_step() >= 20; })
+            .last_sequence();
     // A watcher that reads part of the log before the crash.
     grpc::ClientContext context;
     v1::WatchJobRequest request;
     request.set_job_id(id);
     auto reader = server.stub().WatchJob(&context, request);
     v1::WatchJobResponse response;
-    while (before.size() < 5 && reader->Read(&response)) before.push_back(response.event());
+    while (before.size() < 5 && reader->Read(&response)) before.push_back(response);
     server.Stop(SIGKILL);
     context.TryCancel();
     reader->Finish();
   }
   ASSERT_EQ(before.size(), 5u);
+  EXPECT_TRUE(FollowsWatchContract(before, 0, logged_before));
   ServerProcess restarted(data_dir, data_root);
   ASSERT_TRUE(restarted.serving());
+  // The watcher reconnects from its last sequence and reads on to the end. What the restarted server
+  // logged before that is the watch's backlog, replayed whole: no gap across the restart.
+  const int64_t logged = WaitFor(restarted.stub(), id, [](const v1::Job&) { return true; }).last_sequence();
   grpc::Status status;
-  // The watcher reconnects from its last sequence and reads on to the end.
-  std::vector<v1::JobEvent> after = WatchToEnd(restarted.stub(), id, before.back().sequence() + 1, &status);
+  const int64_t next = before.back().event().sequence() + 1;
+  std::vector<v1::WatchJobResponse> after = WatchToEnd(restarted.stub(), id, next, &status);
   ASSERT_TRUE(status.ok()) << status.error_message();
-  std::vector<v1::JobEvent> all = before;
-  all.insert(all.end(), after.begin(), after.end());
-  ExpectContinuous(all);
+  EXPECT_TRUE(FollowsWatchContract(after, next, logged));
+  std::vector<v1::JobEvent> all = EventsOf(before);
+  for (const v1::JobEvent& e : EventsOf(after)) all.push_back(e);
   const v1::Job done = WaitForEnd(restarted.stub(), id);
+  EXPECT_EQ(all.back().sequence(), done.last_sequence());
   EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.failure_reason();
   EXPECT_EQ(done.attempts(), 0);  // a server restart is not the job's failure
   EXPECT_EQ(done.progress().step(), 80);
@@ -471,7 +487,7 @@ TEST(Service, TwoJobsPackOnOneDeviceWithShrunkPlansEachUnderItsBudget) {
     const v1::Job done = WaitForEnd(*test->stub, id);
     EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.failure_reason();
     grpc::Status status;
-    for (const v1::JobEvent& e : WatchToEnd(*test->stub, id, 0, &status)) {
+    for (const v1::JobEvent& e : EventsOf(WatchToEnd(*test->stub, id, 0, &status))) {
       if (e.has_step()) {
         EXPECT_LE(e.step().measured_peak_bytes(), done.budget_bytes()) << id << " step " << e.step().step();
       }

@@ -147,19 +147,19 @@ v1::JobSpec TinyJob(int64_t max_steps, int64_t epochs) {
   return spec;
 }
 
-std::vector<v1::JobEvent> WatchToEnd(v1::TrainingService::Stub& stub, const std::string& job_id, int64_t from_sequence,
-                                     grpc::Status* status, std::chrono::seconds timeout) {
+std::vector<v1::WatchJobResponse> WatchToEnd(v1::TrainingService::Stub& stub, const std::string& job_id,
+                                             int64_t from_sequence, grpc::Status* status, std::chrono::seconds timeout) {
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + timeout);
   v1::WatchJobRequest request;
   request.set_job_id(job_id);
   request.set_from_sequence(from_sequence);
   std::unique_ptr<grpc::ClientReader<v1::WatchJobResponse>> reader = stub.WatchJob(&context, request);
-  std::vector<v1::JobEvent> events;
+  std::vector<v1::WatchJobResponse> responses;
   v1::WatchJobResponse response;
-  while (reader->Read(&response)) events.push_back(response.event());
+  while (reader->Read(&response)) responses.push_back(response);
   *status = reader->Finish();
-  return events;
+  return responses;
 }
 
 namespace {

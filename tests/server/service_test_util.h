@@ -73,10 +73,12 @@ class ServerProcess {
 // A tiny job: small_cnn (width 4) on 256 synthetic 16x16 images of 4 classes, batch 32, SGD.
 xtrain::v1::JobSpec TinyJob(int64_t max_steps, int64_t epochs = 1);
 
-// Every event of a job's stream from `from_sequence` until the server ends it; `status` gets how it ended.
-std::vector<xtrain::v1::JobEvent> WatchToEnd(xtrain::v1::TrainingService::Stub& stub, const std::string& job_id,
-                                             int64_t from_sequence, grpc::Status* status,
-                                             std::chrono::seconds timeout = std::chrono::seconds(300));
+// Every response of a job's stream from `from_sequence` until the server ends it (`coalesced` as sent, for
+// FollowsWatchContract); `status` gets how it ended.
+std::vector<xtrain::v1::WatchJobResponse> WatchToEnd(xtrain::v1::TrainingService::Stub& stub,
+                                                     const std::string& job_id, int64_t from_sequence,
+                                                     grpc::Status* status,
+                                                     std::chrono::seconds timeout = std::chrono::seconds(300));
 
 // Polls GetJob until the job is in a terminal state (or the timeout passes); returns the last read.
 xtrain::v1::Job WaitForEnd(xtrain::v1::TrainingService::Stub& stub, const std::string& job_id,

@@ -23,6 +23,7 @@
 #include "server/api/watch_hub.h"
 #include "server/common/util.h"
 #include "server/store/job_store.h"
+#include "tests/server/watch_contract.h"
 #include "xtrain/v1/training_service.grpc.pb.h"
 
 namespace xtrain::server {
@@ -122,9 +123,9 @@ class HubTest {
     hub_->Publish(job_, events);
   }
 
-  std::unique_ptr<v1::TrainingService::Stub> Stub() const {
-    return v1::TrainingService::NewStub(
-        grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials()));
+  std::unique_ptr<v1::TrainingService::Stub> Stub(const grpc::ChannelArguments& args = {}) const {
+    return v1::TrainingService::NewStub(grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", port_),
+                                                                  grpc::InsecureChannelCredentials(), args));
   }
   int64_t last_sequence() const { return job_.last_sequence(); }
   WatchHub& hub() { return *hub_; }
@@ -148,13 +149,14 @@ class HubTest {
 };
 
 // A watch stream read on its own thread until it ends. `first` is signalled when the first response
-// arrives (the watcher is then caught up or replaying).
+// arrives (the watcher is then caught up or replaying). With `pause_after` > 0 it stops reading after
+// that many responses until Resume.
 class Reader {
  public:
-  Reader(v1::TrainingService::Stub& stub, int64_t from_sequence) {
+  Reader(v1::TrainingService::Stub& stub, int64_t from_sequence, size_t pause_after = 0) {
     // A stream the hub forgets fails the test instead of hanging it.
     context_.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-    thread_ = std::thread([this, &stub, from_sequence] {
+    thread_ = std::thread([this, &stub, from_sequence, pause_after] {
       v1::WatchJobRequest request;
       request.set_job_id("job-hub-test");
       request.set_from_sequence(from_sequence);
@@ -163,12 +165,18 @@ class Reader {
       while (reader->Read(&response)) {
         responses_.push_back(response);
         first_ = true;
+        if (responses_.size() == pause_after) {
+          while (!resumed_) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
       }
       status_ = reader->Finish();
       done_ = true;
     });
   }
-  ~Reader() { Join(); }
+  ~Reader() {
+    Resume();
+    Join();
+  }
 
   void WaitForFirst() const {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
@@ -178,6 +186,7 @@ class Reader {
     ASSERT_TRUE(first_.load()) << "no response within 30 s";
   }
   void Cancel() { context_.TryCancel(); }
+  void Resume() { resumed_ = true; }
   // The responses and how the stream ended, once it has.
   const std::vector<v1::WatchJobResponse>& Join() {
     if (thread_.joinable()) thread_.join();
@@ -194,6 +203,7 @@ class Reader {
   grpc::Status status_;
   std::atomic<bool> first_{false};
   std::atomic<bool> done_{false};
+  std::atomic<bool> resumed_{false};
   std::thread thread_;
 };
 
@@ -208,31 +218,12 @@ std::vector<int64_t> Coalesced(const std::vector<v1::WatchJobResponse>& response
   return counts;
 }
 
-// What a watcher from `from` may receive of a log whose kinds are `steps` (true: a step event) by
-// sequence (index 0 unused): sequences rise; the events between two it received are exactly as many
-// as the later one's `coalesced` and all steps, and only live events (after `backlog`) are skipped;
-// the last one is the log's last (the final event).
-void ExpectCoalescedLog(const std::vector<v1::WatchJobResponse>& responses, const std::vector<bool>& steps,
-                        int64_t from, int64_t backlog, const std::string& who) {
-  ASSERT_FALSE(responses.empty()) << who;
-  int64_t previous = from - 1;
-  for (const v1::WatchJobResponse& r : responses) {
-    const int64_t sequence = r.event().sequence();
-    ASSERT_GT(sequence, previous) << who;
-    ASSERT_EQ(sequence - previous - 1, r.coalesced()) << who << ": sequence " << sequence;
-    for (int64_t skipped = previous + 1; skipped < sequence; ++skipped) {
-      ASSERT_TRUE(steps[skipped]) << who << ": sequence " << skipped << " (not a step) was skipped";
-      ASSERT_GT(skipped, backlog) << who << ": sequence " << skipped << " of the backlog was skipped";
-    }
-    ASSERT_EQ(r.event().has_step(), steps[sequence]) << who << ": sequence " << sequence;
-    previous = sequence;
-  }
-  EXPECT_EQ(previous, static_cast<int64_t>(steps.size()) - 1) << who << ": the final event is missing";
-}
-
 TEST(WatchHub, CaughtUpWatchersGetEveryEventInOrder) {
   WatchHubOptions options;
   options.coalesce_lag = 1 << 30;  // never coalesce: every watcher must see every event
+  // Nor by age: the 200 steps below are published faster than 50 watchers read them, so with the age
+  // rule on, steps would be more than 50 ms old by the time some watchers reach them.
+  options.coalesce_age = std::chrono::milliseconds(0);
   HubTest test(options);
   auto stub = test.Stub();
   std::vector<std::unique_ptr<Reader>> readers;
@@ -257,7 +248,7 @@ TEST(WatchHub, CaughtUpWatchersGetEveryEventInOrder) {
 }
 
 TEST(WatchHub, WatcherBehindGetsStepsCoalescedButEveryOtherEventAndTheFinalOne) {
-  HubTest test;  // coalesce_lag 16
+  HubTest test;  // coalesce_lag 16 (the age rule, where it holds too, skips the same steps)
   auto stub = test.Stub();
   Reader reader(*stub, 1);
   reader.WaitForFirst();  // caught up: the burst below is all live
@@ -276,6 +267,100 @@ TEST(WatchHub, WatcherBehindGetsStepsCoalescedButEveryOtherEventAndTheFinalOne) 
   EXPECT_THAT(Sequences(reader.Join()), ElementsAre(1, 22, 43, 63, 64));
   EXPECT_THAT(Coalesced(reader.Join()), ElementsAre(0, 20, 20, 19, 0));
   EXPECT_EQ(test.hub().events_coalesced(), 59);
+}
+
+// A watcher whose write is held in flight (its client stops reading during an event larger than the
+// stream's flow-control window) while `live` is published, then resumes once every event of it is
+// older than `wait`: what it receives, from 1 (QUEUED) and 2 (the large event) on.
+std::vector<v1::WatchJobResponse> HeldBackWatcher(HubTest& test, std::vector<v1::JobEvent> live,
+                                                  std::chrono::milliseconds wait) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);  // the window stays at 64 KiB however fast the link
+  auto stub = test.Stub(args);
+  Reader reader(*stub, 1, /*pause_after=*/1);
+  reader.WaitForFirst();
+  v1::JobEvent large = State(v1::QUEUED, v1::RUNNING);
+  large.mutable_state()->set_reason(std::string(3 << 20, 'x'));  // under the 4 MiB message limit
+  test.Append({large});
+  test.Append(std::move(live));
+  std::this_thread::sleep_for(wait);
+  reader.Resume();
+  EXPECT_TRUE(reader.status().ok()) << reader.status().error_message();
+  return reader.Join();
+}
+
+// 3..12 steps, 13 checkpoint, 14..20 steps, 21 validation, 22..25 steps, 26 the final state change.
+std::vector<v1::JobEvent> StepsAroundACheckpointAndAValidation() {
+  std::vector<v1::JobEvent> events;
+  for (int i = 1; i <= 10; ++i) events.push_back(Step(i));
+  events.push_back(Checkpoint(10));
+  for (int i = 11; i <= 17; ++i) events.push_back(Step(i));
+  events.push_back(Validation(17));
+  for (int i = 18; i <= 21; ++i) events.push_back(Step(i));
+  events.push_back(State(v1::RUNNING, v1::SUCCEEDED));
+  return events;
+}
+
+TEST(WatchHub, WatcherBehindByAgeSkipsToTheNewestStepButGetsEveryOtherEvent) {
+  WatchHubOptions options;
+  options.coalesce_lag = 1 << 30;  // the age rule alone
+  options.coalesce_age = std::chrono::milliseconds(20);
+  HubTest test(options);
+  // Every live step is more than 20 ms old when the watcher reaches it: each run of steps is skipped up
+  // to the next non-step event, or to the newest step (25, old too, but nothing newer exists).
+  const std::vector<v1::WatchJobResponse> seen =
+      HeldBackWatcher(test, StepsAroundACheckpointAndAValidation(), std::chrono::milliseconds(100));
+  EXPECT_THAT(Sequences(seen), ElementsAre(1, 2, 13, 21, 25, 26));
+  EXPECT_THAT(Coalesced(seen), ElementsAre(0, 0, 10, 7, 3, 0));
+  EXPECT_EQ(test.hub().events_coalesced(), 20);
+}
+
+TEST(WatchHub, AgeRuleOffNeverCoalescesAWatcherHeldBack) {
+  for (const std::chrono::milliseconds age : {std::chrono::milliseconds(0), std::chrono::milliseconds(-1)}) {
+    WatchHubOptions options;
+    options.coalesce_lag = 1 << 30;
+    options.coalesce_age = age;  // zero or negative: off
+    HubTest test(options);
+    const std::vector<v1::WatchJobResponse> seen =
+        HeldBackWatcher(test, StepsAroundACheckpointAndAValidation(), std::chrono::milliseconds(100));
+    ASSERT_EQ(seen.size(), 26u) << "coalesce_age " << age.count() << " ms";
+    for (size_t i = 0; i < seen.size(); ++i) {
+      ASSERT_EQ(seen[i].event().sequence(), static_cast<int64_t>(i) + 1);
+      ASSERT_EQ(seen[i].coalesced(), 0);
+    }
+    EXPECT_EQ(test.hub().events_coalesced(), 0);
+  }
+}
+
+TEST(WatchHub, BacklogOlderThanTheAgeIsReplayedWhole) {
+  WatchHubOptions options;
+  options.coalesce_lag = 1 << 30;
+  options.coalesce_age = std::chrono::milliseconds(1);
+  HubTest test(options);
+  auto stub = test.Stub();
+  // A watcher already there, so that the hub holds the log and the backlog below is published to it
+  // (rather than loaded from the store, fresh, by the next watch).
+  Reader early(*stub, 1);
+  early.WaitForFirst();
+  std::vector<bool> steps = {false, false};
+  std::vector<v1::JobEvent> backlog;
+  for (int i = 1; i <= 30; ++i) backlog.push_back(Step(i));
+  test.Append(backlog);  // 2..31
+  steps.resize(steps.size() + 30, true);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // older than the age
+  Reader late(*stub, 1);
+  late.WaitForFirst();
+  test.Append({State(v1::RUNNING, v1::SUCCEEDED)});
+  steps.push_back(false);
+  ASSERT_TRUE(early.status().ok()) << early.status().error_message();
+  ASSERT_TRUE(late.status().ok()) << late.status().error_message();
+  EXPECT_TRUE(testing::FollowsWatchContract(early.Join(), 1, 1, steps)) << "early";
+  const std::vector<v1::WatchJobResponse>& seen = late.Join();
+  ASSERT_EQ(seen.size(), 32u);
+  for (size_t i = 0; i < seen.size(); ++i) {
+    ASSERT_EQ(seen[i].event().sequence(), static_cast<int64_t>(i) + 1);
+    ASSERT_EQ(seen[i].coalesced(), 0);
+  }
 }
 
 TEST(WatchHub, BacklogIsReplayedWholeAndOnlyLiveEventsAreCoalesced) {
@@ -299,8 +384,8 @@ TEST(WatchHub, BacklogIsReplayedWholeAndOnlyLiveEventsAreCoalesced) {
   steps.push_back(false);
   ASSERT_TRUE(from_start.status().ok()) << from_start.status().error_message();
   ASSERT_TRUE(from_middle.status().ok()) << from_middle.status().error_message();
-  ExpectCoalescedLog(from_start.Join(), steps, 1, 101, "from 0");
-  ExpectCoalescedLog(from_middle.Join(), steps, 51, 101, "from 51");
+  EXPECT_TRUE(testing::FollowsWatchContract(from_start.Join(), 1, 101, steps)) << "from 0";
+  EXPECT_TRUE(testing::FollowsWatchContract(from_middle.Join(), 51, 101, steps)) << "from 51";
   // The backlog whole, in order.
   for (int64_t sequence = 1; sequence <= 101; ++sequence) {
     ASSERT_EQ(from_start.Join()[sequence - 1].event().sequence(), sequence);
@@ -338,7 +423,7 @@ TEST(WatchHub, ManyWatchersKeepOrderAndCoalescingUnderConcurrentPublishing) {
   for (int i = 0; i < kWatchers; ++i) {
     ASSERT_TRUE(readers[i]->status().ok()) << i << ": " << readers[i]->status().error_message();
     // A watcher that connected late has more of the log as its backlog than the first event.
-    ExpectCoalescedLog(readers[i]->Join(), steps, 1, 1, absl::StrCat("watcher ", i));
+    EXPECT_TRUE(testing::FollowsWatchContract(readers[i]->Join(), 1, 1, steps)) << "watcher " << i;
   }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (test.hub().watchers() > 0 && std::chrono::steady_clock::now() < deadline) {
@@ -378,7 +463,7 @@ TEST(WatchHub, CancelledWatchersEndWhileOthersGoOn) {
       continue;
     }
     ASSERT_TRUE(status.ok()) << i << ": " << status.error_message();
-    ExpectCoalescedLog(readers[i]->Join(), steps, 1, 1, absl::StrCat("watcher ", i));
+    EXPECT_TRUE(testing::FollowsWatchContract(readers[i]->Join(), 1, 1, steps)) << "watcher " << i;
   }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (test.hub().watchers() > 0 && std::chrono::steady_clock::now() < deadline) {
