@@ -62,8 +62,8 @@ bench-memory: bench-tool
 	/usr/bin/python3 bench/plot_memory.py bench/results/memory-cpu-$(BENCH_DATE).jsonl bench/results/memory-cpu-$(BENCH_DATE).png
 
 # Fashion-MNIST, small CNN: exact, lean (exact gradients) and XConv under budgets, one recipe for all.
-# The run on record: 3 seeds of 10 epochs per arm and no fixed-r grid (about an hour at 1 thread here;
-# the tool's defaults, 5 seeds of 12 epochs and the grid, take about two and a half hours).
+# The run on record: 3 seeds of 10 epochs per arm and no fixed-r grid (2 h 14 min at 1 thread here, other
+# work beside it; the tool's defaults, 5 seeds of 12 epochs and the grid, take about twice as long).
 ACCURACY_FLAGS ?= --seeds 3 --epochs 10 --grid ""
 bench-accuracy: bench-tool
 	$(BENCH_TOOL) accuracy --threads 1 $(ACCURACY_FLAGS) --json bench/results/accuracy-cpu-$(BENCH_DATE).jsonl --markdown bench/results/accuracy-cpu-$(BENCH_DATE).md --curves bench/results/accuracy-cpu-$(BENCH_DATE)-curves.jsonl
