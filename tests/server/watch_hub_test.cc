@@ -207,6 +207,15 @@ class Reader {
   std::thread thread_;
 };
 
+// Every event of a log ending at `last`, once and in order, none coalesced (the contract with the whole
+// log as backlog).
+::testing::AssertionResult WholeLog(const std::vector<v1::WatchJobResponse>& seen, int64_t last) {
+  if (static_cast<int64_t>(seen.size()) != last) {
+    return ::testing::AssertionFailure() << seen.size() << " responses for a log of " << last << " events";
+  }
+  return testing::FollowsWatchContract(seen, 1, last);
+}
+
 std::vector<int64_t> Sequences(const std::vector<v1::WatchJobResponse>& responses) {
   std::vector<int64_t> sequences;
   for (const v1::WatchJobResponse& r : responses) sequences.push_back(r.event().sequence());
@@ -238,11 +247,7 @@ TEST(WatchHub, CaughtUpWatchersGetEveryEventInOrder) {
   for (auto& reader : readers) {
     ASSERT_TRUE(reader->status().ok()) << reader->status().error_message();
     const std::vector<v1::WatchJobResponse>& seen = reader->Join();
-    ASSERT_EQ(static_cast<int64_t>(seen.size()), test.last_sequence());
-    for (size_t i = 0; i < seen.size(); ++i) {
-      ASSERT_EQ(seen[i].event().sequence(), static_cast<int64_t>(i) + 1);
-      ASSERT_EQ(seen[i].coalesced(), 0);
-    }
+    ASSERT_TRUE(WholeLog(seen, test.last_sequence()));
   }
   EXPECT_EQ(test.hub().events_coalesced(), 0);
 }
@@ -323,11 +328,7 @@ TEST(WatchHub, AgeRuleOffNeverCoalescesAWatcherHeldBack) {
     HubTest test(options);
     const std::vector<v1::WatchJobResponse> seen =
         HeldBackWatcher(test, StepsAroundACheckpointAndAValidation(), std::chrono::milliseconds(100));
-    ASSERT_EQ(seen.size(), 26u) << "coalesce_age " << age.count() << " ms";
-    for (size_t i = 0; i < seen.size(); ++i) {
-      ASSERT_EQ(seen[i].event().sequence(), static_cast<int64_t>(i) + 1);
-      ASSERT_EQ(seen[i].coalesced(), 0);
-    }
+    ASSERT_TRUE(WholeLog(seen, 26)) << "coalesce_age " << age.count() << " ms";
     EXPECT_EQ(test.hub().events_coalesced(), 0);
   }
 }
@@ -356,11 +357,7 @@ TEST(WatchHub, BacklogOlderThanTheAgeIsReplayedWhole) {
   ASSERT_TRUE(late.status().ok()) << late.status().error_message();
   EXPECT_TRUE(testing::FollowsWatchContract(early.Join(), 1, 1, steps)) << "early";
   const std::vector<v1::WatchJobResponse>& seen = late.Join();
-  ASSERT_EQ(seen.size(), 32u);
-  for (size_t i = 0; i < seen.size(); ++i) {
-    ASSERT_EQ(seen[i].event().sequence(), static_cast<int64_t>(i) + 1);
-    ASSERT_EQ(seen[i].coalesced(), 0);
-  }
+  EXPECT_TRUE(WholeLog(seen, 32));
 }
 
 TEST(WatchHub, BacklogIsReplayedWholeAndOnlyLiveEventsAreCoalesced) {
