@@ -102,6 +102,9 @@ bench-quick: bench-tool
 #   hide races in our reactors too. Our own locks are TSan-visible (server/common/mutex.h).
 # The service trees' tests start the xtrain-worker that `make build` made.
 SAN_WORKER := -DXTRAIN_WORKER_PATH=$(CURDIR)/$(BUILD_DIR)/server/worker/xtrain-worker
+# -O1 -g1 (line tables: sanitizer reports keep file:line) compiles in about half the time of -O2 -g
+# (scheduler.cc under ASan: 57 s against 108 s here), and -O1 is what the sanitizers' authors advise.
+SAN_OPT := -DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1"
 SAN_CORE_TARGETS ?= xtrain_data_tests
 SAN_CORE_EXCLUDE := python|NOT_BUILT
 
@@ -111,11 +114,11 @@ sanitize-core:
 	$(MAKE) sanitize-asan SAN_CORE_TARGETS="xtrain_core_tests xtrain_data_tests xtrain_models_tests xtrain_train_tests"
 
 sanitize-asan: build
-	cmake -S . -B $(BUILD_DIR)-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DXTRAIN_SANITIZE=ON \
+	cmake -S . -B $(BUILD_DIR)-asan -G Ninja $(SAN_OPT) -DXTRAIN_SANITIZE=ON \
 	  -DXTRAIN_BUILD_BENCH=OFF -DXTRAIN_BUILD_SERVICE=OFF
 	cmake --build $(BUILD_DIR)-asan -j $(JOBS) --target $(SAN_CORE_TARGETS)
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 bash scripts/run-tests.sh $(BUILD_DIR)-asan -E '$(SAN_CORE_EXCLUDE)'
-	cmake -S . -B $(BUILD_DIR)-asan-svc -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DXTRAIN_SANITIZE=ON \
+	cmake -S . -B $(BUILD_DIR)-asan-svc -G Ninja $(SAN_OPT) -DXTRAIN_SANITIZE=ON \
 	  -DXTRAIN_BUILD_CORE=OFF -DXTRAIN_BUILD_BENCH=OFF $(SAN_WORKER)
 	cmake --build $(BUILD_DIR)-asan-svc -j $(JOBS)
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 bash scripts/run-tests.sh $(BUILD_DIR)-asan-svc
@@ -124,13 +127,13 @@ TSAN_OPTIONS_ALL := halt_on_error=1:second_deadlock_stack=1:ignore_noninstrument
 TSAN_CI_TARGETS := xtrain_store_tests xtrain_protocol_tests xtrain_supervisor_tests xtrain_placement_tests xtrain_client_tests
 
 sanitize-tsan-ci:
-	cmake -S . -B $(BUILD_DIR)-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DXTRAIN_TSAN=ON \
+	cmake -S . -B $(BUILD_DIR)-tsan -G Ninja $(SAN_OPT) -DXTRAIN_TSAN=ON \
 	  -DXTRAIN_BUILD_CORE=OFF -DXTRAIN_BUILD_BENCH=OFF $(SAN_WORKER)
 	cmake --build $(BUILD_DIR)-tsan -j $(JOBS) --target $(TSAN_CI_TARGETS)
 	TSAN_OPTIONS=$(TSAN_OPTIONS_ALL) bash scripts/run-tests.sh $(BUILD_DIR)-tsan -LE real-server -E 'NOT_BUILT'
 
 sanitize-tsan: build
-	cmake -S . -B $(BUILD_DIR)-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DXTRAIN_TSAN=ON \
+	cmake -S . -B $(BUILD_DIR)-tsan -G Ninja $(SAN_OPT) -DXTRAIN_TSAN=ON \
 	  -DXTRAIN_BUILD_CORE=OFF -DXTRAIN_BUILD_BENCH=OFF $(SAN_WORKER)
 	cmake --build $(BUILD_DIR)-tsan -j $(JOBS)
 	TSAN_OPTIONS=$(TSAN_OPTIONS_ALL) bash scripts/run-tests.sh $(BUILD_DIR)-tsan
