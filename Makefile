@@ -124,17 +124,18 @@ sanitize-asan: build
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 bash scripts/run-tests.sh $(BUILD_DIR)-asan-svc
 
 TSAN_OPTIONS_ALL := halt_on_error=1:second_deadlock_stack=1:ignore_noninstrumented_modules=1:suppressions=$(CURDIR)/tests/tsan.supp
+# The TSan tree: the service only (LibTorch is not TSan-built).
+TSAN_CONFIGURE = cmake -S . -B $(BUILD_DIR)-tsan -G Ninja $(SAN_OPT) -DXTRAIN_TSAN=ON \
+  -DXTRAIN_BUILD_CORE=OFF -DXTRAIN_BUILD_BENCH=OFF $(SAN_WORKER)
 TSAN_CI_TARGETS := xtrain_store_tests xtrain_protocol_tests xtrain_supervisor_tests xtrain_placement_tests xtrain_client_tests
 
 sanitize-tsan-ci:
-	cmake -S . -B $(BUILD_DIR)-tsan -G Ninja $(SAN_OPT) -DXTRAIN_TSAN=ON \
-	  -DXTRAIN_BUILD_CORE=OFF -DXTRAIN_BUILD_BENCH=OFF $(SAN_WORKER)
+	$(TSAN_CONFIGURE)
 	cmake --build $(BUILD_DIR)-tsan -j $(JOBS) --target $(TSAN_CI_TARGETS)
 	TSAN_OPTIONS=$(TSAN_OPTIONS_ALL) bash scripts/run-tests.sh $(BUILD_DIR)-tsan -LE real-server -E 'NOT_BUILT'
 
 sanitize-tsan: build
-	cmake -S . -B $(BUILD_DIR)-tsan -G Ninja $(SAN_OPT) -DXTRAIN_TSAN=ON \
-	  -DXTRAIN_BUILD_CORE=OFF -DXTRAIN_BUILD_BENCH=OFF $(SAN_WORKER)
+	$(TSAN_CONFIGURE)
 	cmake --build $(BUILD_DIR)-tsan -j $(JOBS)
 	TSAN_OPTIONS=$(TSAN_OPTIONS_ALL) bash scripts/run-tests.sh $(BUILD_DIR)-tsan
 
