@@ -834,22 +834,39 @@ absl::Status PlanFigures(Report& report, const Sizes& sizes, const std::string& 
 // ---------------------------------------------------------------------------------------------------
 // Figure 3: submit to first step.
 
+// Submits `spec` under `request_id`; returns the job's id.
+absl::StatusOr<std::string> Submit(v1::TrainingService::Stub& stub, const v1::JobSpec& spec,
+                                   const std::string& request_id) {
+  grpc::ClientContext context;
+  SetDeadline(context, std::chrono::seconds(600));
+  v1::SubmitJobRequest request;
+  *request.mutable_spec() = spec;
+  request.set_client_request_id(request_id);
+  v1::SubmitJobResponse submitted;
+  grpc::Status status = stub.SubmitJob(&context, request, &submitted);
+  if (!status.ok()) return Failed("SubmitJob", status);
+  return submitted.job().id();
+}
+
+absl::Status Cancel(v1::TrainingService::Stub& stub, const std::string& id) {
+  grpc::ClientContext context;
+  SetDeadline(context, std::chrono::seconds(60));
+  v1::CancelJobRequest cancel;
+  cancel.set_job_id(id);
+  v1::CancelJobResponse response;
+  grpc::Status status = stub.CancelJob(&context, cancel, &response);
+  if (!status.ok()) return Failed(absl::StrCat("CancelJob of ", id), status);
+  return absl::OkStatus();
+}
+
 // Submits `spec`, watches it from the start, and returns the milliseconds from the submit until the
 // first step event arrived; then cancels the job and waits for its stream to end.
 absl::StatusOr<double> SubmitToFirstStep(v1::TrainingService::Stub& stub, const v1::JobSpec& spec,
                                          const std::string& request_id) {
   const auto start = SteadyClock::now();
-  v1::SubmitJobResponse submitted;
-  {
-    grpc::ClientContext context;
-    SetDeadline(context, std::chrono::seconds(600));
-    v1::SubmitJobRequest request;
-    *request.mutable_spec() = spec;
-    request.set_client_request_id(request_id);
-    grpc::Status status = stub.SubmitJob(&context, request, &submitted);
-    if (!status.ok()) return Failed("SubmitJob", status);
-  }
-  const std::string id = submitted.job().id();
+  absl::StatusOr<std::string> submitted = Submit(stub, spec, request_id);
+  if (!submitted.ok()) return submitted.status();
+  const std::string id = *submitted;
   grpc::ClientContext context;
   SetDeadline(context, std::chrono::seconds(600));
   v1::WatchJobRequest request;
@@ -861,13 +878,7 @@ absl::StatusOr<double> SubmitToFirstStep(v1::TrainingService::Stub& stub, const 
   while (reader->Read(&response)) {
     if (!first_step_ms && response.event().has_step()) {
       first_step_ms = MillisSince(start);
-      grpc::ClientContext cancel_context;
-      SetDeadline(cancel_context, std::chrono::seconds(60));
-      v1::CancelJobRequest cancel;
-      cancel.set_job_id(id);
-      v1::CancelJobResponse cancel_response;
-      grpc::Status status = stub.CancelJob(&cancel_context, cancel, &cancel_response);
-      if (!status.ok()) return Failed("CancelJob", status);
+      if (absl::Status s = Cancel(stub, id); !s.ok()) return s;
       cancelled = true;
     }
   }
@@ -1195,17 +1206,10 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
 absl::Status WatchFigures(Report& report, const Sizes& sizes, const ServerProcess& server, bool fake) {
   std::unique_ptr<v1::TrainingService::Stub> stub = OwnStub(server.target());
   // A job that runs through both figures: many steps; cancelled at the end.
-  v1::SubmitJobResponse submitted;
-  {
-    grpc::ClientContext context;
-    SetDeadline(context, std::chrono::seconds(600));
-    v1::SubmitJobRequest request;
-    *request.mutable_spec() = BenchSpec(3000, 10000000, sizes.watch_step_ms);
-    request.set_client_request_id("service-bench-watched");
-    grpc::Status status = stub->SubmitJob(&context, request, &submitted);
-    if (!status.ok()) return Failed("SubmitJob", status);
-  }
-  const std::string id = submitted.job().id();
+  absl::StatusOr<std::string> submitted =
+      Submit(*stub, BenchSpec(3000, 10000000, sizes.watch_step_ms), "service-bench-watched");
+  if (!submitted.ok()) return submitted.status();
+  const std::string id = *submitted;
   // Wait for its first step.
   {
     grpc::ClientContext context;
@@ -1225,13 +1229,8 @@ absl::Status WatchFigures(Report& report, const Sizes& sizes, const ServerProces
     result = WatchFigure(report, sizes, server, id, watchers, fake);
     if (!result.ok()) break;
   }
-  grpc::ClientContext context;
-  SetDeadline(context, std::chrono::seconds(60));
-  v1::CancelJobRequest cancel;
-  cancel.set_job_id(id);
-  v1::CancelJobResponse response;
-  stub->CancelJob(&context, cancel, &response);
-  return result;
+  absl::Status cancelled = Cancel(*stub, id);
+  return result.ok() ? cancelled : result;
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -69,7 +69,10 @@ absl::Status Server::Initialize() {
   // An OMP_WAIT_POLICY in the server's environment wins.
   if (std::getenv("OMP_WAIT_POLICY") == nullptr) supervision.worker_env["OMP_WAIT_POLICY"] = "PASSIVE";
   supervisor_ = std::make_unique<Supervisor>(io_, supervision);
-  hub_ = std::make_unique<WatchHub>(*store_);
+  WatchHubOptions watching;
+  watching.coalesce_lag = options_.watch_coalesce_events;
+  watching.coalesce_age = std::chrono::microseconds(static_cast<int64_t>(options_.watch_coalesce_ms * 1000));
+  hub_ = std::make_unique<WatchHub>(*store_, watching);
   SchedulerOptions scheduling;
   scheduling.devices = options_.devices;
   scheduling.data_dir = options_.data_dir;

@@ -34,6 +34,8 @@ struct ServerOptions {
   int threads_per_job = 0;
   int64_t max_upload_bytes = int64_t{2} << 30;
   std::string port_file;                     // if set, the bound port is written here once serving
+  int watch_coalesce_events = 16;            // WatchHubOptions::coalesce_lag
+  double watch_coalesce_ms = 50;             // WatchHubOptions::coalesce_age; 0: off
 };
 
 // One xtrain-server: the store, the supervisor and scheduler on their own Asio thread, the watch hub and

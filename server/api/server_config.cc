@@ -24,7 +24,7 @@ using Settings = std::map<std::string, std::vector<std::string>>;
 const char* const kKeys[] = {"listen",          "data-dir",         "data-root",           "device",
                              "worker",          "grace-seconds",    "max-attempts",        "max-concurrent-plans",
                              "starvation-seconds", "checkpoint-seconds", "threads-per-job", "max-upload-bytes",
-                             "port-file",       "log-level"};
+                             "port-file",       "log-level",        "watch-coalesce-events", "watch-coalesce-ms"};
 
 bool Known(const std::string& key) {
   for (const char* k : kKeys) {
@@ -180,6 +180,10 @@ Flags (also XTRAIN_<NAME> variables, and keys of a YAML file given with --config
   --threads-per-job N         intra-op threads per training worker (default cores / slots)
   --max-upload-bytes N        largest artifact upload (default 2GiB)
   --port-file FILE            write the bound port here once serving
+  --watch-coalesce-events N   a watcher more than N events behind skips to the newest step (default 16)
+  --watch-coalesce-ms MS      a watcher whose next step is older than MS skips to the newest step
+                              (default 50; 0 turns this rule off). State changes, plans, checkpoints
+                              and the final event are never skipped.
   --log-level LEVEL           trace, debug, info (default), warn, error
   --config FILE               a YAML file of the settings above (keys like data_dir, devices: [...])
 )";
@@ -261,6 +265,16 @@ absl::StatusOr<ServerCommand> LoadServerCommand(const std::vector<std::string>& 
       absl::StatusOr<int64_t> bytes = ParseBytes(v);
       if (!bytes.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", bytes.status().message()));
       o.max_upload_bytes = *bytes;
+    } else if (key == "watch-coalesce-events") {
+      absl::StatusOr<int> n = ParseInt(where, v);
+      if (!n.ok()) return n.status();
+      if (*n < 1) return absl::InvalidArgumentError(absl::StrCat(where, " is ", *n, "; use 1 or more"));
+      o.watch_coalesce_events = *n;
+    } else if (key == "watch-coalesce-ms") {
+      absl::StatusOr<double> ms = ParseDouble(where, v);
+      if (!ms.ok()) return ms.status();
+      if (*ms < 0) return absl::InvalidArgumentError(absl::StrCat(where, " is ", v, "; use 0 (off) or more"));
+      o.watch_coalesce_ms = *ms;
     } else if (key == "port-file") {
       o.port_file = v;
     } else if (key == "log-level") {

@@ -15,6 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "server/api/spec_validation.h"
 #include "server/api/status.h"
+#include "server/common/mutex.h"
 #include "server/common/util.h"
 
 namespace xtrain::server {
@@ -83,11 +84,20 @@ grpc::ServerUnaryReactor* TrainingServiceImpl::GetJob(grpc::CallbackServerContex
 }
 
 grpc::ServerUnaryReactor* TrainingServiceImpl::ListJobs(grpc::CallbackServerContext* context,
-                                                        const v1::ListJobsRequest* request,
-                                                        v1::ListJobsResponse* response) {
+                                                        const grpc::ByteBuffer* request_bytes,
+                                                        grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<v1::ListJobsResponse> listed = scheduler_.ListJobs(TenantOf(context), *request);
-  if (listed.ok()) *response = *std::move(listed);
+  v1::ListJobsRequest request;
+  grpc::ByteBuffer bytes(*request_bytes);
+  if (!grpc::SerializationTraits<v1::ListJobsRequest>::Deserialize(&bytes, &request).ok()) {
+    FinishWith(reactor, absl::InvalidArgumentError("the ListJobsRequest does not parse"));
+    return reactor;
+  }
+  absl::StatusOr<Scheduler::ListedJobs> listed = scheduler_.ListJobs(TenantOf(context), request);
+  if (listed.ok()) {
+    grpc::Slice slice(listed->Serialized());
+    *response = grpc::ByteBuffer(&slice, 1);
+  }
   FinishWith(reactor, listed.status());
   return reactor;
 }
@@ -138,31 +148,41 @@ class TrainingServiceImpl::Download : public grpc::ServerWriteReactor<v1::Downlo
       : record_(std::move(record)), offset_(offset), chunk_(chunk) {
     in_.open(path, std::ios::binary);
     if (!in_) {
-      Finish(ToGrpcStatus(absl::DataLossError(absl::StrCat("artifact ", record_.info.id(), "'s file is missing"))));
+      End(ToGrpcStatus(absl::DataLossError(absl::StrCat("artifact ", record_.info.id(), "'s file is missing"))));
       return;
     }
     in_.seekg(offset_);
     first_ = true;
     Next();
   }
+  // gRPC runs the reactions on its own threads (HandOver / TakeOver: mutex.h).
   void OnWriteDone(bool ok) override {
-    if (!ok) return Finish(grpc::Status::CANCELLED);
+    TakeOver(this);
+    if (!ok) return End(grpc::Status::CANCELLED);
     Next();
   }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    TakeOver(this);
+    delete this;
+  }
 
  private:
+  void End(const grpc::Status& status) {
+    HandOver(this);
+    Finish(status);
+  }
   void Next() {
     response_.Clear();
     if (first_) *response_.mutable_info() = record_.info;
     std::string data(static_cast<size_t>(chunk_), '\0');
     in_.read(data.data(), chunk_);
     data.resize(static_cast<size_t>(in_.gcount()));
-    if (data.empty() && !first_) return Finish(grpc::Status::OK);
+    if (data.empty() && !first_) return End(grpc::Status::OK);
     first_ = false;
     response_.set_offset(offset_);
     offset_ += static_cast<int64_t>(data.size());
     response_.set_data(std::move(data));
+    HandOver(this);
     StartWrite(&response_);
   }
 
@@ -200,20 +220,28 @@ class TrainingServiceImpl::Upload : public grpc::ServerReadReactor<v1::UploadArt
     relative_ = absl::StrCat("artifacts/", id_);
     final_path_ = absl::StrCat(service_.options_.data_dir, "/", relative_);
     temporary_ = absl::StrCat(final_path_, ".part");
+    HandOver(this);
     StartRead(&request_);
   }
+  // Runs in OnDone, after TakeOver.
   ~Upload() override {
     EVP_MD_CTX_free(hash_);
     if (fd_ >= 0) ::close(fd_);
     if (!kept_) ::unlink(temporary_.c_str());
   }
 
+  // gRPC runs the reactions on its own threads (HandOver / TakeOver: mutex.h).
   void OnReadDone(bool ok) override {
+    TakeOver(this);
     if (!ok) return Complete();
     if (absl::Status s = Take(); !s.ok()) return Fail(s);
+    HandOver(this);
     StartRead(&request_);
   }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    TakeOver(this);
+    delete this;
+  }
 
  private:
   absl::Status Take() {
@@ -294,10 +322,14 @@ class TrainingServiceImpl::Upload : public grpc::ServerReadReactor<v1::UploadArt
       return Fail(s);
     }
     *response_->mutable_artifact() = record.info;
+    HandOver(this);
     Finish(grpc::Status::OK);
   }
 
-  void Fail(const absl::Status& status) { Finish(ToGrpcStatus(status)); }
+  void Fail(const absl::Status& status) {
+    HandOver(this);
+    Finish(ToGrpcStatus(status));
+  }
 
   TrainingServiceImpl& service_;
   const std::string tenant_;

@@ -21,9 +21,11 @@ struct TrainingServiceOptions {
 
 // xtrain.v1.TrainingService on gRPC's callback API (STYLE.md): handlers validate, read or hand the
 // request to the scheduler, and never block on training; every reactor finishes exactly once. WatchJob
-// is a raw method (serialized messages): its watchers share each event's bytes (WatchHub).
+// and ListJobs are raw methods (serialized messages): watchers share each event's bytes (WatchHub), and
+// a listing sends each job's bytes as its snapshot holds them (Scheduler::ListJobs).
 class TrainingServiceImpl final
-    : public xtrain::v1::TrainingService::WithRawCallbackMethod_WatchJob<xtrain::v1::TrainingService::CallbackService> {
+    : public xtrain::v1::TrainingService::WithRawCallbackMethod_ListJobs<
+          xtrain::v1::TrainingService::WithRawCallbackMethod_WatchJob<xtrain::v1::TrainingService::CallbackService>> {
  public:
   TrainingServiceImpl(Scheduler& scheduler, WatchHub& hub, JobStore& store, TrainingServiceOptions options);
 
@@ -33,8 +35,9 @@ class TrainingServiceImpl final
                                       xtrain::v1::SubmitJobResponse* response) override;
   grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* context, const xtrain::v1::GetJobRequest* request,
                                    xtrain::v1::GetJobResponse* response) override;
-  grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* context, const xtrain::v1::ListJobsRequest* request,
-                                     xtrain::v1::ListJobsResponse* response) override;
+  // `request` is a serialized ListJobsRequest; `response` gets a serialized ListJobsResponse.
+  grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* CancelJob(grpc::CallbackServerContext* context, const xtrain::v1::CancelJobRequest* request,
                                       xtrain::v1::CancelJobResponse* response) override;
   // Streams serialized WatchJobResponses; `request` is a serialized WatchJobRequest.

@@ -59,6 +59,7 @@ class WatchHub {
   // the idle ones have been finished; later watches are refused the same way.
   void Shutdown();
 
+  const WatchHubOptions& options() const { return options_; }
   int64_t watchers() const { return watchers_.load(); }
   int64_t events_coalesced() const { return coalesced_.load(); }
 

@@ -174,4 +174,17 @@ absl::StatusOr<std::string> Sha256File(const std::string& path) {
   return hash.Hex();
 }
 
+void AppendLengthDelimited(std::string* out, int field, absl::string_view bytes) {
+  auto varint = [out](uint64_t value) {
+    while (value >= 0x80) {
+      out->push_back(static_cast<char>(value | 0x80));
+      value >>= 7;
+    }
+    out->push_back(static_cast<char>(value));
+  };
+  varint((static_cast<uint64_t>(field) << 3) | 2);  // wire type 2: length-delimited
+  varint(bytes.size());
+  out->append(bytes.data(), bytes.size());
+}
+
 }  // namespace xtrain::server

@@ -36,6 +36,11 @@ absl::Status MakeDirs(const std::string& path);
 // Removes a file or folder tree; a missing path is OK (idempotent).
 absl::Status RemoveAll(const std::string& path);
 
+// Appends `bytes` as length-delimited field number `field` of a protobuf message: what one element of
+// a repeated message field (or a string field) adds to its parent's serialization. Serialized messages
+// concatenate, so a parent can be assembled from its elements' bytes without parsing them.
+void AppendLengthDelimited(std::string* out, int field, absl::string_view bytes);
+
 // SHA-256 of a byte string or a file, lower-case hex.
 std::string Sha256Hex(absl::string_view bytes);
 absl::StatusOr<std::string> Sha256File(const std::string& path);

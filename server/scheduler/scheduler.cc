@@ -573,10 +573,21 @@ void Scheduler::Cancel(std::string tenant, std::string job_id, Done<v1::Job> don
 // ---------------------------------------------------------------------------------------------------
 // Reads.
 
+namespace {
+
+// `job` as one `jobs` element of a ListJobsResponse's bytes.
+std::shared_ptr<const std::string> JobsEntry(const v1::Job& job) {
+  auto entry = std::make_shared<std::string>();
+  AppendLengthDelimited(entry.get(), v1::ListJobsResponse::kJobsFieldNumber, job.SerializeAsString());
+  return entry;
+}
+
+}  // namespace
+
 void Scheduler::SetSnapshot(const v1::Job& job, int64_t order) {
-  auto snapshot = std::make_shared<const v1::Job>(job);
+  Snapshot snapshot{std::make_shared<const v1::Job>(job), JobsEntry(job), order};
   MutexLock lock(&snapshot_mutex_);
-  snapshots_[job.id()] = Snapshot{snapshot, order};
+  snapshots_[job.id()] = snapshot;
   by_order_[order] = std::move(snapshot);
 }
 
@@ -612,7 +623,16 @@ absl::StatusOr<v1::Job> Scheduler::GetJob(const std::string& tenant, const std::
   return job;
 }
 
-absl::StatusOr<v1::ListJobsResponse> Scheduler::ListJobs(const std::string& tenant,
+std::string Scheduler::ListedJobs::Serialized() const {
+  std::string bytes;
+  for (const auto& entry : entries) bytes += *entry;
+  if (!next_page_token.empty()) {
+    AppendLengthDelimited(&bytes, v1::ListJobsResponse::kNextPageTokenFieldNumber, next_page_token);
+  }
+  return bytes;
+}
+
+absl::StatusOr<Scheduler::ListedJobs> Scheduler::ListJobs(const std::string& tenant,
                                                           const v1::ListJobsRequest& request) const {
   int page_size = request.page_size() == 0 ? 50 : request.page_size();
   if (page_size < 0 || page_size > 1000) {
@@ -626,8 +646,7 @@ absl::StatusOr<v1::ListJobsResponse> Scheduler::ListJobs(const std::string& tena
   }
   std::set<int> states(request.states().begin(), request.states().end());
   struct Match {
-    int64_t order;
-    std::shared_ptr<const v1::Job> job;
+    Snapshot snapshot;
     std::optional<WaitInfo> wait;
   };
   std::vector<Match> page;  // the page, and one more if there is a next page
@@ -635,7 +654,7 @@ absl::StatusOr<v1::ListJobsResponse> Scheduler::ListJobs(const std::string& tena
     MutexLock lock(&snapshot_mutex_);
     // Newest first from the token on: the page is the first page_size jobs that match.
     for (auto it = by_order_.upper_bound(before); it != by_order_.end(); ++it) {
-      const v1::Job& job = *it->second;
+      const v1::Job& job = *it->second.job;
       if (!tenant.empty() && job.tenant() != tenant) continue;
       if (!states.empty() && !states.count(job.state())) continue;
       bool labels_match = true;
@@ -647,26 +666,29 @@ absl::StatusOr<v1::ListJobsResponse> Scheduler::ListJobs(const std::string& tena
         }
       }
       if (!labels_match) continue;
-      Match& match = page.emplace_back(Match{it->first, it->second, std::nullopt});
+      Match& match = page.emplace_back(Match{it->second, std::nullopt});
       if (auto wait = waiting_.find(job.id()); wait != waiting_.end() && job.state() == v1::QUEUED) {
         match.wait = wait->second;
       }
       if (static_cast<int>(page.size()) > page_size) break;
     }
   }
-  v1::ListJobsResponse response;
+  ListedJobs listed;
   for (size_t i = 0; i < page.size() && static_cast<int>(i) < page_size; ++i) {
-    v1::Job& job = *response.add_jobs();
-    job = *page[i].job;
-    if (page[i].wait) {
-      job.set_queue_position(page[i].wait->queue_position);
-      job.set_waiting_reason(page[i].wait->reason);
+    if (!page[i].wait) {
+      listed.entries.push_back(page[i].snapshot.entry);
+      continue;
     }
+    // A waiting job's position and reason are live, not in its snapshot: its entry is made here.
+    v1::Job job = *page[i].snapshot.job;
+    job.set_queue_position(page[i].wait->queue_position);
+    job.set_waiting_reason(page[i].wait->reason);
+    listed.entries.push_back(JobsEntry(job));
   }
   if (static_cast<int>(page.size()) > page_size) {
-    response.set_next_page_token(absl::StrCat(page[page_size - 1].order));
+    listed.next_page_token = absl::StrCat(page[page_size - 1].snapshot.order);
   }
-  return response;
+  return listed;
 }
 
 Scheduler::Stats Scheduler::stats() const {

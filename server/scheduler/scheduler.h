@@ -78,8 +78,16 @@ class Scheduler {
   // The job as last committed, shared rather than copied (no queue position): NotFound as GetJob.
   absl::StatusOr<std::shared_ptr<const xtrain::v1::Job>> JobSnapshot(const std::string& tenant,
                                                                      const std::string& job_id) const;
-  absl::StatusOr<xtrain::v1::ListJobsResponse> ListJobs(const std::string& tenant,
-                                                        const xtrain::v1::ListJobsRequest& request) const;
+  // A page of ListJobs, serialized: each entry is one `jobs` element of a ListJobsResponse as it sits in
+  // the response's bytes, shared with the job's snapshot (a listed job is serialized once per change,
+  // not once per call); a queued job's entry carries its live queue position and waiting reason.
+  struct ListedJobs {
+    std::vector<std::shared_ptr<const std::string>> entries;
+    std::string next_page_token;  // empty on the last page
+    // The whole ListJobsResponse's bytes (the service sends the entries without joining them).
+    std::string Serialized() const;
+  };
+  absl::StatusOr<ListedJobs> ListJobs(const std::string& tenant, const xtrain::v1::ListJobsRequest& request) const;
 
   // Stops admitting, asks every training worker to checkpoint and exit, and calls `done` once all have
   // exited or `grace_seconds` passed (the rest are killed). Their jobs stay queued for the next start.
@@ -172,11 +180,12 @@ class Scheduler {
   mutable absl::Mutex snapshot_mutex_;
   struct Snapshot {
     std::shared_ptr<const xtrain::v1::Job> job;
+    std::shared_ptr<const std::string> entry;  // the job as a ListJobsResponse `jobs` element
     int64_t order = 0;
   };
   absl::flat_hash_map<std::string, Snapshot> snapshots_ ABSL_GUARDED_BY(snapshot_mutex_);
   // The same snapshots newest first (by submission order), for ListJobs' pages.
-  std::map<int64_t, std::shared_ptr<const xtrain::v1::Job>, std::greater<>> by_order_ ABSL_GUARDED_BY(snapshot_mutex_);
+  std::map<int64_t, Snapshot, std::greater<>> by_order_ ABSL_GUARDED_BY(snapshot_mutex_);
   std::map<std::string, WaitInfo> waiting_ ABSL_GUARDED_BY(snapshot_mutex_);
   Stats stats_ ABSL_GUARDED_BY(snapshot_mutex_);
 };

@@ -433,6 +433,23 @@ TEST(Service, HigherPriorityRunsFirst) {
   v1::Job waiting = WaitFor(*test->stub, low_id, [](const v1::Job& j) { return j.queue_position() > 0; });
   EXPECT_EQ(waiting.queue_position(), 2);
   EXPECT_FALSE(waiting.waiting_reason().empty());
+  // ListJobs shows the same live positions and reasons (a queued job's entry is made per call, not
+  // taken from its snapshot's bytes).
+  {
+    grpc::ClientContext context;
+    v1::ListJobsRequest request;
+    request.add_states(v1::QUEUED);
+    v1::ListJobsResponse queued;
+    ASSERT_TRUE(test->stub->ListJobs(&context, request, &queued).ok());
+    ASSERT_EQ(queued.jobs_size(), 2);
+    EXPECT_EQ(queued.jobs(0).id(), high_id);  // newest first
+    EXPECT_EQ(queued.jobs(0).queue_position(), 1);
+    EXPECT_EQ(queued.jobs(0).spec().priority(), 10);
+    EXPECT_EQ(queued.jobs(1).id(), low_id);
+    EXPECT_EQ(queued.jobs(1).queue_position(), 2);
+    EXPECT_FALSE(queued.jobs(1).waiting_reason().empty());
+    EXPECT_TRUE(queued.next_page_token().empty());
+  }
   v1::CancelJobResponse cancelled;
   ASSERT_TRUE(Cancel(*test->stub, first, &cancelled).ok());
   const v1::Job high_done = WaitForEnd(*test->stub, high_id);
@@ -527,6 +544,10 @@ TEST(Service, ListJobsPaginatesNewestFirstAndFilters) {
   v1::ListJobsResponse odd;
   ASSERT_TRUE(test->stub->ListJobs(&context, request, &odd).ok());
   EXPECT_EQ(odd.jobs_size(), 3);
+  for (const v1::Job& j : odd.jobs()) {
+    EXPECT_EQ(j.spec().labels().at("team"), "odd");
+    EXPECT_EQ(j.spec().model().name(), TinyJob(1).model().name());  // the whole job, not only its id
+  }
   grpc::ClientContext bad_context;
   request.set_page_token("not-a-token");
   EXPECT_EQ(test->stub->ListJobs(&bad_context, request, &odd).error_code(), grpc::StatusCode::INVALID_ARGUMENT);

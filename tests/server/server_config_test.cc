@@ -1,0 +1,210 @@
+// xtrain-server's configuration: flags over XTRAIN_* variables over a YAML file over defaults, every
+// malformed value refused with a sentence naming the flag, and the watch thresholds reaching the hub.
+#include "server/api/server_config.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/api/server.h"
+
+namespace xtrain::server {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Sets XTRAIN_* variables for one test and removes them at its end, passed or failed.
+class ScopedEnv {
+ public:
+  ScopedEnv& Set(const std::string& name, const std::string& value) {
+    setenv(name.c_str(), value.c_str(), 1);
+    names_.push_back(name);
+    return *this;
+  }
+  ~ScopedEnv() {
+    for (const std::string& name : names_) unsetenv(name.c_str());
+  }
+
+ private:
+  std::vector<std::string> names_;
+};
+
+// A folder of its own under the test's temporary directory, removed at the end.
+class ScopedDir {
+ public:
+  ScopedDir() {
+    std::string pattern = absl::StrCat(::testing::TempDir(), "/xtrain-config-XXXXXX");
+    path_ = mkdtemp(pattern.data());
+  }
+  ~ScopedDir() { std::filesystem::remove_all(path_); }
+  const std::string& path() const { return path_; }
+  std::string Write(const std::string& name, const std::string& text) const {
+    std::string file = absl::StrCat(path_, "/", name);
+    std::ofstream(file) << text;
+    return file;
+  }
+
+ private:
+  std::string path_;
+};
+
+TEST(ServerConfig, DefaultsRunOnOneMachine) {
+  absl::StatusOr<ServerCommand> command = LoadServerCommand({});
+  ASSERT_TRUE(command.ok()) << command.status();
+  const ServerOptions& o = command->options;
+  EXPECT_EQ(o.listen, "127.0.0.1:50051");
+  EXPECT_EQ(o.data_dir, "xtrain-data");
+  EXPECT_EQ(o.data_roots, std::vector<std::string>{"/usr/share/datasets"});
+  EXPECT_TRUE(o.devices.empty());  // the server adds one cpu device
+  EXPECT_EQ(o.watch_coalesce_events, 16);
+  EXPECT_EQ(o.watch_coalesce_ms, 50);
+  EXPECT_EQ(command->log_level, "info");
+  EXPECT_FALSE(command->help);
+}
+
+TEST(ServerConfig, FlagsBeatVariablesWhichBeatTheFile) {
+  ScopedDir dir;
+  std::string yaml = dir.Write("server.yaml",
+                               "listen: 0.0.0.0:1\n"
+                               "grace_seconds: 10\n"
+                               "max_attempts: 7\n"
+                               "watch_coalesce_ms: 20\n"
+                               "data_roots: [/a, /b]\n"
+                               "devices:\n"
+                               "  - {name: cpu, capacity: 1GiB, slots: 2}\n"
+                               "  - cuda:1:capacity=2GiB\n");
+  ScopedEnv env;
+  env.Set("XTRAIN_LISTEN", "0.0.0.0:2").Set("XTRAIN_MAX_ATTEMPTS", "5").Set("XTRAIN_WATCH_COALESCE_EVENTS", "4");
+  absl::StatusOr<ServerCommand> command = LoadServerCommand({"--config", yaml, "--listen", "127.0.0.1:0", "--log-level=warn"});
+  ASSERT_TRUE(command.ok()) << command.status();
+  const ServerOptions& o = command->options;
+  EXPECT_EQ(o.listen, "127.0.0.1:0");         // flag over variable and file
+  EXPECT_EQ(o.max_attempts, 5);               // variable over file
+  EXPECT_EQ(o.watch_coalesce_events, 4);      // variable over default
+  EXPECT_EQ(o.grace_seconds, 10);             // file over default
+  EXPECT_EQ(o.watch_coalesce_ms, 20);
+  EXPECT_EQ(o.data_roots, (std::vector<std::string>{"/a", "/b"}));
+  ASSERT_EQ(o.devices.size(), 2u);
+  EXPECT_EQ(o.devices[0].name, "cpu");
+  EXPECT_EQ(o.devices[0].capacity_bytes, int64_t{1} << 30);
+  EXPECT_EQ(o.devices[0].slots, 2);
+  EXPECT_EQ(o.devices[1].name, "cuda:1");
+  EXPECT_EQ(o.devices[1].capacity_bytes, int64_t{2} << 30);
+  EXPECT_EQ(o.devices[1].slots, 1);
+  EXPECT_EQ(command->log_level, "warn");
+}
+
+TEST(ServerConfig, RepeatedFlagsAndListVariablesCollect) {
+  ScopedEnv env;
+  env.Set("XTRAIN_DATA_ROOTS", "/x:/y").Set("XTRAIN_DEVICES", "cpu:capacity=1GiB,cpu:capacity=3GiB:slots=3");
+  absl::StatusOr<ServerCommand> command = LoadServerCommand({});
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_EQ(command->options.data_roots, (std::vector<std::string>{"/x", "/y"}));
+  ASSERT_EQ(command->options.devices.size(), 2u);
+  EXPECT_EQ(command->options.devices[1].capacity_bytes, int64_t{3} << 30);
+  EXPECT_EQ(command->options.devices[1].slots, 3);
+
+  command = LoadServerCommand({"--data-root", "/p", "--data-root", "/q", "--device", "cpu:slots=2"});
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_EQ(command->options.data_roots, (std::vector<std::string>{"/p", "/q"}));
+  ASSERT_EQ(command->options.devices.size(), 1u);
+  EXPECT_GT(command->options.devices[0].capacity_bytes, 0);  // no capacity given: half the memory
+}
+
+TEST(ServerConfig, MalformedSettingsAreRefusedNamingThem) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string says;
+  };
+  const Case cases[] = {
+      {{"--watch-coalesce-ms", "-1"}, "--watch-coalesce-ms"},
+      {{"--watch-coalesce-ms", "soon"}, "--watch-coalesce-ms 'soon' is not a number"},
+      {{"--watch-coalesce-events", "0"}, "--watch-coalesce-events is 0"},
+      {{"--max-attempts", "0"}, "--max-attempts"},
+      {{"--max-attempts", "3.5"}, "is not an integer"},
+      {{"--grace-seconds", "-2"}, "--grace-seconds"},
+      {{"--max-upload-bytes", "lots"}, "--max-upload-bytes"},
+      {{"--device", "gpu:0"}, "the name must be cpu or cuda:N"},
+      {{"--device", "cpu:slots=0"}, "slots must be a positive integer"},
+      {{"--device", "cpu:colour=red"}, "unknown field 'colour'"},
+      {{"--no-such-flag", "1"}, "unknown flag --no-such-flag"},
+      {{"--listen"}, "--listen needs a value"},
+      {{"serve"}, "unexpected argument 'serve'"},
+  };
+  for (const Case& c : cases) {
+    absl::StatusOr<ServerCommand> command = LoadServerCommand(c.args);
+    ASSERT_FALSE(command.ok()) << c.args[0];
+    EXPECT_EQ(command.status().code(), absl::StatusCode::kInvalidArgument) << c.args[0];
+    EXPECT_THAT(std::string(command.status().message()), HasSubstr(c.says)) << c.args[0];
+  }
+
+  ScopedDir dir;
+  absl::StatusOr<ServerCommand> command = LoadServerCommand({"--config", dir.Write("bad.yaml", "listen: [1\n")});
+  ASSERT_FALSE(command.ok());
+  EXPECT_THAT(std::string(command.status().message()), HasSubstr("bad.yaml"));
+  command = LoadServerCommand({"--config", dir.Write("unknown.yaml", "colour: red\n")});
+  ASSERT_FALSE(command.ok());
+  EXPECT_THAT(std::string(command.status().message()), HasSubstr("unknown setting 'colour'"));
+  command = LoadServerCommand({"--config", dir.Write("list.yaml", "- listen\n")});
+  ASSERT_FALSE(command.ok());
+  EXPECT_THAT(std::string(command.status().message()), HasSubstr("must hold a mapping"));
+}
+
+TEST(ServerConfig, ByteSizesAndDevicesParse) {
+  EXPECT_EQ(*ParseBytes("4GiB"), int64_t{4} << 30);
+  EXPECT_EQ(*ParseBytes("512MiB"), int64_t{512} << 20);
+  EXPECT_EQ(*ParseBytes("1.5G"), 1'500'000'000);
+  EXPECT_EQ(*ParseBytes("1000000"), 1'000'000);
+  EXPECT_EQ(*ParseBytes(" 8 KiB "), 8192);
+  EXPECT_FALSE(ParseBytes("-1").ok());
+  EXPECT_FALSE(ParseBytes("GiB").ok());
+  EXPECT_FALSE(ParseBytes("four").ok());
+
+  absl::StatusOr<DeviceState> device = ParseDevice("cuda:3:capacity=80GiB:slots=4");
+  ASSERT_TRUE(device.ok()) << device.status();
+  EXPECT_EQ(device->name, "cuda:3");
+  EXPECT_EQ(device->capacity_bytes, int64_t{80} << 30);
+  EXPECT_EQ(device->slots, 4);
+  EXPECT_FALSE(ParseDevice("").ok());
+  EXPECT_FALSE(ParseDevice("cpu:capacity=big").ok());
+}
+
+TEST(ServerConfig, HelpListsEveryFlag) {
+  absl::StatusOr<ServerCommand> command = LoadServerCommand({"--help"});
+  ASSERT_TRUE(command.ok());
+  EXPECT_TRUE(command->help);
+  const std::string usage = ServerUsage();
+  for (const char* flag : {"--listen", "--data-dir", "--data-root", "--device", "--worker", "--grace-seconds",
+                           "--max-attempts", "--max-concurrent-plans", "--starvation-seconds", "--checkpoint-seconds",
+                           "--threads-per-job", "--max-upload-bytes", "--port-file", "--log-level", "--config",
+                           "--watch-coalesce-events", "--watch-coalesce-ms"}) {
+    EXPECT_THAT(usage, HasSubstr(flag));
+  }
+}
+
+// The watch thresholds reach the server's hub (a real server on port 0; no job runs, so no worker starts).
+TEST(ServerConfig, WatchThresholdsReachTheHub) {
+  ScopedDir dir;
+  absl::StatusOr<ServerCommand> command =
+      LoadServerCommand({"--listen", "127.0.0.1:0", "--data-dir", dir.path() + "/data", "--watch-coalesce-events", "5",
+                         "--watch-coalesce-ms", "0", "--device", "cpu:capacity=1GiB"});
+  ASSERT_TRUE(command.ok()) << command.status();
+  absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(command->options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_GT((*server)->port(), 0);
+  EXPECT_EQ((*server)->hub().options().coalesce_lag, 5);
+  EXPECT_EQ((*server)->hub().options().coalesce_age, std::chrono::steady_clock::duration::zero());
+  (*server)->Shutdown(0);
+}
+
+}  // namespace
+}  // namespace xtrain::server
