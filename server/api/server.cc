@@ -72,6 +72,7 @@ absl::Status Server::Initialize() {
   WatchHubOptions watching;
   watching.coalesce_lag = options_.watch_coalesce_events;
   watching.coalesce_age = std::chrono::microseconds(static_cast<int64_t>(options_.watch_coalesce_ms * 1000));
+  watching.step_rate = options_.watch_step_rate;
   hub_ = std::make_unique<WatchHub>(*store_, watching);
   SchedulerOptions scheduling;
   scheduling.devices = options_.devices;

@@ -24,7 +24,8 @@ using Settings = std::map<std::string, std::vector<std::string>>;
 const char* const kKeys[] = {"listen",          "data-dir",         "data-root",           "device",
                              "worker",          "grace-seconds",    "max-attempts",        "max-concurrent-plans",
                              "starvation-seconds", "checkpoint-seconds", "threads-per-job", "max-upload-bytes",
-                             "port-file",       "log-level",        "watch-coalesce-events", "watch-coalesce-ms"};
+                             "port-file",       "log-level",        "watch-coalesce-events", "watch-coalesce-ms",
+                             "watch-step-rate"};
 
 bool Known(const std::string& key) {
   for (const char* k : kKeys) {
@@ -184,6 +185,8 @@ Flags (also XTRAIN_<NAME> variables, and keys of a YAML file given with --config
   --watch-coalesce-ms MS      a watcher whose next step is older than MS skips to the newest step
                               (default 50; 0 turns this rule off). State changes, plans, checkpoints
                               and the final event are never skipped.
+  --watch-step-rate N         live step events sent per second over all watchers (default 20000; 0:
+                              no limit): with more watchers, each gets the newest step less often
   --log-level LEVEL           trace, debug, info (default), warn, error
   --config FILE               a YAML file of the settings above (keys like data_dir, devices: [...])
 )";
@@ -275,6 +278,11 @@ absl::StatusOr<ServerCommand> LoadServerCommand(const std::vector<std::string>& 
       if (!ms.ok()) return ms.status();
       if (*ms < 0) return absl::InvalidArgumentError(absl::StrCat(where, " is ", v, "; use 0 (off) or more"));
       o.watch_coalesce_ms = *ms;
+    } else if (key == "watch-step-rate") {
+      absl::StatusOr<double> rate = ParseDouble(where, v);
+      if (!rate.ok()) return rate.status();
+      if (*rate < 0) return absl::InvalidArgumentError(absl::StrCat(where, " is ", v, "; use 0 (no limit) or more"));
+      o.watch_step_rate = *rate;
     } else if (key == "port-file") {
       o.port_file = v;
     } else if (key == "log-level") {

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
+#include <random>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -47,16 +50,21 @@ struct WatchHub::JobLog {
   absl::Mutex mutex;
   std::vector<Entry> events ABSL_GUARDED_BY(mutex);     // [i] is sequence i + 1
   int64_t last_step_index ABSL_GUARDED_BY(mutex) = -1;  // index of the newest step event
+  int64_t last_other_index ABSL_GUARDED_BY(mutex) = -1;  // index of the newest event that is not a step
   bool ended ABSL_GUARDED_BY(mutex) = false;            // the final event is in
   bool shut_down ABSL_GUARDED_BY(mutex) = false;
   int64_t watchers ABSL_GUARDED_BY(mutex) = 0;          // attached: the log is dropped at 0 once ended
   std::vector<Watcher*> idle ABSL_GUARDED_BY(mutex);    // caught up, nothing in flight: Publish wakes them
+  // Held back by step_rate with steps unsent: Publish and the tick wake those whose turn has come,
+  // and a publish of any other event wakes them all.
+  std::vector<Watcher*> held ABSL_GUARDED_BY(mutex);
 
   // Returns false for a repeat (an event both loaded from the store and published).
   bool Append(const v1::JobEvent& event, grpc::Slice response, std::chrono::steady_clock::time_point now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex) {
     if (event.sequence() != static_cast<int64_t>(events.size()) + 1) return false;
     if (event.has_step()) last_step_index = static_cast<int64_t>(events.size());
+    if (!event.has_step()) last_other_index = static_cast<int64_t>(events.size());
     if (IsFinal(event)) ended = true;
     events.push_back(Entry{std::move(response), event.has_step(), now});
     return true;
@@ -101,15 +109,32 @@ class WatchHub::Watcher : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       return Action::kNone;
     }
     int64_t index = next_ - 1;
-    if (index >= backlog_ && log_->BehindLocked(index, hub_.options_)) {
-      // Behind on live events (by count or by age): skip step events older than the newest one;
-      // everything else is delivered. The backlog the watch asked for is never coalesced (a
-      // reconnecting client sees one log without gaps).
+    const bool live = index >= backlog_;  // the backlog the watch asked for is never coalesced or held
+    bool skip = live && log_->BehindLocked(index, hub_.options_);
+    std::chrono::steady_clock::time_point now;
+    const std::chrono::steady_clock::duration interval = hub_.StepInterval();
+    const bool paced = live && log_->events[index].step && interval > std::chrono::steady_clock::duration::zero();
+    if (paced) {
+      now = std::chrono::steady_clock::now();
+      if (now < next_step_due_ && index > log_->last_other_index) {
+        // Only steps to send and its turn has not come (step_rate): wait on the held list for the
+        // publish or tick after its turn, then send the newest step.
+        idle_index_ = static_cast<int64_t>(log_->held.size());
+        log_->held.push_back(this);
+        held_ = true;
+        return Action::kNone;
+      }
+      skip = true;  // its turn: the newest step, not the oldest
+    }
+    if (skip) {
+      // Behind on live events (by count or by age), or paced: skip step events older than the newest
+      // one; everything else is delivered (a reconnecting client sees one log without gaps).
       while (index < log_->last_step_index && log_->events[index].step) {
         ++index;
         ++skipped_;
       }
     }
+    if (paced && log_->events[index].step) next_step_due_ = now + Jittered(interval);
     pending_ = log_->events[index].response;
     pending_coalesced_ = skipped_;
     hub_.coalesced_ += skipped_;
@@ -123,6 +148,22 @@ class WatchHub::Watcher : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   void TakeIdleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(log_->mutex) {
     idle_index_ = -1;
     waking_ = true;
+  }
+  // Moves the held watchers whose turn has come by `now` (all of them with `all`) to `out`, taken as by
+  // TakeIdleLocked.
+  static void TakeHeldLocked(JobLog& log, std::chrono::steady_clock::time_point now, bool all,
+                             std::vector<Watcher*>& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(log.mutex) {
+    std::vector<Watcher*>& held = log.held;
+    for (size_t i = 0; i < held.size();) {
+      Watcher* watcher = held[i];
+      if (!all && now < watcher->next_step_due_) {
+        ++i;
+        continue;
+      }
+      watcher->RemoveFromIdleLocked();  // moves the last one into [i]
+      watcher->TakeIdleLocked();
+      out.push_back(watcher);
+    }
   }
   // The fan-out thread owns it again.
   void WokenLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(log_->mutex) { waking_ = false; }
@@ -188,24 +229,39 @@ class WatchHub::Watcher : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 
  private:
   void RemoveFromIdleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(log_->mutex) {
-    std::vector<Watcher*>& idle = log_->idle;
-    Watcher* last = idle.back();
-    idle[idle_index_] = last;
+    std::vector<Watcher*>& list = held_ ? log_->held : log_->idle;
+    Watcher* last = list.back();
+    list[idle_index_] = last;
     last->idle_index_ = idle_index_;
-    idle.pop_back();
+    list.pop_back();
     idle_index_ = -1;
+    held_ = false;
+  }
+
+  // `interval` times a random factor in [0.5, 1.5): watchers that started together drift apart, so
+  // the fan-out's writes spread over the interval instead of coming all at once.
+  static std::chrono::steady_clock::duration Jittered(std::chrono::steady_clock::duration interval) {
+    thread_local std::minstd_rand random(static_cast<uint32_t>(
+        std::hash<std::thread::id>()(std::this_thread::get_id()) ^
+        static_cast<size_t>(std::chrono::steady_clock::now().time_since_epoch().count())));
+    return std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+        interval * (0.5 + static_cast<double>(random() - std::minstd_rand::min()) /
+                              static_cast<double>(std::minstd_rand::max() - std::minstd_rand::min() + 1)));
   }
 
   WatchHub& hub_;
   std::shared_ptr<JobLog> log_;
   int64_t next_ ABSL_GUARDED_BY(log_->mutex);             // the sequence number to send next
   bool in_flight_ ABSL_GUARDED_BY(log_->mutex) = false;   // a write is outstanding (response_ is gRPC's)
-  int64_t idle_index_ ABSL_GUARDED_BY(log_->mutex) = -1;  // its place in log_->idle; -1 when not idle
+  int64_t idle_index_ ABSL_GUARDED_BY(log_->mutex) = -1;  // its place in log_->idle or held; -1 in neither
   bool waking_ ABSL_GUARDED_BY(log_->mutex) = false;      // queued for the fan-out thread
   bool finish_called_ ABSL_GUARDED_BY(log_->mutex) = false;
   bool cancelled_ ABSL_GUARDED_BY(log_->mutex) = false;
   int64_t skipped_ ABSL_GUARDED_BY(log_->mutex) = 0;      // step events skipped since the last write
   int64_t backlog_ ABSL_GUARDED_BY(log_->mutex) = 0;      // the log's size when the watch began: replayed whole
+  bool held_ ABSL_GUARDED_BY(log_->mutex) = false;        // on log_->held rather than log_->idle
+  // When it may next be sent a live step (step_rate); the first one goes at once.
+  std::chrono::steady_clock::time_point next_step_due_ ABSL_GUARDED_BY(log_->mutex);
   grpc::Slice pending_;            // the event NextLocked chose, until Perform starts its write
   int64_t pending_coalesced_ = 0;  // its coalesced count
   grpc::ByteBuffer response_;      // the write in flight
@@ -258,10 +314,16 @@ void WatchHub::Publish(const v1::Job& job, const std::vector<v1::JobEvent>& even
     MutexLock lock(&log->mutex);
     const auto now = std::chrono::steady_clock::now();
     bool appended = false;
-    for (size_t i = 0; i < events.size(); ++i) appended |= log->Append(events[i], std::move(responses[i]), now);
+    bool other = false;  // an event that is not a step: no watcher may be held back from it
+    for (size_t i = 0; i < events.size(); ++i) {
+      const bool added = log->Append(events[i], std::move(responses[i]), now);
+      appended |= added;
+      other |= added && !events[i].has_step();
+    }
     if (appended) {
       wake.watchers.swap(log->idle);
       for (Watcher* watcher : wake.watchers) watcher->TakeIdleLocked();
+      Watcher::TakeHeldLocked(*log, now, other, wake.watchers);
     }
     drop = log->ended && log->watchers == 0;
   }
@@ -339,6 +401,7 @@ void WatchHub::Shutdown() {
       log->shut_down = true;
       wake.watchers.swap(log->idle);
       for (Watcher* watcher : wake.watchers) watcher->TakeIdleLocked();
+      Watcher::TakeHeldLocked(*log, std::chrono::steady_clock::now(), /*all=*/true, wake.watchers);
     }
     if (!wake.watchers.empty()) Enqueue(std::move(wake));
   }
@@ -356,18 +419,54 @@ void WatchHub::Enqueue(Wake wake) {
 void WatchHub::FanOut() {
   for (;;) {
     Wake wake;
+    bool tick = false;  // nothing queued for a tick: wake the held watchers instead
     {
       MutexLock lock(&wake_mutex_);
-      while (wakes_.empty() && !stop_) lock.Wait(&wake_cv_);
-      if (wakes_.empty()) return;
-      wake = std::move(wakes_.front());
-      wakes_.pop_front();
+      if (StepInterval() > std::chrono::steady_clock::duration::zero()) {
+        // Paced: wake at least every tick, for held watchers whose job published nothing since.
+        const absl::Duration period = absl::FromChrono(options_.tick);
+        while (wakes_.empty() && !stop_ && !tick) tick = lock.WaitWithTimeout(&wake_cv_, period);
+      } else {
+        while (wakes_.empty() && !stop_) lock.Wait(&wake_cv_);
+      }
+      if (wakes_.empty() && stop_) return;
+      if (!wakes_.empty()) {
+        tick = false;
+        wake = std::move(wakes_.front());
+        wakes_.pop_front();
+      }
       waking_ = true;
     }
-    WakeAll(wake);
+    if (tick) {
+      WakeHeld();
+    } else {
+      WakeAll(wake);
+    }
     MutexLock lock(&wake_mutex_);
     waking_ = false;
     if (wakes_.empty()) drained_cv_.SignalAll();
+  }
+}
+
+std::chrono::steady_clock::duration WatchHub::StepInterval() const {
+  if (options_.step_rate <= 0) return std::chrono::steady_clock::duration::zero();
+  return std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+      std::chrono::duration<double>(static_cast<double>(watchers_.load()) / options_.step_rate));
+}
+
+void WatchHub::WakeHeld() {
+  std::vector<std::shared_ptr<JobLog>> logs;
+  {
+    MutexLock lock(&mutex_);
+    for (auto& [id, log] : logs_) logs.push_back(log);
+  }
+  for (const std::shared_ptr<JobLog>& log : logs) {
+    Wake wake{log, {}};
+    {
+      MutexLock lock(&log->mutex);
+      Watcher::TakeHeldLocked(*log, std::chrono::steady_clock::now(), /*all=*/false, wake.watchers);
+    }
+    if (!wake.watchers.empty()) WakeAll(wake);
   }
 }
 

@@ -29,6 +29,15 @@ struct WatchHubOptions {
   // Behind: its next event is a step published longer ago than this (the lag it would show), so lag
   // does not grow with the event rate. Zero or negative turns this rule off.
   std::chrono::steady_clock::duration coalesce_age = std::chrono::milliseconds(50);
+  // Live step events sent per second over all the hub's watchers: the fan-out's CPU budget. Each
+  // watcher gets a step at most about every (watchers / step_rate) seconds (jittered so that watchers
+  // do not all write at once), and then the newest one, the skipped ones counted in `coalesced`: with
+  // more watchers than the machine can send every step to, each still gets fresh steps, rather than
+  // every step late. Other events are never held back. Zero or negative: no limit.
+  double step_rate = 0;
+  // How often the fan-out thread sends the newest step to watchers held back by step_rate whose job
+  // has published nothing since (a publish wakes them too).
+  std::chrono::steady_clock::duration tick = std::chrono::milliseconds(100);
   // Idle watchers woken under one lock acquisition by the fan-out thread.
   int wake_batch = 256;
 };
@@ -38,7 +47,9 @@ struct WatchHubOptions {
 // watcher is a cursor into the log, so a slow watcher costs no memory and never slows training or
 // other watchers. A watcher pulls its next event when its write completes (on gRPC's threads), skipping
 // to the newest step when it is behind by count or by age (WatchHubOptions): one that keeps up (pulls
-// each step within coalesce_age of its publishing) sees every step. Publish only appends and hands the
+// each step within coalesce_age of its publishing) sees every step, unless step_rate holds it back. A
+// held watcher waits on its own list with its next step unsent, woken by the publish or tick after its
+// turn has come: a publish costs a watcher whose turn has not come one comparison. Publish only appends and hands the
 // watchers that were idle to the hub's fan-out thread, which starts their writes, so the scheduler's
 // thread never writes to 10,000 streams. Logs load from the store on the first watch and grow with
 // Publish (called after the store has the events).
@@ -77,6 +88,9 @@ class WatchHub {
   void Enqueue(Wake wake);
   void FanOut();  // the fan-out thread
   void WakeAll(const Wake& wake);
+  void WakeHeld();  // the tick: wakes the held watchers whose turn has come
+  // The least time between two steps to one watcher under step_rate; zero without a limit.
+  std::chrono::steady_clock::duration StepInterval() const;
 
   JobStore& store_;
   const WatchHubOptions options_;

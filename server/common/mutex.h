@@ -35,6 +35,13 @@ class ABSL_SCOPED_LOCKABLE MutexLock {
     cv->Wait(mu_);
     Acquired();
   }
+  // Waits for a signal on `cv` or for `timeout`, unlocked meanwhile; true if it timed out.
+  bool WaitWithTimeout(absl::CondVar* cv, absl::Duration timeout) {
+    Releasing();
+    const bool timed_out = cv->WaitWithTimeout(mu_, timeout);
+    Acquired();
+    return timed_out;
+  }
 
  private:
   void Acquired() {

@@ -67,6 +67,7 @@ TEST(ServerConfig, DefaultsRunOnOneMachine) {
   EXPECT_TRUE(o.devices.empty());  // the server adds one cpu device
   EXPECT_EQ(o.watch_coalesce_events, 16);
   EXPECT_EQ(o.watch_coalesce_ms, 50);
+  EXPECT_EQ(o.watch_step_rate, 20000);
   EXPECT_EQ(command->log_level, "info");
   EXPECT_FALSE(command->help);
 }
@@ -78,6 +79,7 @@ TEST(ServerConfig, FlagsBeatVariablesWhichBeatTheFile) {
                                "grace_seconds: 10\n"
                                "max_attempts: 7\n"
                                "watch_coalesce_ms: 20\n"
+                               "watch_step_rate: 500\n"
                                "data_roots: [/a, /b]\n"
                                "devices:\n"
                                "  - {name: cpu, capacity: 1GiB, slots: 2}\n"
@@ -92,6 +94,7 @@ TEST(ServerConfig, FlagsBeatVariablesWhichBeatTheFile) {
   EXPECT_EQ(o.watch_coalesce_events, 4);      // variable over default
   EXPECT_EQ(o.grace_seconds, 10);             // file over default
   EXPECT_EQ(o.watch_coalesce_ms, 20);
+  EXPECT_EQ(o.watch_step_rate, 500);
   EXPECT_EQ(o.data_roots, (std::vector<std::string>{"/a", "/b"}));
   ASSERT_EQ(o.devices.size(), 2u);
   EXPECT_EQ(o.devices[0].name, "cpu");
@@ -129,6 +132,7 @@ TEST(ServerConfig, MalformedSettingsAreRefusedNamingThem) {
       {{"--watch-coalesce-ms", "-1"}, "--watch-coalesce-ms"},
       {{"--watch-coalesce-ms", "soon"}, "--watch-coalesce-ms 'soon' is not a number"},
       {{"--watch-coalesce-events", "0"}, "--watch-coalesce-events is 0"},
+      {{"--watch-step-rate", "-5"}, "--watch-step-rate is -5; use 0 (no limit) or more"},
       {{"--max-attempts", "0"}, "--max-attempts"},
       {{"--max-attempts", "3.5"}, "is not an integer"},
       {{"--grace-seconds", "-2"}, "--grace-seconds"},
@@ -186,7 +190,7 @@ TEST(ServerConfig, HelpListsEveryFlag) {
   for (const char* flag : {"--listen", "--data-dir", "--data-root", "--device", "--worker", "--grace-seconds",
                            "--max-attempts", "--max-concurrent-plans", "--starvation-seconds", "--checkpoint-seconds",
                            "--threads-per-job", "--max-upload-bytes", "--port-file", "--log-level", "--config",
-                           "--watch-coalesce-events", "--watch-coalesce-ms"}) {
+                           "--watch-coalesce-events", "--watch-coalesce-ms", "--watch-step-rate"}) {
     EXPECT_THAT(usage, HasSubstr(flag));
   }
 }
@@ -196,13 +200,14 @@ TEST(ServerConfig, WatchThresholdsReachTheHub) {
   ScopedDir dir;
   absl::StatusOr<ServerCommand> command =
       LoadServerCommand({"--listen", "127.0.0.1:0", "--data-dir", dir.path() + "/data", "--watch-coalesce-events", "5",
-                         "--watch-coalesce-ms", "0", "--device", "cpu:capacity=1GiB"});
+                         "--watch-coalesce-ms", "0", "--watch-step-rate", "1500", "--device", "cpu:capacity=1GiB"});
   ASSERT_TRUE(command.ok()) << command.status();
   absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(command->options);
   ASSERT_TRUE(server.ok()) << server.status();
   EXPECT_GT((*server)->port(), 0);
   EXPECT_EQ((*server)->hub().options().coalesce_lag, 5);
   EXPECT_EQ((*server)->hub().options().coalesce_age, std::chrono::steady_clock::duration::zero());
+  EXPECT_EQ((*server)->hub().options().step_rate, 1500);
   (*server)->Shutdown(0);
 }
 

@@ -164,6 +164,7 @@ class Reader {
       v1::WatchJobResponse response;
       while (reader->Read(&response)) {
         responses_.push_back(response);
+        last_sequence_ = response.event().sequence();
         first_ = true;
         if (responses_.size() == pause_after) {
           while (!resumed_) std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -187,6 +188,8 @@ class Reader {
   }
   void Cancel() { context_.TryCancel(); }
   void Resume() { resumed_ = true; }
+  // The sequence number of the newest event received so far (0 before any).
+  int64_t last_sequence() const { return last_sequence_.load(); }
   // The responses and how the stream ended, once it has.
   const std::vector<v1::WatchJobResponse>& Join() {
     if (thread_.joinable()) thread_.join();
@@ -202,6 +205,7 @@ class Reader {
   std::vector<v1::WatchJobResponse> responses_;
   grpc::Status status_;
   std::atomic<bool> first_{false};
+  std::atomic<int64_t> last_sequence_{0};
   std::atomic<bool> done_{false};
   std::atomic<bool> resumed_{false};
   std::thread thread_;
@@ -272,6 +276,64 @@ TEST(WatchHub, WatcherBehindGetsStepsCoalescedButEveryOtherEventAndTheFinalOne) 
   EXPECT_THAT(Sequences(reader.Join()), ElementsAre(1, 22, 43, 63, 64));
   EXPECT_THAT(Coalesced(reader.Join()), ElementsAre(0, 20, 20, 19, 0));
   EXPECT_EQ(test.hub().events_coalesced(), 59);
+}
+
+// step_rate 20 over 4 watchers: each gets a live step at most every 200 ms (jittered to 100..300 ms),
+// then the newest one, with the skipped steps counted; checkpoints and state changes are never held;
+// the newest step reaches every watcher on the hub's tick when nothing more is published.
+TEST(WatchHub, PacedWatchersGetTheNewestStepEachIntervalAndEveryOtherEvent) {
+  WatchHubOptions options;
+  options.coalesce_lag = 1 << 30;  // pacing alone
+  options.coalesce_age = std::chrono::milliseconds(0);
+  options.step_rate = 20;
+  options.tick = std::chrono::milliseconds(50);
+  HubTest test(options);
+  auto stub = test.Stub();
+  std::vector<std::unique_ptr<Reader>> readers;
+  for (int i = 0; i < 4; ++i) readers.push_back(std::make_unique<Reader>(*stub, 1));
+  for (auto& reader : readers) reader->WaitForFirst();
+  std::vector<bool> steps = {false, false};  // [0] unused; 1: QUEUED
+  test.Append({State(v1::QUEUED, v1::RUNNING)});
+  steps.push_back(false);
+  const auto start = std::chrono::steady_clock::now();
+  for (int step = 1; step <= 100; ++step) {
+    test.Append({Step(step)});
+    steps.push_back(true);
+    if (step == 50) {
+      test.Append({Checkpoint(step)});
+      steps.push_back(false);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  const int64_t newest_step = test.last_sequence();
+  // Nothing is published now: the tick must bring the newest step to every watcher.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (auto& reader : readers) {
+    while (reader->last_sequence() < newest_step && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    EXPECT_EQ(reader->last_sequence(), newest_step) << "the newest step did not arrive without a publish";
+  }
+  const double paced_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  test.Append({State(v1::RUNNING, v1::SUCCEEDED)});
+  steps.push_back(false);
+  for (auto& reader : readers) {
+    ASSERT_TRUE(reader->status().ok()) << reader->status().error_message();
+    const std::vector<v1::WatchJobResponse>& seen = reader->Join();
+    EXPECT_TRUE(testing::FollowsWatchContract(seen, 1, 1, steps));
+    int64_t step_responses = 0;
+    bool checkpoint = false;
+    for (const v1::WatchJobResponse& r : seen) {
+      step_responses += r.event().has_step();
+      checkpoint |= r.event().has_checkpoint();
+    }
+    EXPECT_TRUE(checkpoint);
+    EXPECT_EQ(seen.back().event().state().to_state(), v1::SUCCEEDED);
+    // At least 100 ms between two steps: at most one per 100 ms of publishing, plus the first.
+    EXPECT_LE(step_responses, static_cast<int64_t>(paced_s / 0.1) + 1) << "over " << paced_s << " s";
+    EXPECT_GE(step_responses, 2);  // the first at once, and the newest
+  }
+  EXPECT_GT(test.hub().events_coalesced(), 4 * 50);  // 100 steps, about 5 sent to each
 }
 
 // A watcher whose write is held in flight (its client stops reading during an event larger than the
