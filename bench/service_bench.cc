@@ -386,6 +386,7 @@ std::unique_ptr<v1::TrainingService::Stub> OwnStub(const std::string& target) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   args.SetMaxReceiveMessageSize(64 << 20);
+  args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
   return v1::TrainingService::NewStub(grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args));
 }
 
