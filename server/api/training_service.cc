@@ -33,6 +33,24 @@ bool IsHexSha256(const std::string& text) {
   return true;
 }
 
+// A raw request's message, or InvalidArgument.
+template <typename Message>
+absl::StatusOr<Message> Parse(const grpc::ByteBuffer& bytes) {
+  Message message;
+  grpc::ByteBuffer copy(bytes);  // Deserialize consumes its buffer; the copy shares the slices
+  if (!grpc::SerializationTraits<Message>::Deserialize(&copy, &message).ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("the ", Message::descriptor()->name(), " does not parse"));
+  }
+  return message;
+}
+
+// `bytes` as a slice that refers to them, keeping them alive until gRPC lets go: no copy.
+grpc::Slice SharedSlice(std::shared_ptr<const std::string> bytes) {
+  auto* holder = new std::shared_ptr<const std::string>(std::move(bytes));
+  return grpc::Slice(const_cast<char*>((*holder)->data()), (*holder)->size(),
+                     [](void* held) { delete static_cast<std::shared_ptr<const std::string>*>(held); }, holder);
+}
+
 }  // namespace
 
 TrainingServiceImpl::TrainingServiceImpl(Scheduler& scheduler, WatchHub& hub, JobStore& store,
@@ -75,11 +93,22 @@ grpc::ServerUnaryReactor* TrainingServiceImpl::SubmitJob(grpc::CallbackServerCon
 }
 
 grpc::ServerUnaryReactor* TrainingServiceImpl::GetJob(grpc::CallbackServerContext* context,
-                                                      const v1::GetJobRequest* request, v1::GetJobResponse* response) {
+                                                      const grpc::ByteBuffer* request_bytes, grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<v1::Job> job = scheduler_.GetJob(TenantOf(context), request->job_id());
-  if (job.ok()) *response->mutable_job() = *std::move(job);
-  FinishWith(reactor, job.status());
+  absl::StatusOr<v1::GetJobRequest> request = Parse<v1::GetJobRequest>(*request_bytes);
+  if (!request.ok()) {
+    FinishWith(reactor, request.status());
+    return reactor;
+  }
+  // A GetJobResponse is its job as field 1, the very bytes of a ListJobsResponse `jobs` element.
+  static_assert(static_cast<int>(v1::GetJobResponse::kJobFieldNumber) ==
+                static_cast<int>(v1::ListJobsResponse::kJobsFieldNumber));
+  absl::StatusOr<std::shared_ptr<const std::string>> entry = scheduler_.JobBytes(TenantOf(context), request->job_id());
+  if (entry.ok()) {
+    grpc::Slice slice = SharedSlice(*std::move(entry));
+    *response = grpc::ByteBuffer(&slice, 1);
+  }
+  FinishWith(reactor, entry.status());
   return reactor;
 }
 
@@ -87,16 +116,19 @@ grpc::ServerUnaryReactor* TrainingServiceImpl::ListJobs(grpc::CallbackServerCont
                                                         const grpc::ByteBuffer* request_bytes,
                                                         grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  v1::ListJobsRequest request;
-  grpc::ByteBuffer bytes(*request_bytes);
-  if (!grpc::SerializationTraits<v1::ListJobsRequest>::Deserialize(&bytes, &request).ok()) {
-    FinishWith(reactor, absl::InvalidArgumentError("the ListJobsRequest does not parse"));
+  absl::StatusOr<v1::ListJobsRequest> request = Parse<v1::ListJobsRequest>(*request_bytes);
+  if (!request.ok()) {
+    FinishWith(reactor, request.status());
     return reactor;
   }
-  absl::StatusOr<Scheduler::ListedJobs> listed = scheduler_.ListJobs(TenantOf(context), request);
+  absl::StatusOr<Scheduler::ListedJobs> listed = scheduler_.ListJobs(TenantOf(context), *request);
   if (listed.ok()) {
-    grpc::Slice slice(listed->Serialized());
-    *response = grpc::ByteBuffer(&slice, 1);
+    // The entries as they are, one slice each, then the page token: the response's bytes, uncopied.
+    std::vector<grpc::Slice> slices;
+    slices.reserve(listed->entries.size() + 1);
+    for (std::shared_ptr<const std::string>& entry : listed->entries) slices.push_back(SharedSlice(std::move(entry)));
+    if (const std::string tail = listed->Tail(); !tail.empty()) slices.emplace_back(tail);
+    *response = grpc::ByteBuffer(slices.data(), slices.size());
   }
   FinishWith(reactor, listed.status());
   return reactor;

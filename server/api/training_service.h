@@ -20,12 +20,14 @@ struct TrainingServiceOptions {
 };
 
 // xtrain.v1.TrainingService on gRPC's callback API (STYLE.md): handlers validate, read or hand the
-// request to the scheduler, and never block on training; every reactor finishes exactly once. WatchJob
-// and ListJobs are raw methods (serialized messages): watchers share each event's bytes (WatchHub), and
-// a listing sends each job's bytes as its snapshot holds them (Scheduler::ListJobs).
+// request to the scheduler, and never block on training; every reactor finishes exactly once. WatchJob,
+// GetJob and ListJobs are raw methods (serialized messages): watchers share each event's bytes
+// (WatchHub), and GetJob and ListJobs send each job's bytes as its snapshot holds them, neither copied
+// nor serialized per call (Scheduler::JobBytes).
 class TrainingServiceImpl final
-    : public xtrain::v1::TrainingService::WithRawCallbackMethod_ListJobs<
-          xtrain::v1::TrainingService::WithRawCallbackMethod_WatchJob<xtrain::v1::TrainingService::CallbackService>> {
+    : public xtrain::v1::TrainingService::WithRawCallbackMethod_GetJob<
+          xtrain::v1::TrainingService::WithRawCallbackMethod_ListJobs<xtrain::v1::TrainingService::WithRawCallbackMethod_WatchJob<
+              xtrain::v1::TrainingService::CallbackService>>> {
  public:
   TrainingServiceImpl(Scheduler& scheduler, WatchHub& hub, JobStore& store, TrainingServiceOptions options);
 
@@ -33,8 +35,9 @@ class TrainingServiceImpl final
                                     xtrain::v1::PlanJobResponse* response) override;
   grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* context, const xtrain::v1::SubmitJobRequest* request,
                                       xtrain::v1::SubmitJobResponse* response) override;
-  grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* context, const xtrain::v1::GetJobRequest* request,
-                                   xtrain::v1::GetJobResponse* response) override;
+  // `request` is a serialized GetJobRequest; `response` gets a serialized GetJobResponse.
+  grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
   // `request` is a serialized ListJobsRequest; `response` gets a serialized ListJobsResponse.
   grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
                                      grpc::ByteBuffer* response) override;

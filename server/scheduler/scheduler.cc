@@ -584,6 +584,15 @@ std::shared_ptr<const std::string> JobsEntry(const v1::Job& job) {
 
 }  // namespace
 
+std::shared_ptr<const std::string> Scheduler::EntryOf(const Snapshot& snapshot, const std::optional<WaitInfo>& wait) {
+  if (!wait) return snapshot.entry;
+  // A waiting job's position and reason are live, not in its snapshot: its entry is made here.
+  v1::Job job = *snapshot.job;
+  job.set_queue_position(wait->queue_position);
+  job.set_waiting_reason(wait->reason);
+  return JobsEntry(job);
+}
+
 void Scheduler::SetSnapshot(const v1::Job& job, int64_t order) {
   Snapshot snapshot{std::make_shared<const v1::Job>(job), JobsEntry(job), order};
   MutexLock lock(&snapshot_mutex_);
@@ -623,14 +632,32 @@ absl::StatusOr<v1::Job> Scheduler::GetJob(const std::string& tenant, const std::
   return job;
 }
 
-std::string Scheduler::ListedJobs::Serialized() const {
+absl::StatusOr<std::shared_ptr<const std::string>> Scheduler::JobBytes(const std::string& tenant,
+                                                                       const std::string& job_id) const {
+  Snapshot snapshot;
+  std::optional<WaitInfo> wait;
+  {
+    MutexLock lock(&snapshot_mutex_);
+    auto it = snapshots_.find(job_id);
+    if (it == snapshots_.end() || (!tenant.empty() && it->second.job->tenant() != tenant)) {
+      return absl::NotFoundError(absl::StrCat("job '", job_id, "' does not exist"));
+    }
+    snapshot = it->second;
+    if (auto found = waiting_.find(job_id); found != waiting_.end() && snapshot.job->state() == v1::QUEUED) {
+      wait = found->second;
+    }
+  }
+  return EntryOf(snapshot, wait);
+}
+
+std::string Scheduler::ListedJobs::Tail() const {
   std::string bytes;
-  for (const auto& entry : entries) bytes += *entry;
   if (!next_page_token.empty()) {
     AppendLengthDelimited(&bytes, v1::ListJobsResponse::kNextPageTokenFieldNumber, next_page_token);
   }
   return bytes;
 }
+
 
 absl::StatusOr<Scheduler::ListedJobs> Scheduler::ListJobs(const std::string& tenant,
                                                           const v1::ListJobsRequest& request) const {
@@ -675,15 +702,7 @@ absl::StatusOr<Scheduler::ListedJobs> Scheduler::ListJobs(const std::string& ten
   }
   ListedJobs listed;
   for (size_t i = 0; i < page.size() && static_cast<int>(i) < page_size; ++i) {
-    if (!page[i].wait) {
-      listed.entries.push_back(page[i].snapshot.entry);
-      continue;
-    }
-    // A waiting job's position and reason are live, not in its snapshot: its entry is made here.
-    v1::Job job = *page[i].snapshot.job;
-    job.set_queue_position(page[i].wait->queue_position);
-    job.set_waiting_reason(page[i].wait->reason);
-    listed.entries.push_back(JobsEntry(job));
+    listed.entries.push_back(EntryOf(page[i].snapshot, page[i].wait));
   }
   if (static_cast<int>(page.size()) > page_size) {
     listed.next_page_token = absl::StrCat(page[page_size - 1].snapshot.order);

@@ -78,14 +78,18 @@ class Scheduler {
   // The job as last committed, shared rather than copied (no queue position): NotFound as GetJob.
   absl::StatusOr<std::shared_ptr<const xtrain::v1::Job>> JobSnapshot(const std::string& tenant,
                                                                      const std::string& job_id) const;
-  // A page of ListJobs, serialized: each entry is one `jobs` element of a ListJobsResponse as it sits in
-  // the response's bytes, shared with the job's snapshot (a listed job is serialized once per change,
-  // not once per call); a queued job's entry carries its live queue position and waiting reason.
+  // The job as one `jobs` element of a ListJobsResponse's bytes, which are also a whole
+  // GetJobResponse's: shared with its snapshot (serialized once per change, not once per call); a
+  // queued job's carries its live queue position and waiting reason. NotFound as GetJob.
+  absl::StatusOr<std::shared_ptr<const std::string>> JobBytes(const std::string& tenant,
+                                                              const std::string& job_id) const;
+  // A page of ListJobs, serialized: each entry as JobBytes's.
   struct ListedJobs {
     std::vector<std::shared_ptr<const std::string>> entries;
     std::string next_page_token;  // empty on the last page
-    // The whole ListJobsResponse's bytes (the service sends the entries without joining them).
-    std::string Serialized() const;
+    // The bytes after the entries (the page token's field, if any): the entries and these are the
+    // whole ListJobsResponse.
+    std::string Tail() const;
   };
   absl::StatusOr<ListedJobs> ListJobs(const std::string& tenant, const xtrain::v1::ListJobsRequest& request) const;
 
@@ -183,6 +187,8 @@ class Scheduler {
     std::shared_ptr<const std::string> entry;  // the job as a ListJobsResponse `jobs` element
     int64_t order = 0;
   };
+  // The snapshot's entry (JobBytes), or for a waiting job a new one with its `wait`.
+  static std::shared_ptr<const std::string> EntryOf(const Snapshot& snapshot, const std::optional<WaitInfo>& wait);
   absl::flat_hash_map<std::string, Snapshot> snapshots_ ABSL_GUARDED_BY(snapshot_mutex_);
   // The same snapshots newest first (by submission order), for ListJobs' pages.
   std::map<int64_t, Snapshot, std::greater<>> by_order_ ABSL_GUARDED_BY(snapshot_mutex_);

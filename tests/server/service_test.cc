@@ -10,12 +10,14 @@
 #include <thread>
 
 #include <gmock/gmock.h>
+#include <google/protobuf/util/message_differencer.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
+#include "server/common/mutex.h"
 #include "server/common/util.h"
 #include "tests/server/service_test_util.h"
 #include "tests/server/watch_contract.h"
@@ -597,30 +599,77 @@ TEST(Service, UploadFinetuneFromItAndDownloadResumably) {
   EXPECT_EQ(test->stub->SubmitJob(&context, request, &response).error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
+// `method` called with `request_bytes` as they are (no message type): its status, and its reply's bytes.
+grpc::Status CallRaw(int port, const std::string& method, const std::string& request_bytes, std::string* reply_bytes) {
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials());
+  grpc::GenericStub generic(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  Notification done;
+  grpc::Status status;
+  grpc::Slice slice(request_bytes);
+  grpc::ByteBuffer request(&slice, 1);
+  grpc::ByteBuffer reply;
+  generic.UnaryCall(&context, method, grpc::StubOptions(), &request, &reply, [&](grpc::Status s) {
+    status = std::move(s);
+    done.Notify();
+  });
+  done.WaitForNotification();
+  reply_bytes->clear();
+  std::vector<grpc::Slice> slices;
+  if (status.ok() && reply.Dump(&slices).ok()) {
+    for (const grpc::Slice& s : slices) reply_bytes->append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  return status;
+}
+
 TEST(Service, HealthCheckSaysServing) {
   auto test = TestServer::Start();
   ASSERT_NE(test, nullptr);
-  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", test->server->port()), grpc::InsecureChannelCredentials());
-  grpc::ByteBuffer reply;
   // grpc.health.v1.Health/Check with an empty request: SERVING (field 1 = 1).
-  grpc::GenericStub generic(channel);
-  grpc::ClientContext context;
-  std::atomic<bool> done{false};
-  grpc::Status status;
-  grpc::Slice empty;
-  grpc::ByteBuffer request(&empty, 1);
-  generic.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &reply,
-                    [&](grpc::Status s) {
-                      status = s;
-                      done = true;
-                    });
-  while (!done) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  ASSERT_TRUE(status.ok()) << status.error_message();
-  std::vector<grpc::Slice> slices;
-  ASSERT_TRUE(reply.Dump(&slices).ok());
   std::string bytes;
-  for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  const grpc::Status status = CallRaw(test->server->port(), "/grpc.health.v1.Health/Check", "", &bytes);
+  ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(bytes, std::string("\x08\x01", 2));
+}
+
+// GetJob and ListJobs are raw methods (they send the snapshots' bytes): they parse the request
+// themselves, refuse bytes that are no message, answer an unknown job NOT_FOUND, and what they send
+// parses as the typed response with the job the store holds.
+TEST(Service, RawReadsParseTheirRequestsAndSendWhatTheTypedResponseReads) {
+  auto test = TestServer::Start();
+  ASSERT_NE(test, nullptr);
+  const int port = test->server->port();
+  const std::string garbage("\xff\xff\xff\xff", 4);  // a field tag that never ends
+  std::string bytes;
+  for (const char* method : {"/xtrain.v1.TrainingService/GetJob", "/xtrain.v1.TrainingService/ListJobs"}) {
+    const grpc::Status status = CallRaw(port, method, garbage, &bytes);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+    EXPECT_THAT(status.error_message(), HasSubstr("does not parse")) << method;
+  }
+  v1::GetJobRequest unknown;
+  unknown.set_job_id("job-does-not-exist");
+  const grpc::Status missing = CallRaw(port, "/xtrain.v1.TrainingService/GetJob", unknown.SerializeAsString(), &bytes);
+  EXPECT_EQ(missing.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(missing.error_message(), HasSubstr("job-does-not-exist"));
+
+  const std::string id = Submit(*test->stub, TinyJob(2)).job().id();
+  const v1::Job done = WaitForEnd(*test->stub, id);
+  v1::GetJobRequest get;
+  get.set_job_id(id);
+  ASSERT_TRUE(CallRaw(port, "/xtrain.v1.TrainingService/GetJob", get.SerializeAsString(), &bytes).ok());
+  v1::GetJobResponse got;
+  ASSERT_TRUE(got.ParseFromString(bytes));
+  using google::protobuf::util::MessageDifferencer;
+  EXPECT_TRUE(MessageDifferencer::Equals(got.job(), done)) << got.job().DebugString();  // the snapshot, whole
+  v1::ListJobsRequest list;
+  list.set_page_size(1);
+  ASSERT_TRUE(CallRaw(port, "/xtrain.v1.TrainingService/ListJobs", list.SerializeAsString(), &bytes).ok());
+  v1::ListJobsResponse listed;
+  ASSERT_TRUE(listed.ParseFromString(bytes));
+  ASSERT_EQ(listed.jobs_size(), 1);
+  EXPECT_TRUE(MessageDifferencer::Equals(listed.jobs(0), done)) << listed.jobs(0).DebugString();
+  EXPECT_TRUE(listed.next_page_token().empty());  // one job: one page
 }
 
 }  // namespace
