@@ -71,6 +71,7 @@ struct Options {
   std::string json;
   std::string markdown;
   std::string data_root;
+  std::vector<std::string> server_args;  // more xtrain-server flags (--server-arg, each one word)
   bool help = false;
 };
 
@@ -123,13 +124,16 @@ Flags:
   --figures LIST      only these figures, comma-separated: get_job, list_jobs, plan_job,
                       submit_to_first_step, watch_job (default: all; for profiling one of them)
   --watchers LIST     watch_job's watcher counts, comma-separated (default: 1000,10000; --quick 300,1000)
+  --server-arg ARG    one more word on xtrain-server's command line (repeat it: --server-arg
+                      --watch-step-rate --server-arg 0); rows record them
 )";
 }
 
 absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   absl::StatusOr<std::vector<Flag>> flags =
-      SplitFlags(args, {"--quick", "--help", "-h"}, {"--server-bin", "--worker-bin", "--json", "--markdown", "--data-root", "--figures", "--watchers"},
+      SplitFlags(args, {"--quick", "--help", "-h"}, {"--server-bin", "--worker-bin", "--json", "--markdown", "--data-root", "--figures", "--watchers",
+                  "--server-arg"},
                  "service");
   if (!flags.ok()) return flags.status();
   Options options;
@@ -141,6 +145,7 @@ absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
     if (flag.name == "--json") options.json = flag.value;
     if (flag.name == "--markdown") options.markdown = flag.value;
     if (flag.name == "--data-root") options.data_root = flag.value;
+    if (flag.name == "--server-arg") options.server_args.push_back(flag.value);
     if (flag.name == "--figures") {
       for (absl::string_view name : absl::StrSplit(flag.value, ',', absl::SkipEmpty())) {
         if (!kFigures.contains(name)) {
@@ -248,6 +253,7 @@ class ServerProcess {
                                      "--data-dir", absl::StrCat(dir, "/server"), "--data-root", data_root,
                                      "--worker", options.worker_bin, "--device", "cpu:slots=1",
                                      "--threads-per-job", "1", "--grace-seconds", "5", "--log-level", "warn"};
+    args.insert(args.end(), options.server_args.begin(), options.server_args.end());
     std::vector<char*> argv;
     for (std::string& arg : args) argv.push_back(arg.data());
     argv.push_back(nullptr);
@@ -444,6 +450,33 @@ double OwnCpuSeconds() {
   return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
+// The machine's CPU time from /proc/stat's first line, in clock ticks: all of it, and what the
+// hypervisor gave to other guests (steal) while this one's cores were ready to run.
+struct MachineTicks {
+  double total = 0;
+  double steal = 0;
+};
+MachineTicks ReadMachineTicks() {
+  std::ifstream in("/proc/stat");
+  std::string cpu;
+  in >> cpu;
+  MachineTicks ticks;
+  double value = 0;
+  for (int field = 0; field < 10 && in >> value; ++field) {
+    // user nice system idle iowait irq softirq steal guest guest_nice: guest time is in user already.
+    if (field < 8) ticks.total += value;
+    if (field == 7) ticks.steal = value;
+  }
+  return ticks;
+}
+// The share of the machine's CPU time stolen since `start`: a figure run while it is high measures the
+// neighbours as much as the service.
+double StealSince(const MachineTicks& start) {
+  const MachineTicks end = ReadMachineTicks();
+  const double total = end.total - start.total;
+  return total > 0 ? (end.steal - start.steal) / total : 0.0;
+}
+
 double MillisSince(SteadyClock::time_point start) {
   return std::chrono::duration<double, std::milli>(SteadyClock::now() - start).count();
 }
@@ -508,6 +541,7 @@ class Report {
         .Int("client_threads", client_threads)
         .Number("loadavg_1m", load[0])
         .Bool("quick", options_.quick)
+        .String("server_args", absl::StrJoin(options_.server_args, " "))
         .String("date", Now("%Y-%m-%dT%H:%M:%S"));
     if (json_) {
       json_ << row.Text() << "\n";
@@ -747,7 +781,9 @@ absl::Status UnaryFigures(Report& report, const Sizes& sizes, const ServerProces
       const int calls = std::max(kind.min, kind.total / clients);
       std::fprintf(stderr, "%s: %d clients x %d calls\n", kind.name, clients, calls);
       absl::StatusOr<double> cpu_before = server.CpuSeconds();
+      const MachineTicks ticks = ReadMachineTicks();
       absl::StatusOr<UnaryRun> run = kind.run(clients, calls);
+      const double steal = StealSince(ticks);
       absl::StatusOr<double> cpu_after = server.CpuSeconds();
       if (!run.ok()) return absl::Status(run.status().code(), absl::StrCat(kind.name, ": ", run.status().message()));
       if (!cpu_before.ok()) return cpu_before.status();
@@ -764,7 +800,8 @@ absl::Status UnaryFigures(Report& report, const Sizes& sizes, const ServerProces
           .Number("client_cpu_ms_per_call", client_cpu_ms)
           .Number("server_cpu_cores", (*cpu_after - *cpu_before) / run->wall_s)
           .Number("client_cpu_cores", run->client_cpu_s / run->wall_s)
-          .Int("store_jobs", sizes.store_jobs);
+          .Int("store_jobs", sizes.store_jobs)
+          .Number("steal_fraction", steal);
       std::string goal;
       if (std::string(kind.name) == "get_job" && clients == 64) {
         const bool met = s.p99 < 5.0;
@@ -774,8 +811,8 @@ absl::Status UnaryFigures(Report& report, const Sizes& sizes, const ServerProces
       report.Add(row, 0,
                  {kind.name, absl::StrCat(clients, clients == 1 ? " client" : " clients"), absl::StrCat(s.samples),
                   Ms(s.p50), Ms(s.p99),
-                  absl::StrFormat("%s; %.0f calls/s; CPU a call: server %.3f ms, clients %.3f ms", kind.what, qps,
-                                  server_cpu_ms, client_cpu_ms),
+                  absl::StrFormat("%s; %.0f calls/s; CPU a call: server %.3f ms, clients %.3f ms; %.0f%% stolen", kind.what,
+                                  qps, server_cpu_ms, client_cpu_ms, 100 * steal),
                   goal});
     }
   }
@@ -931,6 +968,8 @@ absl::Status SubmitFigures(Report& report, const Sizes& sizes, const std::string
 
 struct WatchShared {
   std::atomic<int64_t> receiving{0};                // watchers that got at least one event
+  std::atomic<int64_t> caught_up_through{INT64_MAX};  // a watcher that got this sequence has replayed its backlog
+  std::atomic<int64_t> caught_up{0};                  // watchers that have
   std::atomic<int64_t> window_start_ns{INT64_MAX};  // lag is recorded for events received in the window
   std::atomic<int64_t> window_end_ns{INT64_MAX};
   std::atomic<int64_t> done{0};                     // streams ended
@@ -1000,6 +1039,10 @@ class WatchStream {
       receiving_ = true;
       ++shared_.receiving;
     }
+    if (!caught_up_ && response_.event().sequence() >= shared_.caught_up_through.load(std::memory_order_relaxed)) {
+      caught_up_ = true;
+      ++shared_.caught_up;
+    }
     ++lane_.events;
     lane_.coalesced += response_.coalesced();
     const google::protobuf::Timestamp& time = response_.event().time();
@@ -1017,6 +1060,7 @@ class WatchStream {
   v1::WatchJobResponse response_;
   grpc::Status status_;
   bool receiving_ = false;
+  bool caught_up_ = false;
 };
 
 absl::StatusOr<v1::Job> GetJob(v1::TrainingService::Stub& stub, const std::string& id) {
@@ -1073,18 +1117,35 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
   const int64_t receiving = shared.receiving.load();
   absl::StatusOr<int64_t> rss_connected = server.Rss();
 
-  // Let the connecting burst pass, then the measured window: the lag of every event a watcher receives
-  // inside it (by receipt time, so a watcher that stays behind still counts).
+  // Each watcher asked for the events since the bench read the job, seconds before the last one
+  // connected: that backlog is replayed whole (never coalesced), so wait until every watcher has had an
+  // event published after all connected, then 1 s more; then the measured window: the lag of every event
+  // a watcher receives inside it (by receipt time, so a watcher that stays behind still counts).
+  const auto catch_up_start = SteadyClock::now();
+  absl::StatusOr<v1::Job> connected_job = GetJob(*control, job_id);
+  if (!connected_job.ok()) return connected_job.status();
+  shared.caught_up_through = connected_job->last_sequence() + 1;
+  const auto catch_up_deadline = catch_up_start + std::chrono::seconds(120);
+  while (shared.caught_up.load() < receiving && shared.done.load() == 0 && SteadyClock::now() < catch_up_deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  const double catch_up_s = MillisSince(catch_up_start) / 1000;
+  if (shared.caught_up.load() < receiving) {
+    return absl::DeadlineExceededError(absl::StrCat(receiving - shared.caught_up.load(), " of ", receiving,
+                                                    " watchers did not replay their backlog within 120 s"));
+  }
   std::this_thread::sleep_for(std::chrono::seconds(1));
   absl::StatusOr<v1::Job> at_start = GetJob(*control, job_id);
   absl::StatusOr<double> server_cpu_start = server.CpuSeconds();
   const auto threads_start = server.ThreadCpuSeconds();
   const double client_cpu_start = OwnCpuSeconds();
+  const MachineTicks window_ticks = ReadMachineTicks();
   const auto window_start = SteadyClock::now();
   shared.window_start_ns = SystemNanos();
   std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int64_t>(sizes.watch_window_s * 1000)));
   shared.window_end_ns = SystemNanos();
   const double window_s = MillisSince(window_start) / 1000;
+  const double steal = StealSince(window_ticks);
   absl::StatusOr<double> server_cpu_end = server.CpuSeconds();
   // The server's busiest thread in the window (one thread near 1.0 is a serial bottleneck).
   std::string busiest_thread;
@@ -1170,6 +1231,7 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
       .Number("delivered_fraction", delivered)
       .Int("events_coalesced", coalesced)
       .Number("connect_s", connect_s)
+      .Number("catch_up_s", catch_up_s)
       .Number("server_cpu_cores", server_cpu)
       .Number("client_cpu_cores", client_cpu)
       .Number("server_cpu_us_per_event", server_us)
@@ -1181,7 +1243,8 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
       .Int("rss_before_bytes", *rss_before)
       .Int("rss_connected_bytes", *rss_connected)
       .Int("rss_window_bytes", *rss_window)
-      .Number("memory_per_watcher_bytes", per_watcher);
+      .Number("memory_per_watcher_bytes", per_watcher)
+      .Number("steal_fraction", steal);
   if (fake) row.Int("fake_step_ms", sizes.watch_step_ms);
   std::string goal;
   if (watchers == 10000) {
@@ -1196,12 +1259,12 @@ absl::Status WatchFigure(Report& report, const Sizes& sizes, const ServerProcess
              {"watch_job (delivery lag)", absl::StrCat(watchers, " watchers"), absl::StrCat(s.samples), Ms(s.p50),
               Ms(s.p99),
               absl::StrFormat("%.1f KB server RSS per watcher; %d events in %.0f s, %.0f%% delivered (rest coalesced); "
-                              "connected in %.1f s; CPU cores busy: server %.2f (its busiest thread %.2f), clients %.2f; "
+                              "connected in %.1f s, backlogs replayed %.1f s later; CPU cores busy: server %.2f (its busiest thread %.2f), clients %.2f; "
                               "CPU an event delivered: server %.1f us, clients %.1f us (every event to every "
-                              "watcher would take %.2f and %.2f cores)",
-                              per_watcher / 1000, published, sizes.watch_window_s, 100 * delivered, connect_s,
+                              "watcher would take %.2f and %.2f cores); %.0f%% stolen",
+                              per_watcher / 1000, published, sizes.watch_window_s, 100 * delivered, connect_s, catch_up_s,
                               server_cpu, busiest_cpu / window_s, client_cpu, server_us, client_us,
-                              server_us * demand / 1e6, client_us * demand / 1e6),
+                              server_us * demand / 1e6, client_us * demand / 1e6, 100 * steal),
               goal});
   return absl::OkStatus();
 }
@@ -1275,8 +1338,15 @@ absl::Status Run(const Options& options) {
   report.Note("Clients, server and workers share the machine's cores: what the clients spend is CPU the server "
               "does not get. Each row gives both sides' CPU per call or per delivered event (this process for the "
               "clients, /proc for the server). The unary clients are closed loops on gRPC's callback API (each its "
-              "own channel, the next call issued from the previous one's callback: no thread per client); the "
-              "watchers are streams of gRPC's asynchronous API, one completion queue and one thread per 500.");
+              "own channel, with gRPC's retries off, the next call issued from the previous one's callback: no "
+              "thread per client); the watchers are streams of gRPC's asynchronous API, one completion queue and "
+              "one thread per 500.");
+  report.Note("Stolen: the share of the machine's CPU time the hypervisor gave other guests during the figure "
+              "(/proc/stat's steal); a figure with much stolen measured the neighbours too.");
+  report.Note("The server paces live steps (--watch-step-rate, default 10,000 a second over all watchers, unless "
+              "the rows' server_args say otherwise): at 10,000 watchers each gets the newest step about once a "
+              "second, the rest coalesced. The lag is measured once every watcher has replayed the backlog it "
+              "asked for (the events since the bench read the job, before the last watcher connected).");
   report.Note("Closed-loop clients wait for one another: at 64 clients a call's latency is about 64 / (calls per "
               "second), so the 64-client rows measure the throughput the server gets out of the cores it shares.");
   report.Note("Lag: the client's receipt time minus the event's `time` (set when the server appends the event, "

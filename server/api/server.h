@@ -36,9 +36,9 @@ struct ServerOptions {
   std::string port_file;                     // if set, the bound port is written here once serving
   int watch_coalesce_events = 16;            // WatchHubOptions::coalesce_lag
   double watch_coalesce_ms = 50;             // WatchHubOptions::coalesce_age; 0: off
-  // WatchHubOptions::step_rate; 0: no limit. The default keeps the fan-out within about a third of
-  // the 2-core machine it was measured on (docs/service.md).
-  double watch_step_rate = 20000;
+  // WatchHubOptions::step_rate; 0: no limit. The default kept the fan-out to half a core of the 2-core
+  // machine it was measured on, with 10,000 watchers each getting a step a second (docs/service.md).
+  double watch_step_rate = 10000;
 };
 
 // One xtrain-server: the store, the supervisor and scheduler on their own Asio thread, the watch hub and

@@ -185,7 +185,7 @@ Flags (also XTRAIN_<NAME> variables, and keys of a YAML file given with --config
   --watch-coalesce-ms MS      a watcher whose next step is older than MS skips to the newest step
                               (default 50; 0 turns this rule off). State changes, plans, checkpoints
                               and the final event are never skipped.
-  --watch-step-rate N         live step events sent per second over all watchers (default 20000; 0:
+  --watch-step-rate N         live step events sent per second over all watchers (default 10000; 0:
                               no limit): with more watchers, each gets the newest step less often
   --log-level LEVEL           trace, debug, info (default), warn, error
   --config FILE               a YAML file of the settings above (keys like data_dir, devices: [...])

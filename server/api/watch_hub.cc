@@ -58,6 +58,7 @@ struct WatchHub::JobLog {
   // Held back by step_rate with steps unsent: Publish and the tick wake those whose turn has come,
   // and a publish of any other event wakes them all.
   std::vector<Watcher*> held ABSL_GUARDED_BY(mutex);
+  std::chrono::steady_clock::time_point last_publish ABSL_GUARDED_BY(mutex);  // when events were last appended
 
   // Returns false for a repeat (an event both loaded from the store and published).
   bool Append(const v1::JobEvent& event, grpc::Slice response, std::chrono::steady_clock::time_point now)
@@ -321,6 +322,7 @@ void WatchHub::Publish(const v1::Job& job, const std::vector<v1::JobEvent>& even
       other |= added && !events[i].has_step();
     }
     if (appended) {
+      log->last_publish = now;
       wake.watchers.swap(log->idle);
       for (Watcher* watcher : wake.watchers) watcher->TakeIdleLocked();
       Watcher::TakeHeldLocked(*log, now, other, wake.watchers);
@@ -464,7 +466,12 @@ void WatchHub::WakeHeld() {
     Wake wake{log, {}};
     {
       MutexLock lock(&log->mutex);
-      Watcher::TakeHeldLocked(*log, std::chrono::steady_clock::now(), /*all=*/false, wake.watchers);
+      // While a job publishes, its publishes wake the held watchers whose turn has come, so that the
+      // writes of many watchers go out together (the transport packs each connection's into one
+      // send); the tick serves a job that has gone quiet.
+      const auto now = std::chrono::steady_clock::now();
+      if (now - log->last_publish < options_.tick) continue;
+      Watcher::TakeHeldLocked(*log, now, /*all=*/false, wake.watchers);
     }
     if (!wake.watchers.empty()) WakeAll(wake);
   }

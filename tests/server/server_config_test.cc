@@ -67,7 +67,7 @@ TEST(ServerConfig, DefaultsRunOnOneMachine) {
   EXPECT_TRUE(o.devices.empty());  // the server adds one cpu device
   EXPECT_EQ(o.watch_coalesce_events, 16);
   EXPECT_EQ(o.watch_coalesce_ms, 50);
-  EXPECT_EQ(o.watch_step_rate, 20000);
+  EXPECT_EQ(o.watch_step_rate, 10000);
   EXPECT_EQ(command->log_level, "info");
   EXPECT_FALSE(command->help);
 }
