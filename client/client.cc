@@ -9,6 +9,8 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <optional>
 #include <thread>
 #include <utility>
@@ -132,6 +134,36 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
 }
 
+namespace {
+
+// Plaintext, or TLS from `options` (the PEM files read now: a missing one is an error here, not on the
+// first call).
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentialsFor(const ClientOptions& options) {
+  if (!options.tls && options.tls_ca_file.empty() && options.tls_cert_file.empty() && options.tls_key_file.empty()) {
+    return grpc::InsecureChannelCredentials();
+  }
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("a client certificate needs both --tls-cert and --tls-key");
+  }
+  auto read = [](const char* flag, const std::string& path, std::string* pem) -> absl::Status {
+    if (path.empty()) return absl::OkStatus();
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return absl::NotFoundError(absl::StrCat(flag, ": cannot read ", path));
+    pem->assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    if (pem->find("-----BEGIN ") == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(flag, ": ", path, " is not PEM (no -----BEGIN line)"));
+    }
+    return absl::OkStatus();
+  };
+  grpc::SslCredentialsOptions ssl;
+  if (absl::Status s = read("--tls-ca", options.tls_ca_file, &ssl.pem_root_certs); !s.ok()) return s;
+  if (absl::Status s = read("--tls-cert", options.tls_cert_file, &ssl.pem_cert_chain); !s.ok()) return s;
+  if (absl::Status s = read("--tls-key", options.tls_key_file, &ssl.pem_private_key); !s.ok()) return s;
+  return grpc::SslCredentials(ssl);
+}
+
+}  // namespace
+
 Client::Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options)
     : channel_(std::move(channel)), stub_(v1::TrainingService::NewStub(channel_)), options_(std::move(options)) {}
 
@@ -142,6 +174,15 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& targe
   if (options.token.empty()) {
     if (const char* token = std::getenv("XTRAIN_TOKEN"); token != nullptr) options.token = token;
   }
+  auto from_env = [](std::string& field, const char* name) {
+    if (!field.empty()) return;
+    if (const char* value = std::getenv(name); value != nullptr) field = value;
+  };
+  from_env(options.tls_ca_file, "XTRAIN_TLS_CA");
+  from_env(options.tls_cert_file, "XTRAIN_TLS_CERT");
+  from_env(options.tls_key_file, "XTRAIN_TLS_KEY");
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials = ChannelCredentialsFor(options);
+  if (!credentials.ok()) return credentials.status();
   if (options.unary_attempts < 1) options.unary_attempts = 1;
   if (options.chunk_bytes < 1) return absl::InvalidArgumentError("ClientOptions::chunk_bytes must be positive");
   grpc::ChannelArguments args;
@@ -153,7 +194,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& targe
   // A page of jobs with their plans may pass gRPC's 4 MiB default.
   args.SetMaxReceiveMessageSize(64 << 20);
   std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+      grpc::CreateCustomChannel(target, *credentials, args);
   return std::unique_ptr<Client>(new Client(std::move(channel), std::move(options)));
 }
 

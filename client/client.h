@@ -20,6 +20,13 @@ namespace xtrain::client {
 struct ClientOptions {
   // Sent as `authorization: Bearer <token>` on every call; empty: XTRAIN_TOKEN, if set.
   std::string token;
+  // TLS: the CA certificates (PEM) the server's certificate must chain to; with a client certificate
+  // and key (PEM) for a server that requires them. Any of them set (here or as XTRAIN_TLS_CA,
+  // XTRAIN_TLS_CERT, XTRAIN_TLS_KEY) or `tls` turns TLS on; no CA file: the system's roots.
+  bool tls = false;
+  std::string tls_ca_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
   // Deadline of GetJob, ListJobs and CancelJob.
   absl::Duration timeout = absl::Seconds(60);
   // Deadline of PlanJob and SubmitJob, which wait for a planning worker.

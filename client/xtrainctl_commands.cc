@@ -27,7 +27,8 @@ struct FlagInfo {
 
 // Flags every subcommand takes.
 const FlagInfo kGlobalFlags[] = {{"server", true},  {"token", true},        {"output", true},
-                                 {"timeout", true}, {"reconnect-timeout", true}, {"help", false}};
+                                 {"timeout", true}, {"reconnect-timeout", true}, {"help", false},
+                                 {"tls-ca", true},  {"tls-cert", true},     {"tls-key", true}};
 // The spec's common fields (plan, submit), applied in this order.
 const FlagInfo kSpecFlags[] = {{"file", true},         {"name", true},      {"model", true},    {"dataset-kind", true},
                                {"dataset-path", true}, {"batch-size", true}, {"epochs", true},   {"max-steps", true},
@@ -129,6 +130,9 @@ class Session {
   absl::Status Connect() {
     ClientOptions options;
     options.token = line_.Get("token");
+    options.tls_ca_file = line_.Get("tls-ca");
+    options.tls_cert_file = line_.Get("tls-cert");
+    options.tls_key_file = line_.Get("tls-key");
     if (line_.Has("timeout")) {
       absl::StatusOr<double> seconds = Seconds(line_, "timeout");
       if (!seconds.ok()) return seconds.status();
@@ -570,6 +574,9 @@ xtrain.v1.JobSpec (examples/jobs/*.yaml). Flags set the common fields over the f
 Every command:
   --server HOST:PORT       the server (default: XTRAIN_SERVER, else localhost:50051)
   --token TOKEN            sent as a bearer token (default: XTRAIN_TOKEN)
+  --tls-ca FILE            speak TLS, trusting this CA's certificates (PEM; default: XTRAIN_TLS_CA)
+  --tls-cert, --tls-key F  a client certificate and its key (PEM) for a server that requires one
+                           (default: XTRAIN_TLS_CERT, XTRAIN_TLS_KEY)
   -o, --output text|json   human text (default) or the proto's JSON mapping (watch: one object per event)
   --timeout SECONDS        deadline of each call (default 60; plan and submit 600)
   --reconnect-timeout S    watch and download give up after S seconds without the server (default 120)

@@ -17,6 +17,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libboost-dev libsqlite3-dev libspdlog-dev libyaml-cpp-dev libssl-dev
   python3-grpcio python3-protobuf   # the Python client, generated from the same proto
+  openssl                 # the TLS tests make their certificates with the openssl command
 )
 
 missing=()

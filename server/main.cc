@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
@@ -40,7 +41,15 @@ int main(int argc, char** argv) {
     return 1;
   }
   int signal = 0;
-  sigwait(&signals, &signal);
+  for (;;) {
+    sigwait(&signals, &signal);
+    if (signal != SIGHUP) break;
+    if ((*server)->options().tokens_file.empty()) {
+      spdlog::info("received SIGHUP: no tokens file to reload");
+    } else {
+      (void)(*server)->ReloadTokens();  // it logs what happened
+    }
+  }
   spdlog::info("received {}", signal == SIGTERM ? "SIGTERM" : "SIGINT");
   (*server)->Shutdown(command->options.grace_seconds);
   return 0;

@@ -7,6 +7,7 @@ ctest runs it as client.python.Client with the build's own binaries.
 """
 
 import argparse
+import hashlib
 import os
 import random
 import shutil
@@ -37,15 +38,42 @@ def tiny_job(max_steps=4, epochs=1, **labels):
     }
 
 
+# With --secure: the client's TLS files and token, which the example also gets (as XTRAIN_* variables).
+SECURE_ENV = {}
+
+
+def make_credentials(folder):
+    """A CA, a server certificate for 127.0.0.1 signed by it, and a tokens file for the token "py-token",
+    made with the openssl command; the server's flags."""
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=py-test-ca")
+    openssl("req", *key, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+    with open(os.path.join(folder, "server.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.pem", "-days", "2", "-extfile", "server.ext")
+    with open(os.path.join(folder, "tokens.txt"), "w") as f:
+        f.write(hashlib.sha256(b"py-token").hexdigest() + " py user\n")
+    SECURE_ENV.update(XTRAIN_TLS_CA=os.path.join(folder, "ca.pem"), XTRAIN_TOKEN="py-token")
+    return ["--tls-cert", os.path.join(folder, "server.pem"), "--tls-key", os.path.join(folder, "server.key"),
+            "--tokens", os.path.join(folder, "tokens.txt")]
+
+
 def setUpModule():
     global SERVER, ADDRESS, DIR
     DIR = tempfile.mkdtemp(prefix="xtrain-python-test-")
     data_root = os.path.join(DIR, "data")
     os.makedirs(data_root)
     port_file = os.path.join(DIR, "port")
+    secure_flags = make_credentials(DIR) if ARGS.secure else []
     SERVER = subprocess.Popen([ARGS.server, "--listen", "127.0.0.1:0", "--port-file", port_file,
                                "--data-dir", os.path.join(DIR, "store"), "--data-root", data_root,
-                               "--worker", ARGS.worker, "--threads-per-job", "1", "--log-level", "warn"])
+                               "--worker", ARGS.worker, "--threads-per-job", "1", "--log-level", "warn",
+                               *secure_flags])
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if SERVER.poll() is not None:
@@ -79,7 +107,10 @@ class ClientTest(unittest.TestCase):
     def setUp(self):
         from xtrain_client import XtrainClient, XtrainError  # noqa: F401
         self.Error = XtrainError
-        self.client = XtrainClient(ADDRESS, proto_path=ARGS.proto_path, timeout=60, plan_timeout=300)
+        # Over TLS with a token when --secure (the files and token as keyword arguments here; the example
+        # below gets them as XTRAIN_* variables).
+        self.client = XtrainClient(ADDRESS, proto_path=ARGS.proto_path, timeout=60, plan_timeout=300,
+                                   tls_ca=SECURE_ENV.get("XTRAIN_TLS_CA"), token=SECURE_ENV.get("XTRAIN_TOKEN"))
         self.pb = self.client.pb
 
     def tearDown(self):
@@ -199,9 +230,34 @@ class ClientTest(unittest.TestCase):
             self.assertEqual(f.read(), content)
         self.assertFalse(os.path.exists(target + ".part"))
 
+    def test_without_the_token_or_over_plaintext_is_refused(self):
+        if not ARGS.secure:
+            self.skipTest("the server runs without TLS and tokens (--secure runs it with both)")
+        from xtrain_client import XtrainClient
+        grpc = __import__("grpc")
+        saved = os.environ.pop("XTRAIN_TOKEN", None)  # no token at all
+        anonymous = XtrainClient(ADDRESS, proto_path=ARGS.proto_path, timeout=20, attempts=1,
+                                 tls_ca=SECURE_ENV["XTRAIN_TLS_CA"], token="")
+        try:
+            with self.assertRaises(self.Error) as caught:
+                anonymous.list()
+            self.assertEqual(caught.exception.code, grpc.StatusCode.UNAUTHENTICATED)
+        finally:
+            anonymous.close()
+            if saved is not None:
+                os.environ["XTRAIN_TOKEN"] = saved
+        plaintext = XtrainClient(ADDRESS, proto_path=ARGS.proto_path, timeout=20, attempts=1, token="py-token")
+        try:
+            with self.assertRaises(self.Error) as caught:
+                plaintext.list()
+            self.assertEqual(caught.exception.code, grpc.StatusCode.UNAVAILABLE)
+        finally:
+            plaintext.close()
+
     def test_example_runs_a_job_to_success(self):
         result = subprocess.run([sys.executable, os.path.join(HERE, "example.py"), "--server", ADDRESS,
-                                 "--proto-path", ARGS.proto_path], capture_output=True, text=True, timeout=300)
+                                 "--proto-path", ARGS.proto_path], capture_output=True, text=True, timeout=300,
+                                env={**os.environ, **SECURE_ENV})
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
         self.assertIn("SUCCEEDED after 6 steps", result.stdout)
 
@@ -211,5 +267,7 @@ if __name__ == "__main__":
     parser.add_argument("--server", required=True, help="the xtrain-server executable")
     parser.add_argument("--worker", required=True, help="the xtrain-worker executable")
     parser.add_argument("--proto-path", required=True, help="the build's python/ folder")
+    parser.add_argument("--secure", action="store_true",
+                        help="run the server with TLS and a tokens file, and the client with both")
     ARGS, rest = parser.parse_known_args()
     unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)

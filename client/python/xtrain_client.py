@@ -57,7 +57,10 @@ class XtrainClient:
     upload() checksums and chunks a file; download() resumes a partial file and verifies it."""
 
     def __init__(self, target=None, token=None, proto_path=None, timeout=60.0, plan_timeout=600.0,
-                 reconnect_timeout=120.0, attempts=3):
+                 reconnect_timeout=120.0, attempts=3, tls_ca=None, tls_cert=None, tls_key=None, tls=False):
+        """TLS is on with `tls` or any of the PEM files (`tls_ca`: the CA the server's certificate chains
+        to, else the system's roots; `tls_cert` and `tls_key`: a client certificate), each also from
+        XTRAIN_TLS_CA, XTRAIN_TLS_CERT and XTRAIN_TLS_KEY; the token from XTRAIN_TOKEN."""
         self.pb, pb_grpc = load_generated(proto_path)
         self.target = target or os.environ.get("XTRAIN_SERVER") or "localhost:50051"
         token = token or os.environ.get("XTRAIN_TOKEN")
@@ -68,12 +71,30 @@ class XtrainClient:
         self.attempts = max(1, attempts)
         # gRPC's own reconnection backoff (up to 120 s) would keep calls failing long after a restarted
         # server is back: cap it.
-        self._channel = grpc.insecure_channel(self.target, options=[
+        options = [
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2000),
             ("grpc.max_receive_message_length", 64 << 20),
-        ])
+        ]
+        tls_ca = tls_ca or os.environ.get("XTRAIN_TLS_CA")
+        tls_cert = tls_cert or os.environ.get("XTRAIN_TLS_CERT")
+        tls_key = tls_key or os.environ.get("XTRAIN_TLS_KEY")
+        if tls or tls_ca or tls_cert or tls_key:
+            if bool(tls_cert) != bool(tls_key):
+                raise ValueError("a client certificate needs both tls_cert and tls_key")
+
+            def pem(path):
+                if not path:
+                    return None
+                with open(path, "rb") as f:
+                    return f.read()
+
+            credentials = grpc.ssl_channel_credentials(root_certificates=pem(tls_ca), private_key=pem(tls_key),
+                                                       certificate_chain=pem(tls_cert))
+            self._channel = grpc.secure_channel(self.target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(self.target, options=options)
         self._stub = pb_grpc.TrainingServiceStub(self._channel)
 
     def close(self):

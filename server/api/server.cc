@@ -46,6 +46,44 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   return server;
 }
 
+namespace {
+
+// Insecure credentials, or TLS from the options' PEM files; an error names the file or the missing half.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ListeningCredentials(const ServerOptions& options) {
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("TLS needs both --tls-cert and --tls-key (or neither, for plaintext)");
+  }
+  if (options.tls_cert_file.empty()) {
+    if (!options.tls_client_ca_file.empty()) {
+      return absl::InvalidArgumentError("--tls-client-ca needs --tls-cert and --tls-key: client certificates are TLS");
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  auto read = [](const std::string& flag, const std::string& path) -> absl::StatusOr<std::string> {
+    absl::StatusOr<std::string> pem = ReadFile(path);
+    if (!pem.ok()) return absl::Status(pem.status().code(), absl::StrCat(flag, ": ", pem.status().message()));
+    if (pem->find("-----BEGIN ") == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(flag, ": ", path, " is not PEM (no -----BEGIN line)"));
+    }
+    return pem;
+  };
+  grpc::SslServerCredentialsOptions ssl;
+  absl::StatusOr<std::string> cert = read("--tls-cert", options.tls_cert_file);
+  if (!cert.ok()) return cert.status();
+  absl::StatusOr<std::string> key = read("--tls-key", options.tls_key_file);
+  if (!key.ok()) return key.status();
+  ssl.pem_key_cert_pairs.push_back({*key, *cert});
+  if (!options.tls_client_ca_file.empty()) {
+    absl::StatusOr<std::string> ca = read("--tls-client-ca", options.tls_client_ca_file);
+    if (!ca.ok()) return ca.status();
+    ssl.pem_root_certs = *ca;
+    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(ssl);
+}
+
+}  // namespace
+
 absl::Status Server::Initialize() {
   if (options_.devices.empty()) {
     const int cores = std::max(1u, std::thread::hardware_concurrency());
@@ -57,6 +95,11 @@ absl::Status Server::Initialize() {
     }
   }
   if (options_.worker_path.empty()) options_.worker_path = DefaultWorkerPath();
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = ListeningCredentials(options_);
+  if (!credentials.ok()) return credentials.status();
+  absl::StatusOr<std::unique_ptr<Authenticator>> auth = Authenticator::Create(options_.tokens_file, "local");
+  if (!auth.ok()) return auth.status();
+  auth_ = *std::move(auth);
   if (absl::Status s = MakeDirs(options_.data_dir); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<JobStore>> store = OpenSqliteJobStore(absl::StrCat(options_.data_dir, "/xtrain.db"));
   if (!store.ok()) return store.status();
@@ -97,11 +140,11 @@ absl::Status Server::Initialize() {
   TrainingServiceOptions serving;
   serving.data_dir = options_.data_dir;
   serving.max_upload_bytes = options_.max_upload_bytes;
-  service_ = std::make_unique<TrainingServiceImpl>(*scheduler_, *hub_, *store_, serving);
+  service_ = std::make_unique<TrainingServiceImpl>(*scheduler_, *hub_, *store_, *auth_, serving);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options_.listen, grpc::InsecureServerCredentials(), &port_);
+  builder.AddListeningPort(options_.listen, *credentials, &port_);
   builder.RegisterService(service_.get());
   builder.SetMaxReceiveMessageSize(64 << 20);
   grpc_ = builder.BuildAndStart();
@@ -115,11 +158,32 @@ absl::Status Server::Initialize() {
   for (const DeviceState& device : options_.devices) {
     spdlog::info("device {}: {} for jobs, {} slot(s)", device.name, HumanBytes(device.capacity_bytes), device.slots);
   }
-  spdlog::info("no tokens file configured: serving a single local tenant without authentication");
+  if (!options_.tls_cert_file.empty()) {
+    spdlog::info("TLS on with certificate {}{}", options_.tls_cert_file,
+                 options_.tls_client_ca_file.empty() ? "" : absl::StrCat("; client certificates signed by ",
+                                                                           options_.tls_client_ca_file, " required"));
+  } else {
+    spdlog::info("TLS off: plaintext gRPC (give --tls-cert and --tls-key to turn it on)");
+  }
+  if (auth_->enabled()) {
+    spdlog::info("authentication on: bearer tokens from {} (reloaded on SIGHUP)", auth_->path());
+  } else {
+    spdlog::info("no tokens file configured: serving a single local tenant without authentication");
+  }
   if (!options_.port_file.empty()) {
     if (absl::Status s = WriteFileAtomically(options_.port_file, absl::StrCat(port_, "\n")); !s.ok()) return s;
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<size_t> Server::ReloadTokens() {
+  absl::StatusOr<size_t> tokens = auth_->Reload();
+  if (tokens.ok()) {
+    spdlog::info("tokens reloaded from {}: {} token(s)", auth_->path(), *tokens);
+  } else {
+    spdlog::error("tokens not reloaded, the previous ones stay in force: {}", std::string(tokens.status().message()));
+  }
+  return tokens;
 }
 
 void Server::Wait() {

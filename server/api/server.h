@@ -39,6 +39,13 @@ struct ServerOptions {
   // WatchHubOptions::step_rate; 0: no limit. The default kept the fan-out to half a core of the 2-core
   // machine it was measured on, with 10,000 watchers each getting a step a second (docs/service.md).
   double watch_step_rate = 10000;
+  // Bearer tokens of the tenants (TokenTable's format); empty: no authentication, one local tenant.
+  std::string tokens_file;
+  // TLS: the server's certificate chain and key (PEM), both or neither; with `tls_client_ca` too, a
+  // client must present a certificate that CA signed.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_client_ca_file;
 };
 
 // One xtrain-server: the store, the supervisor and scheduler on their own Asio thread, the watch hub and
@@ -57,6 +64,9 @@ class Server {
   // Graceful stop within grace_seconds: running jobs checkpoint and go back to the queue.
   void Shutdown(double grace_seconds);
 
+  // Rereads the tokens file (SIGHUP); on an error the previous tokens stay in force.
+  absl::StatusOr<size_t> ReloadTokens();
+
   Scheduler& scheduler() { return *scheduler_; }
   WatchHub& hub() { return *hub_; }
   const ServerOptions& options() const { return options_; }
@@ -70,6 +80,7 @@ class Server {
   boost::asio::io_context io_;
   std::unique_ptr<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work_;
   std::thread io_thread_;
+  std::unique_ptr<Authenticator> auth_;
   std::unique_ptr<JobStore> store_;
   std::unique_ptr<Supervisor> supervisor_;
   std::unique_ptr<WatchHub> hub_;

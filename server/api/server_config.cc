@@ -25,7 +25,7 @@ const char* const kKeys[] = {"listen",          "data-dir",         "data-root",
                              "worker",          "grace-seconds",    "max-attempts",        "max-concurrent-plans",
                              "starvation-seconds", "checkpoint-seconds", "threads-per-job", "max-upload-bytes",
                              "port-file",       "log-level",        "watch-coalesce-events", "watch-coalesce-ms",
-                             "watch-step-rate"};
+                             "watch-step-rate", "tokens", "tls-cert", "tls-key", "tls-client-ca"};
 
 bool Known(const std::string& key) {
   for (const char* k : kKeys) {
@@ -187,6 +187,11 @@ Flags (also XTRAIN_<NAME> variables, and keys of a YAML file given with --config
                               and the final event are never skipped.
   --watch-step-rate N         live step events sent per second over all watchers (default 10000; 0:
                               no limit): with more watchers, each gets the newest step less often
+  --tokens FILE               bearer tokens of the tenants, one '<sha256 of the token> <tenant> <user|admin>'
+                              a line (reloaded on SIGHUP); without it: one local tenant, no authentication
+  --tls-cert FILE             the server's certificate chain (PEM): serve TLS (with --tls-key)
+  --tls-key FILE              its private key (PEM)
+  --tls-client-ca FILE        require client certificates signed by this CA (PEM)
   --log-level LEVEL           trace, debug, info (default), warn, error
   --config FILE               a YAML file of the settings above (keys like data_dir, devices: [...])
 )";
@@ -283,6 +288,14 @@ absl::StatusOr<ServerCommand> LoadServerCommand(const std::vector<std::string>& 
       if (!rate.ok()) return rate.status();
       if (*rate < 0) return absl::InvalidArgumentError(absl::StrCat(where, " is ", v, "; use 0 (no limit) or more"));
       o.watch_step_rate = *rate;
+    } else if (key == "tokens") {
+      o.tokens_file = v;
+    } else if (key == "tls-cert") {
+      o.tls_cert_file = v;
+    } else if (key == "tls-key") {
+      o.tls_key_file = v;
+    } else if (key == "tls-client-ca") {
+      o.tls_client_ca_file = v;
     } else if (key == "port-file") {
       o.port_file = v;
     } else if (key == "log-level") {

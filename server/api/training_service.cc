@@ -53,20 +53,27 @@ grpc::Slice SharedSlice(std::shared_ptr<const std::string> bytes) {
 
 }  // namespace
 
-TrainingServiceImpl::TrainingServiceImpl(Scheduler& scheduler, WatchHub& hub, JobStore& store,
+TrainingServiceImpl::TrainingServiceImpl(Scheduler& scheduler, WatchHub& hub, JobStore& store, const Authenticator& auth,
                                          TrainingServiceOptions options)
-    : scheduler_(scheduler), hub_(hub), store_(store), options_(std::move(options)) {}
+    : scheduler_(scheduler), hub_(hub), store_(store), auth_(auth), options_(std::move(options)) {}
 
-std::string TrainingServiceImpl::TenantOf(grpc::CallbackServerContext*) const { return options_.tenant; }
+absl::StatusOr<Caller> TrainingServiceImpl::CallerOf(grpc::CallbackServerContext* context) const {
+  return auth_.Authenticate(*context);
+}
 
 grpc::ServerUnaryReactor* TrainingServiceImpl::PlanJob(grpc::CallbackServerContext* context,
                                                        const v1::PlanJobRequest* request, v1::PlanJobResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<Caller> caller = CallerOf(context);
+  if (!caller.ok()) {
+    FinishWith(reactor, caller.status());
+    return reactor;
+  }
   if (absl::Status s = ValidateJobSpec(request->spec()); !s.ok()) {
     FinishWith(reactor, s);
     return reactor;
   }
-  scheduler_.Plan(TenantOf(context), request->spec(), [reactor, response](absl::StatusOr<v1::PlanJobResponse> result) {
+  scheduler_.Plan(caller->tenant, request->spec(), [reactor, response](absl::StatusOr<v1::PlanJobResponse> result) {
     if (result.ok()) *response = *std::move(result);
     FinishWith(reactor, result.status());
   });
@@ -77,6 +84,11 @@ grpc::ServerUnaryReactor* TrainingServiceImpl::SubmitJob(grpc::CallbackServerCon
                                                          const v1::SubmitJobRequest* request,
                                                          v1::SubmitJobResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<Caller> caller = CallerOf(context);
+  if (!caller.ok()) {
+    FinishWith(reactor, caller.status());
+    return reactor;
+  }
   if (absl::Status s = ValidateJobSpec(request->spec()); !s.ok()) {
     FinishWith(reactor, s);
     return reactor;
@@ -85,7 +97,7 @@ grpc::ServerUnaryReactor* TrainingServiceImpl::SubmitJob(grpc::CallbackServerCon
     FinishWith(reactor, absl::InvalidArgumentError("client_request_id is longer than 128 characters; shorten it"));
     return reactor;
   }
-  scheduler_.Submit(TenantOf(context), *request, [reactor, response](absl::StatusOr<v1::SubmitJobResponse> result) {
+  scheduler_.Submit(caller->tenant, *request, [reactor, response](absl::StatusOr<v1::SubmitJobResponse> result) {
     if (result.ok()) *response = *std::move(result);
     FinishWith(reactor, result.status());
   });
@@ -95,6 +107,11 @@ grpc::ServerUnaryReactor* TrainingServiceImpl::SubmitJob(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* TrainingServiceImpl::GetJob(grpc::CallbackServerContext* context,
                                                       const grpc::ByteBuffer* request_bytes, grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<Caller> caller = CallerOf(context);
+  if (!caller.ok()) {
+    FinishWith(reactor, caller.status());
+    return reactor;
+  }
   absl::StatusOr<v1::GetJobRequest> request = Parse<v1::GetJobRequest>(*request_bytes);
   if (!request.ok()) {
     FinishWith(reactor, request.status());
@@ -103,7 +120,7 @@ grpc::ServerUnaryReactor* TrainingServiceImpl::GetJob(grpc::CallbackServerContex
   // A GetJobResponse is its job as field 1, the very bytes of a ListJobsResponse `jobs` element.
   static_assert(static_cast<int>(v1::GetJobResponse::kJobFieldNumber) ==
                 static_cast<int>(v1::ListJobsResponse::kJobsFieldNumber));
-  absl::StatusOr<std::shared_ptr<const std::string>> entry = scheduler_.JobBytes(TenantOf(context), request->job_id());
+  absl::StatusOr<std::shared_ptr<const std::string>> entry = scheduler_.JobBytes(caller->ReadScope(), request->job_id());
   if (entry.ok()) {
     grpc::Slice slice = SharedSlice(*std::move(entry));
     *response = grpc::ByteBuffer(&slice, 1);
@@ -116,12 +133,17 @@ grpc::ServerUnaryReactor* TrainingServiceImpl::ListJobs(grpc::CallbackServerCont
                                                         const grpc::ByteBuffer* request_bytes,
                                                         grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<Caller> caller = CallerOf(context);
+  if (!caller.ok()) {
+    FinishWith(reactor, caller.status());
+    return reactor;
+  }
   absl::StatusOr<v1::ListJobsRequest> request = Parse<v1::ListJobsRequest>(*request_bytes);
   if (!request.ok()) {
     FinishWith(reactor, request.status());
     return reactor;
   }
-  absl::StatusOr<Scheduler::ListedJobs> listed = scheduler_.ListJobs(TenantOf(context), *request);
+  absl::StatusOr<Scheduler::ListedJobs> listed = scheduler_.ListJobs(caller->ReadScope(), *request);
   if (listed.ok()) {
     // The entries as they are, one slice each, then the page token: the response's bytes, uncopied.
     std::vector<grpc::Slice> slices;
@@ -138,7 +160,12 @@ grpc::ServerUnaryReactor* TrainingServiceImpl::CancelJob(grpc::CallbackServerCon
                                                          const v1::CancelJobRequest* request,
                                                          v1::CancelJobResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  scheduler_.Cancel(TenantOf(context), request->job_id(), [reactor, response](absl::StatusOr<v1::Job> job) {
+  absl::StatusOr<Caller> caller = CallerOf(context);
+  if (!caller.ok()) {
+    FinishWith(reactor, caller.status());
+    return reactor;
+  }
+  scheduler_.Cancel(caller->ReadScope(), request->job_id(), [reactor, response](absl::StatusOr<v1::Job> job) {
     if (job.ok()) *response->mutable_job() = *std::move(job);
     FinishWith(reactor, job.status());
   });
@@ -154,17 +181,26 @@ class FailedWrite : public grpc::ServerWriteReactor<Response> {
   explicit FailedWrite(const absl::Status& status) { this->Finish(ToGrpcStatus(status)); }
   void OnDone() override { delete this; }
 };
+// A client stream refused before its first message.
+template <typename Request>
+class FailedRead : public grpc::ServerReadReactor<Request> {
+ public:
+  explicit FailedRead(const absl::Status& status) { this->Finish(ToGrpcStatus(status)); }
+  void OnDone() override { delete this; }
+};
 
 }  // namespace
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* TrainingServiceImpl::WatchJob(grpc::CallbackServerContext* context,
                                                                           const grpc::ByteBuffer* request_bytes) {
+  absl::StatusOr<Caller> caller = CallerOf(context);
+  if (!caller.ok()) return new FailedWrite<grpc::ByteBuffer>(caller.status());
   v1::WatchJobRequest request;
   grpc::ByteBuffer bytes(*request_bytes);
   if (!grpc::SerializationTraits<v1::WatchJobRequest>::Deserialize(&bytes, &request).ok()) {
     return new FailedWrite<grpc::ByteBuffer>(absl::InvalidArgumentError("the WatchJobRequest does not parse"));
   }
-  absl::StatusOr<std::shared_ptr<const v1::Job>> job = scheduler_.JobSnapshot(TenantOf(context), request.job_id());
+  absl::StatusOr<std::shared_ptr<const v1::Job>> job = scheduler_.JobSnapshot(caller->ReadScope(), request.job_id());
   if (!job.ok()) return new FailedWrite<grpc::ByteBuffer>(job.status());
   if (request.from_sequence() < 0) {
     return new FailedWrite<grpc::ByteBuffer>(absl::InvalidArgumentError(
@@ -228,8 +264,11 @@ class TrainingServiceImpl::Download : public grpc::ServerWriteReactor<v1::Downlo
 
 grpc::ServerWriteReactor<v1::DownloadArtifactResponse>* TrainingServiceImpl::DownloadArtifact(
     grpc::CallbackServerContext* context, const v1::DownloadArtifactRequest* request) {
+  absl::StatusOr<Caller> caller = CallerOf(context);
+  if (!caller.ok()) return new FailedWrite<v1::DownloadArtifactResponse>(caller.status());
   absl::StatusOr<ArtifactRecord> record = store_.GetArtifact(request->artifact_id());
-  if (!record.ok() || record->tenant != TenantOf(context)) {
+  // Another tenant's artifact is NOT_FOUND like a missing one: ids tell nothing.
+  if (!record.ok() || !caller->Owns(record->tenant)) {
     return new FailedWrite<v1::DownloadArtifactResponse>(
         absl::NotFoundError(absl::StrCat("artifact '", request->artifact_id(), "' does not exist")));
   }
@@ -377,7 +416,9 @@ class TrainingServiceImpl::Upload : public grpc::ServerReadReactor<v1::UploadArt
 
 grpc::ServerReadReactor<v1::UploadArtifactRequest>* TrainingServiceImpl::UploadArtifact(
     grpc::CallbackServerContext* context, v1::UploadArtifactResponse* response) {
-  return new Upload(*this, TenantOf(context), response);
+  absl::StatusOr<Caller> caller = CallerOf(context);
+  if (!caller.ok()) return new FailedRead<v1::UploadArtifactRequest>(caller.status());
+  return new Upload(*this, caller->tenant, response);
 }
 
 }  // namespace xtrain::server

@@ -5,6 +5,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "server/api/auth.h"
 #include "server/api/watch_hub.h"
 #include "server/scheduler/scheduler.h"
 #include "server/store/job_store.h"
@@ -14,7 +15,6 @@ namespace xtrain::server {
 
 struct TrainingServiceOptions {
   std::string data_dir;                       // artifacts live in <data_dir>/artifacts/
-  std::string tenant = "local";               // the tenant of every caller (until auth is configured)
   int64_t max_upload_bytes = int64_t{2} << 30;  // UploadArtifact refuses larger uploads
   int64_t download_chunk_bytes = 1 << 20;     // DownloadArtifact message size
 };
@@ -29,7 +29,10 @@ class TrainingServiceImpl final
           xtrain::v1::TrainingService::WithRawCallbackMethod_ListJobs<xtrain::v1::TrainingService::WithRawCallbackMethod_WatchJob<
               xtrain::v1::TrainingService::CallbackService>>> {
  public:
-  TrainingServiceImpl(Scheduler& scheduler, WatchHub& hub, JobStore& store, TrainingServiceOptions options);
+  // Every call is authenticated by `auth` first (UNAUTHENTICATED before anything else is looked at); a
+  // caller reads and touches its tenant's jobs and artifacts only (another's are NOT_FOUND), an admin all.
+  TrainingServiceImpl(Scheduler& scheduler, WatchHub& hub, JobStore& store, const Authenticator& auth,
+                      TrainingServiceOptions options);
 
   grpc::ServerUnaryReactor* PlanJob(grpc::CallbackServerContext* context, const xtrain::v1::PlanJobRequest* request,
                                     xtrain::v1::PlanJobResponse* response) override;
@@ -54,12 +57,13 @@ class TrainingServiceImpl final
  private:
   class Download;
   class Upload;
-  // Who is calling (the one tenant until auth is configured).
-  std::string TenantOf(grpc::CallbackServerContext* context) const;
+  // Who is calling, or UNAUTHENTICATED.
+  absl::StatusOr<Caller> CallerOf(grpc::CallbackServerContext* context) const;
 
   Scheduler& scheduler_;
   WatchHub& hub_;
   JobStore& store_;
+  const Authenticator& auth_;
   const TrainingServiceOptions options_;
 };
 

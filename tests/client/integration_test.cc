@@ -60,8 +60,8 @@ std::string ReadFile(const std::string& path) {
 // xtrain-server as a child process with its store under `dir`.
 class ServerProcess {
  public:
-  // `port` 0: a free port, read back from --port-file.
-  ServerProcess(const std::string& dir, int port = 0) {
+  // `port` 0: a free port, read back from --port-file. `flags` go after the defaults.
+  ServerProcess(const std::string& dir, int port = 0, const std::vector<std::string>& flags = {}) {
     const std::string port_file = dir + "/port";
     std::error_code ignored;
     fs::remove(port_file, ignored);
@@ -70,6 +70,7 @@ class ServerProcess {
                                      "--port-file", port_file, "--data-dir", dir + "/store", "--data-root",
                                      dir + "/data", "--worker", XTRAIN_WORKER_PATH, "--threads-per-job", "1",
                                      "--log-level", "warn"};
+    args.insert(args.end(), flags.begin(), flags.end());
     pid_ = ::fork();
     if (pid_ == 0) {
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // a crashed test leaves no server behind (ctest waits on its pipes)
@@ -179,11 +180,71 @@ std::vector<v1::JobEvent> WatchAll(Client& client, const std::string& job_id, ab
   return events;
 }
 
-TEST(Xtrainctl, PlanSubmitWatchGetListDownloadAgainstTheServer) {
+// A CA; a server certificate for 127.0.0.1 and localhost and a client certificate, both signed by it;
+// an unrelated CA; and a tokens file with the token "it-token" for tenant it: made under `dir` with the
+// openssl command (EC P-256 keys, valid 2 days).
+struct Credentials {
+  std::string ca, server_cert, server_key, client_cert, client_key, other_ca, tokens;
+};
+Credentials MakeCredentials(const std::string& dir) {
+  const std::string script = dir + "/make-credentials.sh";
+  {
+    std::ofstream out(script);
+    out << "set -e\ncd '" << dir << "'\n"
+        << "key='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'\n"
+        << "openssl req -x509 $key -keyout ca.key -out ca.pem -days 2 -subj /CN=xtrain-test-ca\n"
+        << "openssl req -x509 $key -keyout other.key -out other.pem -days 2 -subj /CN=other-ca\n"
+        << "openssl req $key -keyout server.key -out server.csr -subj /CN=localhost\n"
+        << "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > server.ext\n"
+        << "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 "
+           "-extfile server.ext\n"
+        << "openssl req $key -keyout client.key -out client.csr -subj /CN=xtrain-test-client\n"
+        << "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2\n"
+        << "printf '%s it user\\n' \"$(printf %s it-token | openssl dgst -sha256 -r | cut -d' ' -f1)\" > tokens.txt\n";
+  }
+  EXPECT_EQ(std::system(absl::StrCat("sh '", script, "' > '", dir, "/make-credentials.log' 2>&1").c_str()), 0)
+      << ReadFile(dir + "/make-credentials.log");
+  return Credentials{dir + "/ca.pem",     dir + "/server.pem", dir + "/server.key", dir + "/client.pem",
+                     dir + "/client.key", dir + "/other.pem",  dir + "/tokens.txt"};
+}
+
+// How xtrainctl reaches the server in the end-to-end test: plaintext, or TLS with a bearer token, or
+// TLS with a client certificate (mutual TLS) and a token.
+enum class Transport { kPlaintext, kTlsWithToken, kMutualTlsWithToken };
+
+class XtrainctlOver : public ::testing::TestWithParam<Transport> {};
+
+INSTANTIATE_TEST_SUITE_P(Transports, XtrainctlOver,
+                         ::testing::Values(Transport::kPlaintext, Transport::kTlsWithToken, Transport::kMutualTlsWithToken),
+                         [](const ::testing::TestParamInfo<Transport>& info) {
+                           switch (info.param) {
+                             case Transport::kPlaintext: return std::string("Plaintext");
+                             case Transport::kTlsWithToken: return std::string("TlsWithToken");
+                             case Transport::kMutualTlsWithToken: return std::string("MutualTlsWithToken");
+                           }
+                           return std::string("Unknown");
+                         });
+
+TEST_P(XtrainctlOver, PlanSubmitWatchGetListDownloadAgainstTheServer) {
   TempDir dir;
-  ServerProcess server(dir.path());
+  std::vector<std::string> server_flags, client_flags;
+  if (GetParam() != Transport::kPlaintext) {
+    const Credentials c = MakeCredentials(dir.path());
+    server_flags = {"--tls-cert", c.server_cert, "--tls-key", c.server_key, "--tokens", c.tokens};
+    client_flags = {"--tls-ca", c.ca, "--token", "it-token"};
+    if (GetParam() == Transport::kMutualTlsWithToken) {
+      server_flags.insert(server_flags.end(), {"--tls-client-ca", c.ca});
+      client_flags.insert(client_flags.end(), {"--tls-cert", c.client_cert, "--tls-key", c.client_key});
+    }
+  }
+  ServerProcess server(dir.path(), 0, server_flags);
   ASSERT_GT(server.port(), 0);
   const std::string at = server.address();
+  // Every xtrainctl call below goes through the transport under test.
+  auto Ctl = [&client_flags](const std::string& in, std::vector<std::string> args) {
+    args.insert(args.end(), client_flags.begin(), client_flags.end());
+    return ::xtrain::client::Ctl(in, std::move(args));
+  };
 
   CtlResult plan = Ctl(dir.path(), {"plan", Tiny(), "--server", at});
   ASSERT_EQ(plan.exit_code, 0) << plan.err;
@@ -230,6 +291,54 @@ TEST(Xtrainctl, PlanSubmitWatchGetListDownloadAgainstTheServer) {
   ASSERT_EQ(download.exit_code, 0) << download.err;
   EXPECT_GT(fs::file_size(weights), 0u);
   EXPECT_FALSE(fs::exists(weights + ".part"));
+}
+
+// A server with TLS that requires client certificates refuses every client that cannot complete the
+// handshake; a client refuses TLS files that cannot work before any call.
+TEST(Tls, RefusesPlaintextUntrustedAndCertificatelessClients) {
+  TempDir dir;
+  const Credentials c = MakeCredentials(dir.path());
+  ServerProcess server(dir.path(), 0,
+                       {"--tls-cert", c.server_cert, "--tls-key", c.server_key, "--tls-client-ca", c.ca});
+  ASSERT_GT(server.port(), 0);
+  auto list = [&](ClientOptions options) -> absl::Status {
+    options.unary_attempts = 1;
+    options.timeout = absl::Seconds(20);
+    absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(server.address(), options);
+    if (!client.ok()) return client.status();
+    return (*client)->ListJobs(v1::ListJobsRequest()).status();
+  };
+  const ClientOptions plaintext;
+  EXPECT_EQ(list(plaintext).code(), absl::StatusCode::kUnavailable);
+  ClientOptions untrusted;  // a certificate the server accepts, but the server's is not trusted
+  untrusted.tls_ca_file = c.other_ca;
+  untrusted.tls_cert_file = c.client_cert;
+  untrusted.tls_key_file = c.client_key;
+  EXPECT_EQ(list(untrusted).code(), absl::StatusCode::kUnavailable);
+  ClientOptions without_certificate;
+  without_certificate.tls_ca_file = c.ca;
+  EXPECT_EQ(list(without_certificate).code(), absl::StatusCode::kUnavailable);
+  ClientOptions good = without_certificate;
+  good.tls_cert_file = c.client_cert;
+  good.tls_key_file = c.client_key;
+  const absl::Status ok = list(good);
+  EXPECT_TRUE(ok.ok()) << ok;
+
+  ClientOptions missing;
+  missing.tls_ca_file = dir.path() + "/no-such.pem";
+  const absl::Status not_found = list(missing);
+  EXPECT_EQ(not_found.code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(absl::StrContains(not_found.message(), "--tls-ca")) << not_found;
+  ClientOptions half = without_certificate;
+  half.tls_cert_file = c.client_cert;  // no key
+  EXPECT_EQ(list(half).code(), absl::StatusCode::kInvalidArgument);
+  ClientOptions not_pem;
+  not_pem.tls_ca_file = c.tokens;
+  EXPECT_EQ(list(not_pem).code(), absl::StatusCode::kInvalidArgument);
+
+  // xtrainctl speaking plaintext to it: exit code 6, unavailable.
+  const CtlResult ctl = Ctl(dir.path(), {"list", "--server", server.address()});
+  EXPECT_EQ(ctl.exit_code, 6) << ctl.err;
 }
 
 TEST(Xtrainctl, ExitCodesFromTheServer) {

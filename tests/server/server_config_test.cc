@@ -68,6 +68,7 @@ TEST(ServerConfig, DefaultsRunOnOneMachine) {
   EXPECT_EQ(o.watch_coalesce_events, 16);
   EXPECT_EQ(o.watch_coalesce_ms, 50);
   EXPECT_EQ(o.watch_step_rate, 10000);
+  EXPECT_EQ(o.tokens_file, "");  // no authentication
   EXPECT_EQ(command->log_level, "info");
   EXPECT_FALSE(command->help);
 }
@@ -86,6 +87,7 @@ TEST(ServerConfig, FlagsBeatVariablesWhichBeatTheFile) {
                                "  - cuda:1:capacity=2GiB\n");
   ScopedEnv env;
   env.Set("XTRAIN_LISTEN", "0.0.0.0:2").Set("XTRAIN_MAX_ATTEMPTS", "5").Set("XTRAIN_WATCH_COALESCE_EVENTS", "4");
+  env.Set("XTRAIN_TOKENS", "/etc/xtrain/tokens.txt");
   absl::StatusOr<ServerCommand> command = LoadServerCommand({"--config", yaml, "--listen", "127.0.0.1:0", "--log-level=warn"});
   ASSERT_TRUE(command.ok()) << command.status();
   const ServerOptions& o = command->options;
@@ -95,6 +97,7 @@ TEST(ServerConfig, FlagsBeatVariablesWhichBeatTheFile) {
   EXPECT_EQ(o.grace_seconds, 10);             // file over default
   EXPECT_EQ(o.watch_coalesce_ms, 20);
   EXPECT_EQ(o.watch_step_rate, 500);
+  EXPECT_EQ(o.tokens_file, "/etc/xtrain/tokens.txt");
   EXPECT_EQ(o.data_roots, (std::vector<std::string>{"/a", "/b"}));
   ASSERT_EQ(o.devices.size(), 2u);
   EXPECT_EQ(o.devices[0].name, "cpu");
@@ -190,7 +193,7 @@ TEST(ServerConfig, HelpListsEveryFlag) {
   for (const char* flag : {"--listen", "--data-dir", "--data-root", "--device", "--worker", "--grace-seconds",
                            "--max-attempts", "--max-concurrent-plans", "--starvation-seconds", "--checkpoint-seconds",
                            "--threads-per-job", "--max-upload-bytes", "--port-file", "--log-level", "--config",
-                           "--watch-coalesce-events", "--watch-coalesce-ms", "--watch-step-rate"}) {
+                           "--watch-coalesce-events", "--watch-coalesce-ms", "--watch-step-rate", "--tokens"}) {
     EXPECT_THAT(usage, HasSubstr(flag));
   }
 }

@@ -214,4 +214,65 @@ std::vector<pid_t> WorkerChildren() {
   return pids;
 }
 
+v1::SubmitJobResponse Submit(v1::TrainingService::Stub& stub, const v1::JobSpec& spec, const std::string& request_id) {
+  grpc::ClientContext context;
+  v1::SubmitJobRequest request;
+  *request.mutable_spec() = spec;
+  request.set_client_request_id(request_id);
+  v1::SubmitJobResponse response;
+  grpc::Status status = stub.SubmitJob(&context, request, &response);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return response;
+}
+
+grpc::Status Plan(v1::TrainingService::Stub& stub, const v1::JobSpec& spec, v1::PlanJobResponse* response) {
+  grpc::ClientContext context;
+  v1::PlanJobRequest request;
+  *request.mutable_spec() = spec;
+  return stub.PlanJob(&context, request, response);
+}
+
+grpc::Status Cancel(v1::TrainingService::Stub& stub, const std::string& id, v1::CancelJobResponse* response) {
+  grpc::ClientContext context;
+  v1::CancelJobRequest request;
+  request.set_job_id(id);
+  return stub.CancelJob(&context, request, response);
+}
+
+std::string Download(v1::TrainingService::Stub& stub, const std::string& artifact, int64_t offset, grpc::Status* status,
+                     v1::ArtifactInfo* info) {
+  grpc::ClientContext context;
+  v1::DownloadArtifactRequest request;
+  request.set_artifact_id(artifact);
+  request.set_offset(offset);
+  auto reader = stub.DownloadArtifact(&context, request);
+  std::string bytes;
+  v1::DownloadArtifactResponse response;
+  while (reader->Read(&response)) {
+    if (response.has_info() && info != nullptr) *info = response.info();
+    EXPECT_EQ(response.offset(), offset + static_cast<int64_t>(bytes.size()));
+    bytes += response.data();
+  }
+  *status = reader->Finish();
+  return bytes;
+}
+
+grpc::Status Upload(v1::TrainingService::Stub& stub, const std::string& content, const std::string& sha,
+                    int64_t declared_size, v1::UploadArtifactResponse* response) {
+  grpc::ClientContext context;
+  auto writer = stub.UploadArtifact(&context, response);
+  v1::UploadArtifactRequest header;
+  header.mutable_header()->set_name("weights.pt");
+  header.mutable_header()->set_size_bytes(declared_size);
+  header.mutable_header()->set_sha256(sha);
+  writer->Write(header);
+  for (size_t offset = 0; offset < content.size(); offset += 4096) {
+    v1::UploadArtifactRequest chunk;
+    chunk.set_data(content.substr(offset, 4096));
+    if (!writer->Write(chunk)) break;
+  }
+  writer->WritesDone();
+  return writer->Finish();
+}
+
 }  // namespace xtrain::server::testing

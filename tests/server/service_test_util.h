@@ -88,6 +88,20 @@ xtrain::v1::Job WaitFor(xtrain::v1::TrainingService::Stub& stub, const std::stri
                         const std::function<bool(const xtrain::v1::Job&)>& predicate,
                         std::chrono::seconds timeout = std::chrono::seconds(300));
 
+// One call each on `stub` (no deadline); Submit expects success.
+xtrain::v1::SubmitJobResponse Submit(xtrain::v1::TrainingService::Stub& stub, const xtrain::v1::JobSpec& spec,
+                                     const std::string& request_id = "");
+grpc::Status Plan(xtrain::v1::TrainingService::Stub& stub, const xtrain::v1::JobSpec& spec,
+                  xtrain::v1::PlanJobResponse* response);
+grpc::Status Cancel(xtrain::v1::TrainingService::Stub& stub, const std::string& id,
+                    xtrain::v1::CancelJobResponse* response);
+// An artifact's bytes from `offset` (checking each chunk's offset); `status` gets how the stream ended.
+std::string Download(xtrain::v1::TrainingService::Stub& stub, const std::string& artifact, int64_t offset,
+                     grpc::Status* status, xtrain::v1::ArtifactInfo* info = nullptr);
+// Uploads `content` as weights.pt with the header's `sha` and `declared_size`, in 4 KiB chunks.
+grpc::Status Upload(xtrain::v1::TrainingService::Stub& stub, const std::string& content, const std::string& sha,
+                    int64_t declared_size, xtrain::v1::UploadArtifactResponse* response);
+
 // Process ids of this process's xtrain-worker children (the in-process server's workers).
 std::vector<pid_t> WorkerChildren();
 
