@@ -10,6 +10,7 @@
 #include <fstream>
 #include <thread>
 
+#include <grpcpp/support/client_interceptor.h>
 #include <gtest/gtest.h>
 
 #include "absl/strings/numbers.h"
@@ -274,5 +275,44 @@ grpc::Status Upload(v1::TrainingService::Stub& stub, const std::string& content,
   writer->WritesDone();
   return writer->Finish();
 }
+
+namespace {
+
+// Adds `authorization: Bearer <token>` to every call of the channel it is built into.
+class BearerInterceptor : public grpc::experimental::Interceptor {
+ public:
+  explicit BearerInterceptor(std::string value) : value_(std::move(value)) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+      methods->GetSendInitialMetadata()->insert({"authorization", value_});
+    }
+    methods->Proceed();
+  }
+
+ private:
+  std::string value_;
+};
+class BearerFactory : public grpc::experimental::ClientInterceptorFactoryInterface {
+ public:
+  explicit BearerFactory(std::string value) : value_(std::move(value)) {}
+  grpc::experimental::Interceptor* CreateClientInterceptor(grpc::experimental::ClientRpcInfo*) override {
+    return new BearerInterceptor(value_);
+  }
+
+ private:
+  std::string value_;
+};
+
+}  // namespace
+
+// A stub whose calls carry `authorization: <value>` (no header when empty).
+std::unique_ptr<v1::TrainingService::Stub> StubWith(int port, const std::string& value) {
+  std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> factories;
+  if (!value.empty()) factories.push_back(std::make_unique<BearerFactory>(value));
+  return v1::TrainingService::NewStub(grpc::experimental::CreateCustomChannelWithInterceptors(
+      absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials(), grpc::ChannelArguments(),
+      std::move(factories)));
+}
+
 
 }  // namespace xtrain::server::testing

@@ -102,6 +102,9 @@ std::string Download(xtrain::v1::TrainingService::Stub& stub, const std::string&
 grpc::Status Upload(xtrain::v1::TrainingService::Stub& stub, const std::string& content, const std::string& sha,
                     int64_t declared_size, xtrain::v1::UploadArtifactResponse* response);
 
+// A stub on 127.0.0.1:port whose every call carries `authorization: <value>` (none when empty).
+std::unique_ptr<xtrain::v1::TrainingService::Stub> StubWith(int port, const std::string& value);
+
 // Process ids of this process's xtrain-worker children (the in-process server's workers).
 std::vector<pid_t> WorkerChildren();
 
