@@ -134,7 +134,13 @@ absl::Status Scheduler::Recover() {
     if (!entry->job.client_request_id().empty()) {
       request_ids_[{entry->job.tenant(), entry->job.client_request_id()}] = id;
     }
-    if (!Terminal(entry->job.state())) {
+    if (!Terminal(entry->job.state()) && entry->job.cancel_requested()) {
+      // The cancel was acknowledged (committed) before the server died, the job's stop not yet: it ends
+      // cancelled rather than resuming.
+      FinishJob(*entry, v1::CANCELLED,
+                absl::StrCat("cancelled at step ", entry->job.progress().step(),
+                             " (the server restarted before the worker stopped)"));
+    } else if (!Terminal(entry->job.state())) {
       absl::StatusOr<wv1::JobContext> context = Resolve(entry->job.tenant(), entry->job.spec());
       absl::StatusOr<std::string> bytes = ReadFile(absl::StrCat(JobDir(id), "/plan.pb"));
       auto plan = std::make_shared<wv1::PlanResult>();

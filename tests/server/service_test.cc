@@ -312,6 +312,49 @@ TEST(Service, ServerKilledMidJobResumesWithAnUnbrokenLog) {
   EXPECT_TRUE(resumed);
 }
 
+// A cancel the server acknowledged (committed) before it died, while the worker had not stopped yet:
+// the store holds a RUNNING job with cancel_requested. The next start ends it CANCELLED rather than
+// resuming it (found by the kill loop: such a job ran on to SUCCEEDED).
+TEST(Service, AnAcknowledgedCancelSurvivesAServerKill) {
+  TempDir dir;
+  const std::string data_dir = dir.path() + "/server";
+  {
+    ASSERT_TRUE(MakeDirs(data_dir).ok());
+    absl::StatusOr<std::unique_ptr<JobStore>> store = OpenSqliteJobStore(data_dir + "/xtrain.db");
+    ASSERT_TRUE(store.ok()) << store.status();
+    JobWrite write;
+    v1::Job& job = write.job;
+    job.set_id("job-cancelled-then-killed");
+    job.set_tenant("local");
+    *job.mutable_spec() = TinyJob(100000, 100000);
+    job.set_state(v1::RUNNING);
+    job.set_cancel_requested(true);
+    job.mutable_progress()->set_step(37);
+    job.set_last_sequence(2);
+    for (const auto& [from, to] : {std::pair{v1::JOB_STATE_UNSPECIFIED, v1::QUEUED}, std::pair{v1::QUEUED, v1::RUNNING}}) {
+      v1::JobEvent& event = write.events.emplace_back();
+      event.set_sequence(static_cast<int64_t>(write.events.size()));
+      *event.mutable_time() = NowTimestamp();
+      event.mutable_state()->set_from_state(from);
+      event.mutable_state()->set_to_state(to);
+    }
+    ASSERT_TRUE((*store)->InsertJob(write).ok());
+  }
+  ServerOptions options;
+  options.data_dir = data_dir;
+  auto test = TestServer::Start(options);
+  ASSERT_NE(test, nullptr);
+  const v1::Job job = WaitForEnd(*test->stub, "job-cancelled-then-killed", std::chrono::seconds(30));
+  EXPECT_EQ(job.state(), v1::CANCELLED);
+  grpc::Status status;
+  const std::vector<v1::WatchJobResponse> log = WatchToEnd(*test->stub, job.id(), 0, &status);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(log.size(), 3u);
+  EXPECT_EQ(log[2].event().state().from_state(), v1::RUNNING);
+  EXPECT_THAT(log[2].event().state().reason(), HasSubstr("cancelled at step 37"));
+  EXPECT_TRUE(WorkerChildren().empty());  // nothing was started for it
+}
+
 TEST(Service, SigtermCheckpointsRunningJobsWhichResumeAtTheNextStart) {
   TempDir dir;
   const std::string data_dir = absl::StrCat(dir.path(), "/server");
