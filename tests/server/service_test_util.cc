@@ -193,9 +193,9 @@ v1::Job WaitForEnd(v1::TrainingService::Stub& stub, const std::string& job_id, s
   return WaitFor(stub, job_id, Ended, timeout);
 }
 
-std::vector<pid_t> WorkerChildren() {
+std::vector<pid_t> WorkerChildren(pid_t parent_pid) {
   std::vector<pid_t> pids;
-  const pid_t self = getpid();
+  const pid_t self = parent_pid > 0 ? parent_pid : getpid();
   for (const auto& entry : fs::directory_iterator("/proc")) {
     pid_t pid = 0;
     if (!absl::SimpleAtoi(entry.path().filename().string(), &pid)) continue;

@@ -105,7 +105,8 @@ grpc::Status Upload(xtrain::v1::TrainingService::Stub& stub, const std::string& 
 // A stub on 127.0.0.1:port whose every call carries `authorization: <value>` (none when empty).
 std::unique_ptr<xtrain::v1::TrainingService::Stub> StubWith(int port, const std::string& value);
 
-// Process ids of this process's xtrain-worker children (the in-process server's workers).
-std::vector<pid_t> WorkerChildren();
+// Process ids of the xtrain-worker children of `parent_pid` (default: this process, whose in-process
+// server's workers they are).
+std::vector<pid_t> WorkerChildren(pid_t parent_pid = 0);
 
 }  // namespace xtrain::server::testing
