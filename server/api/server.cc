@@ -126,6 +126,8 @@ absl::Status Server::Initialize() {
   scheduling.starvation_seconds = options_.starvation_seconds;
   scheduling.default_checkpoint_seconds = options_.default_checkpoint_seconds;
   scheduling.threads_per_job = options_.threads_per_job;
+  scheduling.quota_queued_jobs = options_.quota_queued_jobs;
+  scheduling.quota_budget_bytes = options_.quota_budget_bytes;
   WatchHub* hub = hub_.get();
   scheduler_ = std::make_unique<Scheduler>(
       io_, *store_, *supervisor_, scheduling,
@@ -140,6 +142,9 @@ absl::Status Server::Initialize() {
   TrainingServiceOptions serving;
   serving.data_dir = options_.data_dir;
   serving.max_upload_bytes = options_.max_upload_bytes;
+  serving.quota_submits_per_minute = options_.quota_submits_per_minute;
+  serving.quota_watchers = options_.quota_watchers;
+  serving.quota_artifact_bytes = options_.quota_artifact_bytes;
   service_ = std::make_unique<TrainingServiceImpl>(*scheduler_, *hub_, *store_, *auth_, serving);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -46,6 +46,12 @@ struct ServerOptions {
   std::string tls_cert_file;
   std::string tls_key_file;
   std::string tls_client_ca_file;
+  // Per-tenant quotas, 0: no limit (SchedulerOptions and TrainingServiceOptions say what each counts).
+  int quota_queued_jobs = 0;
+  int64_t quota_budget_bytes = 0;
+  double quota_submits_per_minute = 0;
+  int quota_watchers = 0;
+  int64_t quota_artifact_bytes = 0;
 };
 
 // One xtrain-server: the store, the supervisor and scheduler on their own Asio thread, the watch hub and

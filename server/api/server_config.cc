@@ -25,7 +25,9 @@ const char* const kKeys[] = {"listen",          "data-dir",         "data-root",
                              "worker",          "grace-seconds",    "max-attempts",        "max-concurrent-plans",
                              "starvation-seconds", "checkpoint-seconds", "threads-per-job", "max-upload-bytes",
                              "port-file",       "log-level",        "watch-coalesce-events", "watch-coalesce-ms",
-                             "watch-step-rate", "tokens", "tls-cert", "tls-key", "tls-client-ca"};
+                             "watch-step-rate", "tokens", "tls-cert", "tls-key", "tls-client-ca",
+                             "quota-queued-jobs", "quota-budget-bytes", "quota-submits-per-minute",
+                             "quota-watchers", "quota-artifact-bytes"};
 
 bool Known(const std::string& key) {
   for (const char* k : kKeys) {
@@ -189,6 +191,11 @@ Flags (also XTRAIN_<NAME> variables, and keys of a YAML file given with --config
                               no limit): with more watchers, each gets the newest step less often
   --tokens FILE               bearer tokens of the tenants, one '<sha256 of the token> <tenant> <user|admin>'
                               a line (reloaded on SIGHUP); without it: one local tenant, no authentication
+  --quota-queued-jobs N       per tenant: queued jobs at most (default 0: no limit)
+  --quota-budget-bytes SIZE   per tenant: memory budgets of its queued and running jobs together
+  --quota-submits-per-minute N  per tenant: SubmitJob calls a minute (bursts up to N)
+  --quota-watchers N          per tenant: open WatchJob streams
+  --quota-artifact-bytes SIZE per tenant: bytes of uploads, weights and checkpoints held
   --tls-cert FILE             the server's certificate chain (PEM): serve TLS (with --tls-key)
   --tls-key FILE              its private key (PEM)
   --tls-client-ca FILE        require client certificates signed by this CA (PEM)
@@ -269,6 +276,22 @@ absl::StatusOr<ServerCommand> LoadServerCommand(const std::vector<std::string>& 
       if (key == "max-attempts") o.max_attempts = *n;
       if (key == "max-concurrent-plans") o.max_concurrent_plans = *n;
       if (key == "threads-per-job") o.threads_per_job = *n;
+    } else if (key == "quota-queued-jobs" || key == "quota-watchers") {
+      absl::StatusOr<int> n = ParseInt(where, v);
+      if (!n.ok()) return n.status();
+      if (*n < 0) return absl::InvalidArgumentError(absl::StrCat(where, " is ", *n, "; use 0 (no limit) or more"));
+      if (key == "quota-queued-jobs") o.quota_queued_jobs = *n;
+      if (key == "quota-watchers") o.quota_watchers = *n;
+    } else if (key == "quota-budget-bytes" || key == "quota-artifact-bytes") {
+      absl::StatusOr<int64_t> bytes = ParseBytes(v);
+      if (!bytes.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", bytes.status().message()));
+      if (key == "quota-budget-bytes") o.quota_budget_bytes = *bytes;
+      if (key == "quota-artifact-bytes") o.quota_artifact_bytes = *bytes;
+    } else if (key == "quota-submits-per-minute") {
+      absl::StatusOr<double> rate = ParseDouble(where, v);
+      if (!rate.ok()) return rate.status();
+      if (*rate < 0) return absl::InvalidArgumentError(absl::StrCat(where, " is ", v, "; use 0 (no limit) or more"));
+      o.quota_submits_per_minute = *rate;
     } else if (key == "max-upload-bytes") {
       absl::StatusOr<int64_t> bytes = ParseBytes(v);
       if (!bytes.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", bytes.status().message()));

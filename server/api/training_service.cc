@@ -61,6 +61,49 @@ absl::StatusOr<Caller> TrainingServiceImpl::CallerOf(grpc::CallbackServerContext
   return auth_.Authenticate(*context);
 }
 
+absl::Status TrainingServiceImpl::TakeSubmit(const std::string& tenant) {
+  const double rate = options_.quota_submits_per_minute;
+  if (rate <= 0) return absl::OkStatus();
+  const auto now = std::chrono::steady_clock::now();
+  MutexLock lock(&quota_mutex_);
+  // A token bucket of `rate` submits, refilled at rate a minute: bursts up to a minute's worth.
+  auto [it, fresh] = submit_buckets_.try_emplace(tenant, SubmitBucket{rate, now});
+  SubmitBucket& bucket = it->second;
+  if (!fresh) {
+    const double minutes = std::chrono::duration<double>(now - bucket.at).count() / 60;
+    bucket.tokens = std::min(rate, bucket.tokens + minutes * rate);
+    bucket.at = now;
+  }
+  if (bucket.tokens < 1) {
+    const double wait_s = (1 - bucket.tokens) * 60 / rate;
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "tenant '%s' submitted more than %g jobs in a minute, its quota (--quota-submits-per-minute); retry in %.1f s",
+        tenant, rate, wait_s));
+  }
+  bucket.tokens -= 1;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<void>> TrainingServiceImpl::LeaseWatcher(const std::string& tenant) {
+  const int quota = options_.quota_watchers;
+  if (quota <= 0) return std::shared_ptr<void>();
+  {
+    MutexLock lock(&quota_mutex_);
+    int& watching = watchers_[tenant];
+    if (watching >= quota) {
+      return absl::ResourceExhaustedError(absl::StrCat("tenant '", tenant, "' has ", watching,
+                                                       " open WatchJob streams, its quota (--quota-watchers); close one "
+                                                       "first"));
+    }
+    ++watching;
+  }
+  // Released when the stream's reactor is gone.
+  return std::shared_ptr<void>(nullptr, [this, tenant](void*) {
+    MutexLock lock(&quota_mutex_);
+    --watchers_[tenant];
+  });
+}
+
 grpc::ServerUnaryReactor* TrainingServiceImpl::PlanJob(grpc::CallbackServerContext* context,
                                                        const v1::PlanJobRequest* request, v1::PlanJobResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
@@ -90,6 +133,10 @@ grpc::ServerUnaryReactor* TrainingServiceImpl::SubmitJob(grpc::CallbackServerCon
     return reactor;
   }
   if (absl::Status s = ValidateJobSpec(request->spec()); !s.ok()) {
+    FinishWith(reactor, s);
+    return reactor;
+  }
+  if (absl::Status s = TakeSubmit(caller->tenant); !s.ok()) {
     FinishWith(reactor, s);
     return reactor;
   }
@@ -206,7 +253,9 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* TrainingServiceImpl::WatchJob(grpc::
     return new FailedWrite<grpc::ByteBuffer>(absl::InvalidArgumentError(
         absl::StrCat("from_sequence is ", request.from_sequence(), "; use 0 (the whole log) or a sequence number")));
   }
-  return hub_.Watch(request.job_id(), request.from_sequence());
+  absl::StatusOr<std::shared_ptr<void>> lease = LeaseWatcher(caller->tenant);
+  if (!lease.ok()) return new FailedWrite<grpc::ByteBuffer>(lease.status());
+  return hub_.Watch(request.job_id(), request.from_sequence(), *std::move(lease));
 }
 
 // Streams an artifact's file from an offset, one chunk in flight.
@@ -329,6 +378,15 @@ class TrainingServiceImpl::Upload : public grpc::ServerReadReactor<v1::UploadArt
         return absl::InvalidArgumentError("header.sha256 must be the 64 hex digits of the content's SHA-256");
       }
       if (header.name().size() > 256) return absl::InvalidArgumentError("header.name is longer than 256 characters");
+      if (const int64_t quota = service_.options_.quota_artifact_bytes; quota > 0) {
+        absl::StatusOr<int64_t> used = service_.store_.TenantArtifactBytes(tenant_);
+        if (!used.ok()) return used.status();
+        if (*used + header.size_bytes() > quota) {
+          return absl::ResourceExhaustedError(absl::StrCat(
+              "tenant '", tenant_, "' holds ", HumanBytes(*used), " of artifacts; ", HumanBytes(header.size_bytes()),
+              " more would pass its quota of ", HumanBytes(quota), " (--quota-artifact-bytes)"));
+        }
+      }
       header_ = header;
       if (absl::Status s = MakeDirs(absl::StrCat(service_.options_.data_dir, "/artifacts")); !s.ok()) return s;
       fd_ = ::open(temporary_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);

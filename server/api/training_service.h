@@ -1,6 +1,9 @@
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <string>
 
 #include <grpcpp/grpcpp.h>
@@ -17,6 +20,11 @@ struct TrainingServiceOptions {
   std::string data_dir;                       // artifacts live in <data_dir>/artifacts/
   int64_t max_upload_bytes = int64_t{2} << 30;  // UploadArtifact refuses larger uploads
   int64_t download_chunk_bytes = 1 << 20;     // DownloadArtifact message size
+  // Per-tenant quotas (0: no limit): SubmitJob calls a minute (a bucket that refills at that rate),
+  // open WatchJob streams, and bytes of artifacts held (checked at an upload's header).
+  double quota_submits_per_minute = 0;
+  int quota_watchers = 0;
+  int64_t quota_artifact_bytes = 0;
 };
 
 // xtrain.v1.TrainingService on gRPC's callback API (STYLE.md): handlers validate, read or hand the
@@ -59,12 +67,24 @@ class TrainingServiceImpl final
   class Upload;
   // Who is calling, or UNAUTHENTICATED.
   absl::StatusOr<Caller> CallerOf(grpc::CallbackServerContext* context) const;
+  // One submit from `tenant`'s bucket, or ResourceExhausted saying when to retry.
+  absl::Status TakeSubmit(const std::string& tenant);
+  // A hold on one of `tenant`'s watcher places until the returned lease is released (by the stream's
+  // reactor), or ResourceExhausted at its quota.
+  absl::StatusOr<std::shared_ptr<void>> LeaseWatcher(const std::string& tenant);
 
   Scheduler& scheduler_;
   WatchHub& hub_;
   JobStore& store_;
   const Authenticator& auth_;
   const TrainingServiceOptions options_;
+  struct SubmitBucket {
+    double tokens;
+    std::chrono::steady_clock::time_point at;
+  };
+  absl::Mutex quota_mutex_;
+  std::map<std::string, SubmitBucket> submit_buckets_ ABSL_GUARDED_BY(quota_mutex_);
+  std::map<std::string, int> watchers_ ABSL_GUARDED_BY(quota_mutex_);
 };
 
 }  // namespace xtrain::server

@@ -89,7 +89,8 @@ class WatchHub::Watcher : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   enum class Action { kNone, kWrite, kFinish };
 
-  Watcher(WatchHub& hub, std::shared_ptr<JobLog> log, int64_t next) : hub_(hub), log_(std::move(log)), next_(next) {}
+  Watcher(WatchHub& hub, std::shared_ptr<JobLog> log, int64_t next, std::shared_ptr<void> lease)
+      : hub_(hub), log_(std::move(log)), lease_(std::move(lease)), next_(next) {}
 
   // Decides what to do next: a write (the event is kept for Perform), the end of the stream, or
   // nothing for now (the watcher joins the idle list). The caller performs it after releasing the
@@ -252,6 +253,7 @@ class WatchHub::Watcher : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 
   WatchHub& hub_;
   std::shared_ptr<JobLog> log_;
+  std::shared_ptr<void> lease_;  // released with the watcher
   int64_t next_ ABSL_GUARDED_BY(log_->mutex);             // the sequence number to send next
   bool in_flight_ ABSL_GUARDED_BY(log_->mutex) = false;   // a write is outstanding (response_ is gRPC's)
   int64_t idle_index_ ABSL_GUARDED_BY(log_->mutex) = -1;  // its place in log_->idle or held; -1 in neither
@@ -337,7 +339,8 @@ void WatchHub::Publish(const v1::Job& job, const std::vector<v1::JobEvent>& even
   }
 }
 
-grpc::ServerWriteReactor<grpc::ByteBuffer>* WatchHub::Watch(const std::string& job_id, int64_t from_sequence) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* WatchHub::Watch(const std::string& job_id, int64_t from_sequence,
+                                                             std::shared_ptr<void> lease) {
   bool shut_down;
   {
     MutexLock lock(&mutex_);
@@ -345,7 +348,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* WatchHub::Watch(const std::string& j
   }
   std::shared_ptr<JobLog> log = shut_down ? std::make_shared<JobLog>() : LogFor(job_id);
   const int64_t next = std::max<int64_t>(1, from_sequence);
-  auto* watcher = new Watcher(*this, log, next);
+  auto* watcher = new Watcher(*this, log, next, std::move(lease));
   HandOver(watcher);  // gRPC may call OnCancel on another thread as soon as the stream exists
   ++watchers_;
   Watcher::Action action = Watcher::Action::kNone;

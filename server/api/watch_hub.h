@@ -65,7 +65,9 @@ class WatchHub {
   // A reactor streaming `job_id`'s log from `from_sequence`, then live; it finishes OK after the job's
   // final event. The stream's messages are serialized WatchJobResponses (WatchJob is a raw method, so
   // that watchers share each event's bytes). `from_sequence` past the log's end + 1 is OUT_OF_RANGE.
-  grpc::ServerWriteReactor<grpc::ByteBuffer>* Watch(const std::string& job_id, int64_t from_sequence);
+  // `lease` is held until the stream's reactor is done (a quota's hold, say).
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Watch(const std::string& job_id, int64_t from_sequence,
+                                                    std::shared_ptr<void> lease = nullptr);
   // Ends every stream with UNAVAILABLE and a sentence saying where to reconnect from, and returns once
   // the idle ones have been finished; later watches are refused the same way.
   void Shutdown();

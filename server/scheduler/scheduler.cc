@@ -432,6 +432,9 @@ void Scheduler::Submit(std::string tenant, v1::SubmitJobRequest request, Done<v1
         first = false;
       }
     };
+    // The queue quota before planning (no worker is spent on a submit that cannot be kept); both quotas
+    // again once the plan says the budget.
+    if (absl::Status s = CheckQuotas(tenant, 0); !s.ok()) return answer(s);
     absl::StatusOr<wv1::JobContext> context = Resolve(tenant, request.spec());
     if (!context.ok()) return answer(context.status());
     PlanContext(*context, [this, tenant, request, context = *context, answer](
@@ -440,6 +443,28 @@ void Scheduler::Submit(std::string tenant, v1::SubmitJobRequest request, Done<v1
       SubmitPlanned(tenant, request, context, *result, answer);
     });
   });
+}
+
+absl::Status Scheduler::CheckQuotas(const std::string& tenant, int64_t budget) const {
+  if (options_.quota_queued_jobs <= 0 && options_.quota_budget_bytes <= 0) return absl::OkStatus();
+  int queued = 0;
+  int64_t held = 0;
+  for (const auto& [id, entry] : jobs_) {
+    if (entry->job.tenant() != tenant || Terminal(entry->job.state())) continue;
+    queued += entry->job.state() == v1::QUEUED;
+    held += entry->job.budget_bytes();
+  }
+  if (options_.quota_queued_jobs > 0 && queued >= options_.quota_queued_jobs) {
+    return absl::ResourceExhaustedError(absl::StrCat("tenant '", tenant, "' has ", queued,
+                                                     " queued jobs, its quota (--quota-queued-jobs); submit again "
+                                                     "once some have started, or cancel some"));
+  }
+  if (options_.quota_budget_bytes > 0 && budget > 0 && held + budget > options_.quota_budget_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "tenant '", tenant, "' would hold ", HumanBytes(held + budget), " of memory budget in queued and running jobs, over its quota of ",
+        HumanBytes(options_.quota_budget_bytes), " (--quota-budget-bytes); wait for jobs to end, cancel some, or lower this job's budget"));
+  }
+  return absl::OkStatus();
 }
 
 void Scheduler::SubmitPlanned(const std::string& tenant, const v1::SubmitJobRequest& request,
@@ -487,6 +512,7 @@ void Scheduler::SubmitPlanned(const std::string& tenant, const v1::SubmitJobRequ
         "the job needs at least ", HumanBytes(entry->budgets[entry->floor]), " but the largest device it may use has ",
         HumanBytes(largest), "; lower the batch size or the model's size")));
   }
+  if (absl::Status s = CheckQuotas(tenant, entry->budgets[entry->requested]); !s.ok()) return done(s);
   entry->point = entry->requested;
   entry->order = next_order_++;
   entry->queued_since = SteadySeconds();

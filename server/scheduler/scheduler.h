@@ -39,6 +39,10 @@ struct SchedulerOptions {
   double cancel_grace_seconds = 30;       // a cancelled worker that has not stopped by then is killed
   double default_checkpoint_seconds = 180;  // CheckpointSpec.every_seconds = 0 means this
   int threads_per_job = 0;                // intra-op threads of a training worker; 0 = cores / slots
+  // Per-tenant quotas checked at submit (0: no limit): queued jobs, and the memory budgets of its
+  // queued and running jobs together (the new one's included).
+  int quota_queued_jobs = 0;
+  int64_t quota_budget_bytes = 0;
 };
 
 // Receives committed changes: the job as it is now and the events just appended to its log. Called on
@@ -122,6 +126,9 @@ class Scheduler {
   absl::StatusOr<xtrain::v1::PlanJobResponse> PlanResponse(const xtrain::worker::v1::JobContext& context,
                                                            const xtrain::worker::v1::PlanResult& result,
                                                            bool cached) const;
+  // ResourceExhausted when `tenant` is at its queued-jobs quota, or when `budget` (> 0) more would take
+  // its queued and running jobs' budgets past its quota (io thread).
+  absl::Status CheckQuotas(const std::string& tenant, int64_t budget) const;
   void SubmitPlanned(const std::string& tenant, const xtrain::v1::SubmitJobRequest& request,
                      const xtrain::worker::v1::JobContext& context,
                      std::shared_ptr<const xtrain::worker::v1::PlanResult> result,

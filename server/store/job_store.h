@@ -55,6 +55,8 @@ class JobStore {
   virtual absl::StatusOr<ArtifactRecord> GetArtifact(absl::string_view id) = 0;
   // Artifacts made by or for a job (for garbage collection), oldest first.
   virtual absl::StatusOr<std::vector<ArtifactRecord>> ListArtifacts(absl::string_view job_id) = 0;
+  // The bytes of every artifact of `tenant` (uploads, weights, checkpoints): its artifact quota's use.
+  virtual absl::StatusOr<int64_t> TenantArtifactBytes(absl::string_view tenant) = 0;
   // Removes the record (the caller removes the file). Deleting a missing id is OK: GC is idempotent.
   virtual absl::Status DeleteArtifact(absl::string_view id) = 0;
 };

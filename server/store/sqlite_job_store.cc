@@ -690,6 +690,25 @@ absl::StatusOr<std::vector<ArtifactRecord>> SqliteJobStore::ListArtifacts(absl::
   return records;
 }
 
+absl::StatusOr<int64_t> SqliteJobStore::TenantArtifactBytes(absl::string_view tenant) {
+  absl::StatusOr<ReaderLease> reader = AcquireReader();
+  if (!reader.ok()) return reader.status();
+  absl::StatusOr<Statement> select = (*reader)->Prepare("SELECT id, info FROM artifacts WHERE tenant = ?1");
+  if (!select.ok()) return select.status();
+  select->Bind(1, tenant);
+  int64_t bytes = 0;
+  for (;;) {
+    absl::StatusOr<bool> row = select->Step();
+    if (!row.ok()) return row.status();
+    if (!*row) break;
+    xtrain::v1::ArtifactInfo info;
+    absl::Status status = Parse(select->Blob(1), &info, absl::StrCat("artifact ", select->Text(0)));
+    if (!status.ok()) return InStore(path_, status);
+    bytes += info.size_bytes();
+  }
+  return bytes;
+}
+
 absl::Status SqliteJobStore::DeleteArtifact(absl::string_view id) {
   Locked lock(&write_mu_);
   absl::StatusOr<Statement> remove = writer_->Prepare("DELETE FROM artifacts WHERE id = ?1");

@@ -43,6 +43,7 @@ class SqliteJobStore final : public JobStore {
   absl::Status PutArtifact(const ArtifactRecord& record) override;
   absl::StatusOr<ArtifactRecord> GetArtifact(absl::string_view id) override;
   absl::StatusOr<std::vector<ArtifactRecord>> ListArtifacts(absl::string_view job_id) override;
+  absl::StatusOr<int64_t> TenantArtifactBytes(absl::string_view tenant) override;
   absl::Status DeleteArtifact(absl::string_view id) override;
 
  private:

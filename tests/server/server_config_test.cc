@@ -136,6 +136,9 @@ TEST(ServerConfig, MalformedSettingsAreRefusedNamingThem) {
       {{"--watch-coalesce-ms", "soon"}, "--watch-coalesce-ms 'soon' is not a number"},
       {{"--watch-coalesce-events", "0"}, "--watch-coalesce-events is 0"},
       {{"--watch-step-rate", "-5"}, "--watch-step-rate is -5; use 0 (no limit) or more"},
+      {{"--quota-watchers", "-1"}, "--quota-watchers is -1; use 0 (no limit) or more"},
+      {{"--quota-submits-per-minute", "-2"}, "--quota-submits-per-minute is -2"},
+      {{"--quota-budget-bytes", "much"}, "--quota-budget-bytes"},
       {{"--max-attempts", "0"}, "--max-attempts"},
       {{"--max-attempts", "3.5"}, "is not an integer"},
       {{"--grace-seconds", "-2"}, "--grace-seconds"},
@@ -193,9 +196,32 @@ TEST(ServerConfig, HelpListsEveryFlag) {
   for (const char* flag : {"--listen", "--data-dir", "--data-root", "--device", "--worker", "--grace-seconds",
                            "--max-attempts", "--max-concurrent-plans", "--starvation-seconds", "--checkpoint-seconds",
                            "--threads-per-job", "--max-upload-bytes", "--port-file", "--log-level", "--config",
-                           "--watch-coalesce-events", "--watch-coalesce-ms", "--watch-step-rate", "--tokens"}) {
+                           "--watch-coalesce-events", "--watch-coalesce-ms", "--watch-step-rate", "--tokens",
+                           "--tls-cert", "--tls-key", "--tls-client-ca", "--quota-queued-jobs", "--quota-budget-bytes",
+                           "--quota-submits-per-minute", "--quota-watchers", "--quota-artifact-bytes"}) {
     EXPECT_THAT(usage, HasSubstr(flag));
   }
+}
+
+TEST(ServerConfig, QuotasAndSecurityFilesParse) {
+  absl::StatusOr<ServerCommand> command = LoadServerCommand(
+      {"--quota-queued-jobs", "5", "--quota-budget-bytes", "2GiB", "--quota-submits-per-minute", "30",
+       "--quota-watchers", "100", "--quota-artifact-bytes", "10GiB", "--tls-cert", "c.pem", "--tls-key", "k.pem",
+       "--tls-client-ca", "ca.pem"});
+  ASSERT_TRUE(command.ok()) << command.status();
+  const ServerOptions& o = command->options;
+  EXPECT_EQ(o.quota_queued_jobs, 5);
+  EXPECT_EQ(o.quota_budget_bytes, int64_t{2} << 30);
+  EXPECT_EQ(o.quota_submits_per_minute, 30);
+  EXPECT_EQ(o.quota_watchers, 100);
+  EXPECT_EQ(o.quota_artifact_bytes, int64_t{10} << 30);
+  EXPECT_EQ(o.tls_cert_file, "c.pem");
+  EXPECT_EQ(o.tls_key_file, "k.pem");
+  EXPECT_EQ(o.tls_client_ca_file, "ca.pem");
+  absl::StatusOr<ServerCommand> defaults = LoadServerCommand({});
+  ASSERT_TRUE(defaults.ok());
+  EXPECT_EQ(defaults->options.quota_queued_jobs, 0);  // no limits unless set
+  EXPECT_EQ(defaults->options.quota_watchers, 0);
 }
 
 // The watch thresholds reach the server's hub (a real server on port 0; no job runs, so no worker starts).

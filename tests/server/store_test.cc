@@ -479,6 +479,19 @@ TEST_P(Store, ArtifactsPutGetListDelete) {
   EXPECT_TRUE(store_->PutArtifact(Artifact("art-z", "job-c", 6)).ok());
 }
 
+TEST_P(Store, TenantArtifactBytesSumsThatTenantsArtifactsOnly) {
+  ArtifactRecord other = Artifact("art-b", "", 7);
+  other.tenant = "team-b";
+  for (const ArtifactRecord& record : {Artifact("art-a1", "job-a", 100), Artifact("art-a2", "", 250), other}) {
+    ASSERT_TRUE(store_->PutArtifact(record).ok()) << record.info.id();
+  }
+  EXPECT_EQ(*store_->TenantArtifactBytes("team-a"), 350);
+  EXPECT_EQ(*store_->TenantArtifactBytes("team-b"), 7);
+  EXPECT_EQ(*store_->TenantArtifactBytes("team-c"), 0);
+  ASSERT_TRUE(store_->DeleteArtifact("art-a2").ok());
+  EXPECT_EQ(*store_->TenantArtifactBytes("team-a"), 100);
+}
+
 TEST_P(Store, ReopenKeepsEverything) {
   Job full = FullJob("job-a", "team-a", "req-1");
   ASSERT_TRUE(store_->InsertJob({full, StepEvents(1, 2)}).ok());
