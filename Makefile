@@ -8,7 +8,7 @@ export CCACHE_SLOPPINESS := pch_defines,time_macros,include_file_mtime,include_f
 # Paths under the checkout are hashed relative to it, so a clone in another folder (CI) hits the cache.
 export CCACHE_BASEDIR ?= $(CURDIR)
 
-.PHONY: all deps configure build test demo demo-core demo-layer bench bench-quick sanitize sanitize-asan sanitize-tsan sanitize-tsan-ci sanitize-core clean
+.PHONY: all deps configure build test demo demo-core demo-layer bench bench-quick sanitize sanitize-asan sanitize-tsan sanitize-tsan-ci sanitize-core fuzz clean
 
 all: build
 
@@ -139,5 +139,15 @@ sanitize-tsan: build
 	cmake --build $(BUILD_DIR)-tsan -j $(JOBS)
 	TSAN_OPTIONS=$(TSAN_OPTIONS_ALL) bash scripts/run-tests.sh $(BUILD_DIR)-tsan
 
+# libFuzzer (clang, the service only): the spec text and wire parsers with validation, the worker
+# protocol's decoder and the tokens file, each run FUZZ_SECONDS from fuzz/corpus/ (scripts/run-fuzzers.sh).
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS := fuzz_spec_text fuzz_job_spec fuzz_frames fuzz_tokens
+fuzz: deps
+	CC=clang CXX=clang++ cmake -S . -B $(BUILD_DIR)-fuzz -G Ninja $(SAN_OPT) -DXTRAIN_FUZZ=ON \
+	  -DXTRAIN_BUILD_CORE=OFF -DXTRAIN_BUILD_BENCH=OFF -DXTRAIN_BUILD_TESTS=OFF
+	cmake --build $(BUILD_DIR)-fuzz -j $(JOBS) --target $(FUZZ_TARGETS)
+	bash scripts/run-fuzzers.sh $(BUILD_DIR)-fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
 clean:
-	rm -rf $(BUILD_DIR) $(BUILD_DIR)-asan $(BUILD_DIR)-asan-svc $(BUILD_DIR)-tsan
+	rm -rf $(BUILD_DIR) $(BUILD_DIR)-asan $(BUILD_DIR)-asan-svc $(BUILD_DIR)-tsan $(BUILD_DIR)-fuzz

@@ -25,7 +25,9 @@ double Seconds(const google::protobuf::Timestamp& t) { return static_cast<double
 std::string Number(double value) { return absl::StrFormat("%.4g", value); }
 
 std::string Rate(double samples_per_second) {
-  return absl::StrFormat(samples_per_second >= 100 ? "%.0f samples/s" : "%.1f samples/s", samples_per_second);
+  // Two literal formats: clang checks a format string only when it is a constant.
+  if (samples_per_second >= 100) return absl::StrFormat("%.0f samples/s", samples_per_second);
+  return absl::StrFormat("%.1f samples/s", samples_per_second);
 }
 
 std::string Percent(int64_t step, int64_t total) {
