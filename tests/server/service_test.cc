@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -310,6 +311,67 @@ TEST(Service, ServerKilledMidJobResumesWithAnUnbrokenLog) {
     }
   }
   EXPECT_TRUE(resumed);
+}
+
+// A server killed mid-job whose newest checkpoint file is then damaged (truncated): at the next start
+// the worker resumes from the checkpoint before it, so the job still succeeds, retraining the steps in
+// between (its first checkpoint after the restart is the damaged one's step again).
+TEST(Service, ADamagedNewestCheckpointFallsBackToTheOneBefore) {
+  TempDir dir;
+  const std::string data_dir = absl::StrCat(dir.path(), "/server");
+  const std::string data_root = absl::StrCat(dir.path(), "/data");
+  std::filesystem::create_directories(data_root);
+  v1::JobSpec spec = TinyJob(/*max_steps=*/3000, /*epochs=*/1000);
+  spec.mutable_checkpoint()->set_every_steps(100);
+  spec.mutable_checkpoint()->set_keep(3);
+  std::string id;
+  int64_t logged_before = 0;
+  {
+    ServerProcess server(data_dir, data_root);
+    ASSERT_TRUE(server.serving());
+    id = Submit(server.stub(), spec).job().id();
+    logged_before = WaitFor(server.stub(), id, [](const v1::Job& j) {
+                      return j.progress().last_checkpoint_step() >= 300 || j.state() == v1::SUCCEEDED;
+                    }).last_sequence();
+    server.Stop(SIGKILL);
+  }
+  // The newest checkpoint on disk (the store may not have heard of it yet), cut in half.
+  std::vector<std::string> files;
+  for (const auto& entry : std::filesystem::directory_iterator(data_dir + "/jobs/" + id + "/checkpoints")) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("checkpoint-", 0) == 0 && name.size() > 3 && name.substr(name.size() - 3) == ".pt") {
+      files.push_back(entry.path().string());
+    }
+  }
+  std::sort(files.begin(), files.end());
+  ASSERT_GE(files.size(), 2u) << "the job must hold two checkpoints for a fallback";
+  const std::string newest = files.back();
+  const int64_t newest_step = std::stoll(newest.substr(newest.rfind('-') + 1));
+  std::filesystem::resize_file(newest, std::filesystem::file_size(newest) / 2);
+
+  ServerProcess restarted(data_dir, data_root);
+  ASSERT_TRUE(restarted.serving());
+  const v1::Job done = WaitForEnd(restarted.stub(), id);
+  EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.failure_reason();
+  EXPECT_EQ(done.progress().step(), 3000);
+  grpc::Status status;
+  const std::vector<v1::WatchJobResponse> log = WatchToEnd(restarted.stub(), id, logged_before + 1, &status);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  // The first checkpoint after the restart (the log may hold checkpoints committed just before the kill).
+  int64_t first_checkpoint = -1;
+  bool restarted_seen = false;
+  for (const v1::WatchJobResponse& r : log) {
+    const v1::JobEvent& e = r.event();
+    if (e.has_state() && e.state().reason().find("the server restarted") != std::string::npos) restarted_seen = true;
+    if (restarted_seen && e.has_checkpoint()) {
+      first_checkpoint = e.checkpoint().step();
+      break;
+    }
+  }
+  ASSERT_TRUE(restarted_seen);
+  // Resumed from newest_step - 100: its next checkpoint is newest_step (from the newest it would be
+  // newest_step + 100; from scratch, 100).
+  EXPECT_EQ(first_checkpoint, newest_step);
 }
 
 // A cancel the server acknowledged (committed) before it died, while the worker had not stopped yet:
