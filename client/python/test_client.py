@@ -235,24 +235,23 @@ class ClientTest(unittest.TestCase):
             self.skipTest("the server runs without TLS and tokens (--secure runs it with both)")
         from xtrain_client import XtrainClient
         grpc = __import__("grpc")
+
+        def refused(code, **options):
+            client = XtrainClient(ADDRESS, proto_path=ARGS.proto_path, timeout=20, attempts=1, **options)
+            try:
+                with self.assertRaises(self.Error) as caught:
+                    client.list()
+                self.assertEqual(caught.exception.code, code)
+            finally:
+                client.close()
+
         saved = os.environ.pop("XTRAIN_TOKEN", None)  # no token at all
-        anonymous = XtrainClient(ADDRESS, proto_path=ARGS.proto_path, timeout=20, attempts=1,
-                                 tls_ca=SECURE_ENV["XTRAIN_TLS_CA"], token="")
         try:
-            with self.assertRaises(self.Error) as caught:
-                anonymous.list()
-            self.assertEqual(caught.exception.code, grpc.StatusCode.UNAUTHENTICATED)
+            refused(grpc.StatusCode.UNAUTHENTICATED, tls_ca=SECURE_ENV["XTRAIN_TLS_CA"], token="")
         finally:
-            anonymous.close()
             if saved is not None:
                 os.environ["XTRAIN_TOKEN"] = saved
-        plaintext = XtrainClient(ADDRESS, proto_path=ARGS.proto_path, timeout=20, attempts=1, token="py-token")
-        try:
-            with self.assertRaises(self.Error) as caught:
-                plaintext.list()
-            self.assertEqual(caught.exception.code, grpc.StatusCode.UNAVAILABLE)
-        finally:
-            plaintext.close()
+        refused(grpc.StatusCode.UNAVAILABLE, token="py-token")  # plaintext to a TLS server
 
     def test_example_runs_a_job_to_success(self):
         result = subprocess.run([sys.executable, os.path.join(HERE, "example.py"), "--server", ADDRESS,

@@ -242,11 +242,9 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* TrainingServiceImpl::WatchJob(grpc::
                                                                           const grpc::ByteBuffer* request_bytes) {
   absl::StatusOr<Caller> caller = CallerOf(context);
   if (!caller.ok()) return new FailedWrite<grpc::ByteBuffer>(caller.status());
-  v1::WatchJobRequest request;
-  grpc::ByteBuffer bytes(*request_bytes);
-  if (!grpc::SerializationTraits<v1::WatchJobRequest>::Deserialize(&bytes, &request).ok()) {
-    return new FailedWrite<grpc::ByteBuffer>(absl::InvalidArgumentError("the WatchJobRequest does not parse"));
-  }
+  absl::StatusOr<v1::WatchJobRequest> parsed = Parse<v1::WatchJobRequest>(*request_bytes);
+  if (!parsed.ok()) return new FailedWrite<grpc::ByteBuffer>(parsed.status());
+  const v1::WatchJobRequest& request = *parsed;
   absl::StatusOr<std::shared_ptr<const v1::Job>> job = scheduler_.JobSnapshot(caller->ReadScope(), request.job_id());
   if (!job.ok()) return new FailedWrite<grpc::ByteBuffer>(job.status());
   if (request.from_sequence() < 0) {

@@ -616,13 +616,18 @@ std::shared_ptr<const std::string> JobsEntry(const v1::Job& job) {
 
 }  // namespace
 
+v1::Job Scheduler::Live(const v1::Job& job, const std::optional<WaitInfo>& wait) {
+  v1::Job live = job;
+  if (wait) {
+    live.set_queue_position(wait->queue_position);
+    live.set_waiting_reason(wait->reason);
+  }
+  return live;
+}
+
 std::shared_ptr<const std::string> Scheduler::EntryOf(const Snapshot& snapshot, const std::optional<WaitInfo>& wait) {
-  if (!wait) return snapshot.entry;
   // A waiting job's position and reason are live, not in its snapshot: its entry is made here.
-  v1::Job job = *snapshot.job;
-  job.set_queue_position(wait->queue_position);
-  job.set_waiting_reason(wait->reason);
-  return JobsEntry(job);
+  return wait ? JobsEntry(Live(*snapshot.job, wait)) : snapshot.entry;
 }
 
 void Scheduler::SetSnapshot(const v1::Job& job, int64_t order) {
@@ -632,54 +637,40 @@ void Scheduler::SetSnapshot(const v1::Job& job, int64_t order) {
   by_order_[order] = std::move(snapshot);
 }
 
-absl::StatusOr<std::shared_ptr<const v1::Job>> Scheduler::JobSnapshot(const std::string& tenant,
-                                                                       const std::string& job_id) const {
+std::optional<WaitInfo> Scheduler::WaitOfLocked(const v1::Job& job) const {
+  if (job.state() != v1::QUEUED) return std::nullopt;
+  auto found = waiting_.find(job.id());
+  if (found == waiting_.end()) return std::nullopt;
+  return found->second;
+}
+
+absl::StatusOr<Scheduler::Found> Scheduler::Find(const std::string& tenant, const std::string& job_id) const {
   MutexLock lock(&snapshot_mutex_);
   auto it = snapshots_.find(job_id);
   if (it == snapshots_.end() || (!tenant.empty() && it->second.job->tenant() != tenant)) {
     return absl::NotFoundError(absl::StrCat("job '", job_id, "' does not exist"));
   }
-  return it->second.job;
+  return Found{it->second, WaitOfLocked(*it->second.job)};
+}
+
+absl::StatusOr<std::shared_ptr<const v1::Job>> Scheduler::JobSnapshot(const std::string& tenant,
+                                                                       const std::string& job_id) const {
+  absl::StatusOr<Found> found = Find(tenant, job_id);
+  if (!found.ok()) return found.status();
+  return found->snapshot.job;
 }
 
 absl::StatusOr<v1::Job> Scheduler::GetJob(const std::string& tenant, const std::string& job_id) const {
-  std::shared_ptr<const v1::Job> snapshot;
-  std::optional<WaitInfo> wait;
-  {
-    MutexLock lock(&snapshot_mutex_);
-    auto it = snapshots_.find(job_id);
-    if (it == snapshots_.end() || (!tenant.empty() && it->second.job->tenant() != tenant)) {
-      return absl::NotFoundError(absl::StrCat("job '", job_id, "' does not exist"));
-    }
-    snapshot = it->second.job;
-    if (auto found = waiting_.find(job_id); found != waiting_.end() && snapshot->state() == v1::QUEUED) {
-      wait = found->second;
-    }
-  }
-  v1::Job job = *snapshot;
-  if (wait) {
-    job.set_queue_position(wait->queue_position);
-    job.set_waiting_reason(wait->reason);
-  }
-  return job;
+  absl::StatusOr<Found> found = Find(tenant, job_id);
+  if (!found.ok()) return found.status();
+  return Live(*found->snapshot.job, found->wait);
 }
 
 absl::StatusOr<std::shared_ptr<const std::string>> Scheduler::JobBytes(const std::string& tenant,
                                                                        const std::string& job_id) const {
-  Snapshot snapshot;
-  std::optional<WaitInfo> wait;
-  {
-    MutexLock lock(&snapshot_mutex_);
-    auto it = snapshots_.find(job_id);
-    if (it == snapshots_.end() || (!tenant.empty() && it->second.job->tenant() != tenant)) {
-      return absl::NotFoundError(absl::StrCat("job '", job_id, "' does not exist"));
-    }
-    snapshot = it->second;
-    if (auto found = waiting_.find(job_id); found != waiting_.end() && snapshot.job->state() == v1::QUEUED) {
-      wait = found->second;
-    }
-  }
-  return EntryOf(snapshot, wait);
+  absl::StatusOr<Found> found = Find(tenant, job_id);
+  if (!found.ok()) return found.status();
+  return EntryOf(found->snapshot, found->wait);
 }
 
 std::string Scheduler::ListedJobs::Tail() const {
@@ -704,11 +695,7 @@ absl::StatusOr<Scheduler::ListedJobs> Scheduler::ListJobs(const std::string& ten
     }
   }
   std::set<int> states(request.states().begin(), request.states().end());
-  struct Match {
-    Snapshot snapshot;
-    std::optional<WaitInfo> wait;
-  };
-  std::vector<Match> page;  // the page, and one more if there is a next page
+  std::vector<Found> page;  // the page, and one more if there is a next page
   {
     MutexLock lock(&snapshot_mutex_);
     // Newest first from the token on: the page is the first page_size jobs that match.
@@ -725,10 +712,7 @@ absl::StatusOr<Scheduler::ListedJobs> Scheduler::ListJobs(const std::string& ten
         }
       }
       if (!labels_match) continue;
-      Match& match = page.emplace_back(Match{it->second, std::nullopt});
-      if (auto wait = waiting_.find(job.id()); wait != waiting_.end() && job.state() == v1::QUEUED) {
-        match.wait = wait->second;
-      }
+      page.push_back(Found{it->second, WaitOfLocked(job)});
       if (static_cast<int>(page.size()) > page_size) break;
     }
   }

@@ -194,6 +194,16 @@ class Scheduler {
     std::shared_ptr<const std::string> entry;  // the job as a ListJobsResponse `jobs` element
     int64_t order = 0;
   };
+  // A job's snapshot and, while it waits in the queue, its live position and reason.
+  struct Found {
+    Snapshot snapshot;
+    std::optional<WaitInfo> wait;
+  };
+  // NotFound for an unknown job or another tenant's ("" reads all tenants).
+  absl::StatusOr<Found> Find(const std::string& tenant, const std::string& job_id) const;
+  std::optional<WaitInfo> WaitOfLocked(const xtrain::v1::Job& job) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(snapshot_mutex_);
+  // `job` with `wait`'s position and reason filled in.
+  static xtrain::v1::Job Live(const xtrain::v1::Job& job, const std::optional<WaitInfo>& wait);
   // The snapshot's entry (JobBytes), or for a waiting job a new one with its `wait`.
   static std::shared_ptr<const std::string> EntryOf(const Snapshot& snapshot, const std::optional<WaitInfo>& wait);
   absl::flat_hash_map<std::string, Snapshot> snapshots_ ABSL_GUARDED_BY(snapshot_mutex_);

@@ -86,11 +86,6 @@ TEST(TokenTable, MalformedLinesAreRefusedNamingFileAndLine) {
 // ---------------------------------------------------------------------------------------------------
 // A real server with a tokens file.
 
-void WriteTokens(const std::string& path, const std::vector<std::vector<std::string>>& lines) {
-  std::ofstream out(path, std::ios::trunc);
-  for (const auto& line : lines) out << Sha256Hex(line[0]) << " " << line[1] << " " << line[2] << "\n";
-}
-
 // A TestServer with a tokens file in a folder of its own (removed after the server has stopped).
 struct AuthServer {
   TempDir dir;
@@ -104,7 +99,7 @@ std::unique_ptr<AuthServer> StartWithTokens() {
   auto auth = std::make_unique<AuthServer>();
   ServerOptions options;
   auth->tokens = auth->dir.path() + "/tokens.txt";
-  WriteTokens(auth->tokens, {{"alice-token", "alice", "user"}, {"bob-token", "bob", "user"}, {"root-token", "ops", "admin"}});
+  WriteTokensFile(auth->tokens, {{"alice-token", "alice", "user"}, {"bob-token", "bob", "user"}, {"root-token", "ops", "admin"}});
   options.tokens_file = auth->tokens;
   auth->test = TestServer::Start(options);
   if (auth->test == nullptr) return nullptr;
@@ -263,7 +258,7 @@ TEST(Auth, ReloadSwapsTheTokensAndABadFileKeepsTheOldOnes) {
   };
   EXPECT_EQ(list_status("alice-token"), grpc::StatusCode::OK);
   EXPECT_EQ(list_status("carol-token"), grpc::StatusCode::UNAUTHENTICATED);
-  WriteTokens(auth->tokens, {{"carol-token", "carol", "user"}});
+  WriteTokensFile(auth->tokens, {{"carol-token", "carol", "user"}});
   absl::StatusOr<size_t> reloaded = auth->test->server->ReloadTokens();
   ASSERT_TRUE(reloaded.ok()) << reloaded.status();
   EXPECT_EQ(*reloaded, 1u);
@@ -334,7 +329,7 @@ TEST(Tls, SettingsThatCannotWorkStopTheServerAtStartSayingWhich) {
 TEST(Auth, SighupReloadsTheTokensOfTheRunningBinary) {
   TempDir dir;
   const std::string tokens = dir.path() + "/tokens.txt";
-  WriteTokens(tokens, {{"alice-token", "alice", "user"}});
+  WriteTokensFile(tokens, {{"alice-token", "alice", "user"}});
   ServerProcess server(dir.path() + "/data", dir.path() + "/root", {"--tokens", tokens});
   ASSERT_TRUE(server.serving());
   auto status_of = [&](const std::string& token) {
@@ -346,7 +341,7 @@ TEST(Auth, SighupReloadsTheTokensOfTheRunningBinary) {
   };
   EXPECT_EQ(status_of("alice-token"), grpc::StatusCode::OK);
   EXPECT_EQ(status_of("dave-token"), grpc::StatusCode::UNAUTHENTICATED);
-  WriteTokens(tokens, {{"alice-token", "alice", "user"}, {"dave-token", "dave", "admin"}});
+  WriteTokensFile(tokens, {{"alice-token", "alice", "user"}, {"dave-token", "dave", "admin"}});
   ASSERT_EQ(::kill(server.pid(), SIGHUP), 0);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   while (status_of("dave-token") != grpc::StatusCode::OK && std::chrono::steady_clock::now() < deadline) {

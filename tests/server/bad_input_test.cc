@@ -31,16 +31,6 @@ struct Case {
   std::string says;  // a part of the message
 };
 
-grpc::Status SubmitSpec(v1::TrainingService::Stub& stub, const v1::JobSpec& spec, const std::string& request_id = "") {
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
-  v1::SubmitJobRequest request;
-  *request.mutable_spec() = spec;
-  request.set_client_request_id(request_id);
-  v1::SubmitJobResponse response;
-  return stub.SubmitJob(&context, request, &response);
-}
-
 grpc::Status GetJobStatus(v1::TrainingService::Stub& stub, const std::string& id) {
   grpc::ClientContext context;
   v1::GetJobRequest request;
@@ -82,17 +72,14 @@ std::function<grpc::Status()> Submitting(v1::TrainingService::Stub& stub, std::f
   return [&stub, change] {
     v1::JobSpec spec = TinyJob(2);
     change(spec);
-    return SubmitSpec(stub, spec);
+    return TrySubmit(stub, spec);
   };
 }
 
 TEST(BadInput, EveryRequestGetsItsCodeAndASentenceAndTheStoreIsIntact) {
   TempDir dir;
   const std::string tokens = dir.path() + "/tokens.txt";
-  {
-    std::ofstream out(tokens);
-    out << Sha256Hex("acme-token") << " acme user\n" << Sha256Hex("rival-token") << " rival user\n";
-  }
+  WriteTokensFile(tokens, {{"acme-token", "acme", "user"}, {"rival-token", "rival", "user"}});
   ServerOptions options;
   options.tokens_file = tokens;
   auto test = TestServer::Start(options);
@@ -295,13 +282,13 @@ TEST(BadInput, EveryRequestGetsItsCodeAndASentenceAndTheStoreIsIntact) {
   spec_case("label value too long", [](v1::JobSpec& s) { (*s.mutable_labels())["k"] = std::string(300, 'v'); },
             Code::INVALID_ARGUMENT, "longer than 256 characters");
   cases.push_back({"client_request_id too long",
-                   [&] { return SubmitSpec(*acme, TinyJob(2), std::string(200, 'r')); }, Code::INVALID_ARGUMENT,
+                   [&] { return TrySubmit(*acme, TinyJob(2), nullptr, std::string(200, 'r')); }, Code::INVALID_ARGUMENT,
                    "client_request_id is longer than 128"});
   cases.push_back({"a spec past the message limit",
                    [&] {
                      v1::JobSpec spec = TinyJob(2);
                      spec.set_display_name(std::string(65 << 20, 'x'));
-                     return SubmitSpec(*acme, spec);
+                     return TrySubmit(*acme, spec);
                    },
                    Code::RESOURCE_EXHAUSTED, "larger than max"});
   cases.push_back({"PlanJob of a bad spec",
@@ -400,7 +387,7 @@ TEST(BadInput, EveryRequestGetsItsCodeAndASentenceAndTheStoreIsIntact) {
                        return Plan(*stub, TinyJob(1), &response);
                      },
                      Code::UNAUTHENTICATED, says});
-    cases.push_back({absl::StrCat("SubmitJob ", who), [stub] { return SubmitSpec(*stub, TinyJob(1)); }, Code::UNAUTHENTICATED, says});
+    cases.push_back({absl::StrCat("SubmitJob ", who), [stub] { return TrySubmit(*stub, TinyJob(1)); }, Code::UNAUTHENTICATED, says});
     cases.push_back({absl::StrCat("GetJob ", who), [&, stub] { return GetJobStatus(*stub, acme_job); }, Code::UNAUTHENTICATED, says});
     cases.push_back({absl::StrCat("ListJobs ", who), [stub] { return ListStatus(*stub, 10, ""); }, Code::UNAUTHENTICATED, says});
     cases.push_back({absl::StrCat("CancelJob ", who),

@@ -29,7 +29,7 @@ struct QuotaServer {
 
   explicit QuotaServer(ServerOptions options) {
     const std::string tokens = dir.path() + "/tokens.txt";
-    std::ofstream(tokens) << Sha256Hex("acme-token") << " acme user\n" << Sha256Hex("rival-token") << " rival user\n";
+    WriteTokensFile(tokens, {{"acme-token", "acme", "user"}, {"rival-token", "rival", "user"}});
     options.tokens_file = tokens;
     options.devices = {DeviceState{"cpu", int64_t{1} << 30, 1}};
     test = TestServer::Start(options);
@@ -38,14 +38,6 @@ struct QuotaServer {
     rival = StubWith(test->server->port(), "Bearer rival-token");
   }
 };
-
-grpc::Status TrySubmit(v1::TrainingService::Stub& stub, const v1::JobSpec& spec, v1::SubmitJobResponse* response) {
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
-  v1::SubmitJobRequest request;
-  *request.mutable_spec() = spec;
-  return stub.SubmitJob(&context, request, response);
-}
 
 // A job that runs until cancelled (800,000 steps).
 v1::JobSpec Long() { return TinyJob(0, 100000); }

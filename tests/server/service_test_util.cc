@@ -16,6 +16,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "server/common/util.h"
 
 namespace xtrain::server::testing {
 namespace v1 = ::xtrain::v1;
@@ -215,15 +216,27 @@ std::vector<pid_t> WorkerChildren(pid_t parent_pid) {
   return pids;
 }
 
-v1::SubmitJobResponse Submit(v1::TrainingService::Stub& stub, const v1::JobSpec& spec, const std::string& request_id) {
+grpc::Status TrySubmit(v1::TrainingService::Stub& stub, const v1::JobSpec& spec, v1::SubmitJobResponse* response,
+                       const std::string& request_id) {
   grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));  // planning included
   v1::SubmitJobRequest request;
   *request.mutable_spec() = spec;
   request.set_client_request_id(request_id);
+  v1::SubmitJobResponse ignored;
+  return stub.SubmitJob(&context, request, response != nullptr ? response : &ignored);
+}
+
+v1::SubmitJobResponse Submit(v1::TrainingService::Stub& stub, const v1::JobSpec& spec, const std::string& request_id) {
   v1::SubmitJobResponse response;
-  grpc::Status status = stub.SubmitJob(&context, request, &response);
+  const grpc::Status status = TrySubmit(stub, spec, &response, request_id);
   EXPECT_TRUE(status.ok()) << status.error_message();
   return response;
+}
+
+void WriteTokensFile(const std::string& path, const std::vector<std::array<std::string, 3>>& lines) {
+  std::ofstream out(path, std::ios::trunc);
+  for (const auto& [token, tenant, role] : lines) out << Sha256Hex(token) << " " << tenant << " " << role << "\n";
 }
 
 grpc::Status Plan(v1::TrainingService::Stub& stub, const v1::JobSpec& spec, v1::PlanJobResponse* response) {

@@ -2,6 +2,7 @@
 
 #include <sys/types.h>
 
+#include <array>
 #include <chrono>
 #include <memory>
 #include <string>
@@ -88,7 +89,15 @@ xtrain::v1::Job WaitFor(xtrain::v1::TrainingService::Stub& stub, const std::stri
                         const std::function<bool(const xtrain::v1::Job&)>& predicate,
                         std::chrono::seconds timeout = std::chrono::seconds(300));
 
-// One call each on `stub` (no deadline); Submit expects success.
+// Submits `spec` under `request_id` (300 s deadline, planning included): how the call ended, the answer
+// in `response` when given.
+grpc::Status TrySubmit(xtrain::v1::TrainingService::Stub& stub, const xtrain::v1::JobSpec& spec,
+                       xtrain::v1::SubmitJobResponse* response = nullptr, const std::string& request_id = "");
+// A tokens file at `path` (server/api/auth.h's format): one {token, tenant, role} a line, the token
+// stored as its SHA-256.
+void WriteTokensFile(const std::string& path, const std::vector<std::array<std::string, 3>>& lines);
+
+// One call each on `stub` (no deadline but Submit's); Submit expects success (TrySubmit).
 xtrain::v1::SubmitJobResponse Submit(xtrain::v1::TrainingService::Stub& stub, const xtrain::v1::JobSpec& spec,
                                      const std::string& request_id = "");
 grpc::Status Plan(xtrain::v1::TrainingService::Stub& stub, const xtrain::v1::JobSpec& spec,
