@@ -139,14 +139,15 @@ sanitize-tsan: build
 	cmake --build $(BUILD_DIR)-tsan -j $(JOBS)
 	TSAN_OPTIONS=$(TSAN_OPTIONS_ALL) bash scripts/run-tests.sh $(BUILD_DIR)-tsan
 
-# libFuzzer (clang, the service only): the spec text and wire parsers with validation, the worker
-# protocol's decoder and the tokens file, each run FUZZ_SECONDS from fuzz/corpus/ (scripts/run-fuzzers.sh).
+# libFuzzer (clang): the spec text and wire parsers with validation, the worker protocol's decoder, the
+# tokens file, the data set parsers (IDX, .npy, CIFAR-10, images) and the checkpoint and weights loader,
+# each run FUZZ_SECONDS from fuzz/corpus/ (scripts/run-fuzzers.sh). Only the fuzz targets are built.
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS := fuzz_spec_text fuzz_job_spec fuzz_frames fuzz_tokens
+FUZZ_TARGETS := fuzz_spec_text fuzz_job_spec fuzz_frames fuzz_tokens fuzz_idx fuzz_npy fuzz_cifar10 fuzz_image fuzz_checkpoint
 fuzz: deps
 	CC=clang CXX=clang++ cmake -S . -B $(BUILD_DIR)-fuzz -G Ninja $(SAN_OPT) -DXTRAIN_FUZZ=ON \
-	  -DXTRAIN_BUILD_CORE=OFF -DXTRAIN_BUILD_BENCH=OFF -DXTRAIN_BUILD_TESTS=OFF
-	cmake --build $(BUILD_DIR)-fuzz -j $(JOBS) --target $(FUZZ_TARGETS)
+	  -DXTRAIN_BUILD_BENCH=OFF -DXTRAIN_BUILD_TESTS=OFF
+	cmake --build $(BUILD_DIR)-fuzz -j $(JOBS) --target $(FUZZ_TARGETS) fuzz_checkpoint_seeds
 	bash scripts/run-fuzzers.sh $(BUILD_DIR)-fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 clean:

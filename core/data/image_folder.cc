@@ -19,6 +19,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// Images above 4096 x 4096 pixels are refused before decoding (far above any training input; one such
+// image already takes 250 MB as uint8 and float32).
+constexpr int64_t kMaxImagePixels = int64_t{1} << 24;
+
 // Entries of `dir` (sorted by name) that are directories, or image files when `want_dirs` is false.
 absl::StatusOr<std::vector<fs::path>> ListSorted(const fs::path& dir, bool want_dirs,
                                                  const ImageFolderOptions& options) {
@@ -50,12 +54,29 @@ absl::StatusOr<std::vector<fs::path>> ListSorted(const fs::path& dir, bool want_
 // which is written to `file_channels`.
 absl::StatusOr<torch::Tensor> DecodeImage(const fs::path& path, int channels, int* file_channels) {
   int width = 0, height = 0, own = 0;
+  auto too_large = [&] {
+    return absl::InvalidArgumentError(absl::StrCat(path.string(), ": image of ", width, "x", height,
+                                                   " pixels is larger than the limit of ", kMaxImagePixels,
+                                                   " pixels; resize it first"));
+  };
+  // The header's size first: a few bytes can claim an image of gigabytes, which stb would allocate.
+  // A header stb cannot read is refused too (its decoder would guess the size differently).
+  if (!stbi_info(path.c_str(), &width, &height, &own)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path.string(), ": cannot decode image (", stbi_failure_reason(), ")"));
+  }
+  if (static_cast<int64_t>(width) * height > kMaxImagePixels) return too_large();
   unsigned char* pixels = stbi_load(path.c_str(), &width, &height, &own, channels);
   if (pixels == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat(path.string(), ": cannot decode image (", stbi_failure_reason(), ")"));
   }
   const std::unique_ptr<unsigned char, void (*)(void*)> owned(pixels, stbi_image_free);
+  if (width <= 0 || height <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path.string(), ": image decodes to ", width, "x", height, " pixels (empty)"));
+  }
+  if (static_cast<int64_t>(width) * height > kMaxImagePixels) return too_large();
   const int kept = channels == 0 ? own : channels;
   if (file_channels != nullptr) *file_channels = own;
   return GuardTorch(path.string(), [&]() -> absl::StatusOr<torch::Tensor> {

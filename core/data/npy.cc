@@ -1,7 +1,6 @@
 #include "core/data/npy.h"
 
 #include <algorithm>
-#include <bit>
 #include <cctype>
 #include <cerrno>
 #include <cstdint>
@@ -20,7 +19,8 @@
 namespace xtrain::core {
 namespace {
 
-static_assert(std::endian::native == std::endian::little, "npy.cc assumes a little-endian host");
+// (__BYTE_ORDER__, not C++20's std::endian: the clang fuzz tree compiles this file as C++17.)
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "npy.cc assumes a little-endian host");
 
 constexpr char kMagic[] = "\x93NUMPY";
 constexpr size_t kMagicSize = 6;
@@ -177,6 +177,13 @@ absl::StatusOr<torch::Tensor> ReadNpy(const std::string& path) {
   }
   const size_t header_length = length_bytes[0] | (length_bytes[1] << 8) |
                                (size_t{length_bytes[2]} << 16) | (size_t{length_bytes[3]} << 24);
+  // Compare with the file's size before allocating: a corrupt length must not ask for gigabytes.
+  std::error_code size_error;
+  const uint64_t left = std::filesystem::file_size(path, size_error) - static_cast<uint64_t>(file.tellg());
+  if (!size_error && header_length > left) {
+    return absl::DataLossError(absl::StrCat(path, ": .npy header length ", header_length,
+                                            " runs past the end of the file (", left, " bytes left)"));
+  }
   std::string text(header_length, '\0');
   file.read(text.data(), static_cast<std::streamsize>(header_length));
   if (static_cast<size_t>(file.gcount()) != header_length) {

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "core/train/archive_check.h"
 #include "core/util/torch_guard.h"
 
 namespace xtrain::core {
@@ -197,7 +198,11 @@ absl::StatusOr<std::unique_ptr<torch::serialize::InputArchive>> OpenArchive(cons
   if (!std::filesystem::is_regular_file(path, error)) {
     return absl::NotFoundError(absl::StrCat(what, " ", path, " does not exist"));
   }
-  return GuardTorch(
+  // Damaged bytes are caught here, before LibTorch, which can crash on them (archive_check.h).
+  if (absl::Status verified = VerifyArchive(path); !verified.ok()) {
+    return absl::Status(verified.code(), absl::StrCat(what, " ", verified.message()));
+  }
+  return GuardFileRead(
       [&] { return absl::StrCat(what, " ", path, " is not a LibTorch archive"); },
       [&]() -> absl::StatusOr<std::unique_ptr<torch::serialize::InputArchive>> {
         auto archive = std::make_unique<torch::serialize::InputArchive>();
@@ -207,6 +212,7 @@ absl::StatusOr<std::unique_ptr<torch::serialize::InputArchive>> OpenArchive(cons
       absl::StatusCode::kInvalidArgument);
 }
 
+// Whether `archive` carries the checkpoint marker; called inside a guard (a malformed archive throws).
 bool IsCheckpoint(torch::serialize::InputArchive& archive) {
   c10::IValue format;
   return archive.try_read("format", format) && format.isString() && format.toStringRef() == kFormat;
@@ -247,12 +253,12 @@ absl::StatusOr<Checkpoint> Checkpoint::Read(const std::string& path) {
   absl::StatusOr<std::unique_ptr<torch::serialize::InputArchive>> archive = OpenArchive(path, "checkpoint");
   if (!archive.ok()) return archive.status();
   torch::serialize::InputArchive& a = **archive;
-  if (!IsCheckpoint(a)) {
-    return absl::InvalidArgumentError(absl::StrCat(path, " is not an xtrain checkpoint (no '", kFormat,
-                                                   "' marker); pass a checkpoint that Trainer wrote"));
-  }
   const std::string context = absl::StrCat("checkpoint ", path, " is incomplete");
-  return GuardTorch(context, [&]() -> absl::StatusOr<Checkpoint> {
+  return GuardFileRead(context, [&]() -> absl::StatusOr<Checkpoint> {
+    if (!IsCheckpoint(a)) {
+      return absl::InvalidArgumentError(absl::StrCat(path, " is not an xtrain checkpoint (no '", kFormat,
+                                                     "' marker); pass a checkpoint that Trainer wrote"));
+    }
     CheckpointState state;
     c10::IValue v;
     a.read("model_name", v);
@@ -285,16 +291,16 @@ absl::StatusOr<Checkpoint> Checkpoint::Read(const std::string& path) {
 }
 
 absl::Status Checkpoint::LoadModel(torch::nn::Module& model) const {
-  return GuardTorch(absl::StrCat("cannot load the model from ", path_), [&] {
+  return GuardFileRead(absl::StrCat("cannot load the model from ", path_), [&] {
     torch::serialize::InputArchive model_archive;
     archive_->read("model", model_archive);
     WeightsLoadReport report;
     return CopyModule(model_archive, model, "", /*strict=*/true, path_, report);
-  });
+  }, absl::StatusCode::kInternal);
 }
 
 absl::Status Checkpoint::LoadOptimizer(torch::optim::Optimizer& optimizer) const {
-  return GuardTorch(
+  return GuardFileRead(
       [&] {
         return absl::StrCat("the optimizer state in ", path_,
                             " does not fit this job (another optimizer or other trainable parameters?)");
@@ -313,7 +319,7 @@ absl::StatusOr<WeightsLoadReport> LoadWeights(const std::string& path, torch::nn
   absl::StatusOr<std::unique_ptr<torch::serialize::InputArchive>> archive = OpenArchive(path, "weights file");
   if (!archive.ok()) return archive.status();
   const std::string context = absl::StrCat("cannot load weights from ", path);
-  return GuardTorch(context, [&]() -> absl::StatusOr<WeightsLoadReport> {
+  return GuardFileRead(context, [&]() -> absl::StatusOr<WeightsLoadReport> {
     torch::serialize::InputArchive model_archive;
     torch::serialize::InputArchive* source = archive->get();
     if (IsCheckpoint(**archive)) {

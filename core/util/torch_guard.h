@@ -41,6 +41,18 @@ auto GuardTorch(const Context& context, Body&& body, absl::StatusCode code = abs
   }
 }
 
+// GuardTorch for code that parses a file someone else wrote (an uploaded weights file, a checkpoint
+// on disk): LibTorch's readers also throw std::out_of_range and other std::exceptions on malformed
+// archives, and those are the file's fault too, so they become `code` as well.
+template <typename Context, typename Body>
+auto GuardFileRead(const Context& context, Body&& body, absl::StatusCode code) -> decltype(body()) {
+  try {
+    return GuardTorch(context, std::forward<Body>(body), code);
+  } catch (const std::exception& e) {
+    return absl::Status(code, absl::StrCat(guard_internal::Text(context), ": ", e.what()));
+  }
+}
+
 // GuardTorch that also turns any other std::exception into InternalError "<context>: <what()>".
 // For the outermost entries (creating and running a Trainer, planning a job), which the worker calls
 // and which nothing above catches.

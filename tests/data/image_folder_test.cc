@@ -80,6 +80,41 @@ TEST(ImageFolder, CorruptPngNamesTheFileAndStbReason) {
   EXPECT_THAT(Message(data.status()), HasSubstr(root + "/a/junk.png: cannot decode image ("));
 }
 
+// A 54-byte BMP header (no pixel data) that claims `width` x `height` pixels of 24 bits.
+std::string BmpHeader(int32_t width, int32_t height) {
+  std::string out = "BM";
+  auto put = [&out](uint32_t value, int bytes) {
+    for (int i = 0; i < bytes; ++i) out.push_back(static_cast<char>((value >> (8 * i)) & 0xff));
+  };
+  put(54, 4), put(0, 4), put(54, 4);                                // file size, reserved, data offset
+  put(40, 4), put(width, 4), put(height, 4), put(1, 2), put(24, 2);  // info header
+  put(0, 4), put(0, 4), put(0, 4), put(0, 4), put(0, 4), put(0, 4);
+  return out;
+}
+
+// Found by fuzz_image: stb decodes a BMP of height 0 to an empty image, which was then copied from null.
+TEST(ImageFolder, AnImageOfNoPixelsIsRefused) {
+  const std::string root = FreshTestDir();
+  std::filesystem::create_directories(root + "/a");
+  WriteBytes(root + "/a/empty.bmp", BmpHeader(2, 0));
+  absl::StatusOr<TensorDataset> loaded = LoadImageFolder(root, ImageFolderOptions{});
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(loaded.status().message()), HasSubstr(root + "/a/empty.bmp"));
+}
+
+// A header that claims 20000 x 20000 pixels is refused from the header, before stb allocates 1.2 GB.
+TEST(ImageFolder, AnImageLargerThanTheLimitIsRefusedFromItsHeader) {
+  const std::string root = FreshTestDir();
+  std::filesystem::create_directories(root + "/a");
+  WriteBytes(root + "/a/huge.bmp", BmpHeader(20000, 20000));
+  absl::StatusOr<TensorDataset> loaded = LoadImageFolder(root, ImageFolderOptions{});
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(loaded.status().message()),
+              HasSubstr(root + "/a/huge.bmp: image of 20000x20000 pixels is larger than the limit"));
+}
+
 TEST(ImageFolder, EmptyRootIsAnError) {
   const std::string root = FreshTestDir();
   absl::StatusOr<TensorDataset> data = LoadImageFolder(root, {});

@@ -91,6 +91,19 @@ TEST(Npy, TruncatedDataSaysExpectedAndGot) {
   EXPECT_THAT(Message(read.status()), HasSubstr("expected 24 bytes, got 20"));
 }
 
+// Found by fuzz_npy: a version-3 header length of 1.6 GB in a 53-byte file was allocated before reading.
+TEST(Npy, AHeaderLengthPastTheFileIsRefusedBeforeAllocating) {
+  const std::string path = FreshTestDir() + "/huge-header.npy";
+  std::string bytes = "\x93NUMPY";
+  bytes += std::string("\x03\x00", 2);
+  bytes += std::string("\x00\x00\x00\x63", 4);  // 0x63000000 bytes of header, little-endian
+  bytes += "{'descr': '<f4'";
+  WriteBytes(path, bytes);
+  absl::StatusOr<torch::Tensor> read = ReadNpy(path);
+  EXPECT_EQ(read.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(Message(read.status()), HasSubstr(path + ": .npy header length 1660944384 runs past the end of the file (15 bytes left)"));
+}
+
 TEST(Npy, UnsupportedDtypeNamesIt) {
   const std::string dir = FreshTestDir();
   for (const std::string descr : {">f4", "<c8", "<U3"}) {

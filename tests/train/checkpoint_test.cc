@@ -6,10 +6,12 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
 #include "core/models/model_zoo.h"
+#include "core/train/archive_check.h"
 #include "core/train/checkpoint_store.h"
 #include "core/train/trainer.h"
 #include "core/train/training_plan.h"
@@ -257,6 +259,63 @@ TEST(Checkpoint, ReadRejectsMissingAndForeignFiles) {
   const absl::StatusOr<Checkpoint> read = Checkpoint::Read(weights);
   EXPECT_EQ(read.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(read.status().message(), HasSubstr("not an xtrain checkpoint"));
+}
+
+// LibTorch 1.13 reads archives without checking CRCs, and some damaged bytes crash it: every entry's
+// CRC-32 is checked first, so one flipped bit anywhere in an entry's bytes is a clear DataLoss.
+TEST(Checkpoint, AFlippedBitInAnyEntryIsCaughtBeforeLibTorchReadsIt) {
+  absl::StatusOr<std::shared_ptr<NetworkImpl>> model = BuildModel({.name = "small_cnn", .width = 4});
+  ASSERT_TRUE(model.ok());
+  torch::optim::SGD optimizer((*model)->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
+  CheckpointState state;
+  state.model_name = "small_cnn";
+  state.global_generator_state = torch::zeros({8}, torch::kByte);
+  state.task_generator_state = torch::zeros({8}, torch::kByte);
+  const std::string dir = FreshDir("flipped");
+  const std::string good = dir + "/good.pt";
+  ASSERT_TRUE(Checkpoint::Write(good, **model, optimizer, state).ok());
+  ASSERT_TRUE(VerifyArchive(good).ok());
+  std::ifstream in(good, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // A bit in the pickled model ("data.pkl") and one in a tensor's bytes ("data/0").
+  for (const std::string entry : {"data.pkl", "data/0"}) {
+    // The first occurrence of the name is in the entry's local header: 30 fixed bytes (the extra
+    // field's length at 28), the name, the extra field, then the entry's bytes.
+    const std::string name = "archive/" + entry;
+    const size_t at = bytes.find(name);
+    ASSERT_NE(at, std::string::npos) << entry;
+    ASSERT_GE(at, 30u);
+    const size_t extra = static_cast<unsigned char>(bytes[at - 2]) | static_cast<unsigned char>(bytes[at - 1]) << 8;
+    std::string damaged = bytes;
+    damaged[at + name.size() + extra] ^= 0x10;
+    const std::string path = dir + "/damaged.pt";
+    std::ofstream(path, std::ios::binary) << damaged;
+    const absl::StatusOr<Checkpoint> read = Checkpoint::Read(path);
+    EXPECT_EQ(read.status().code(), absl::StatusCode::kDataLoss) << entry << ": " << read.status();
+    EXPECT_THAT(read.status().message(), HasSubstr("archive/" + entry + " is damaged")) << entry;
+  }
+  // Cut short: the directory at the end is gone.
+  std::ofstream(dir + "/short.pt", std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+  EXPECT_EQ(Checkpoint::Read(dir + "/short.pt").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Found by fuzz_checkpoint (its input is kept in fuzz/corpus/checkpoint/): LibTorch's unpickler threw
+// std::out_of_range, not c10::Error, on this archive, and the exception ended the worker. Its damaged
+// entry is now caught by the CRC check (DataLoss); an archive crafted with valid CRCs reaches the
+// unpickler, whose exceptions of any type are refused (GuardFileRead).
+TEST(Checkpoint, AnArchiveThatMadeLibTorchThrowOutOfRangeIsRefused) {
+  const char* source_dir = std::getenv("XTRAIN_SOURCE_DIR");
+  ASSERT_NE(source_dir, nullptr) << "run through ctest, which sets XTRAIN_SOURCE_DIR";
+  const std::string path = std::string(source_dir) + "/fuzz/corpus/checkpoint/unpickler-out-of-range.pt";
+  ASSERT_TRUE(std::filesystem::is_regular_file(path)) << path;
+  const absl::StatusOr<Checkpoint> read = Checkpoint::Read(path);
+  EXPECT_EQ(read.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(read.status().message(), HasSubstr(path));
+  absl::StatusOr<std::shared_ptr<NetworkImpl>> model = BuildModel({.name = "small_cnn", .width = 4});
+  ASSERT_TRUE(model.ok());
+  const absl::StatusOr<WeightsLoadReport> weights = LoadWeights(path, **model, /*strict=*/false);
+  EXPECT_EQ(weights.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(weights.status().message(), HasSubstr(path));
 }
 
 TEST(CheckpointStore, KeepsTheNewestAndFindsTheLatest) {
