@@ -2,11 +2,12 @@
 // is SIGKILLed at random moments 20 times and restarted on the same store, and again while its workers
 // are SIGKILLed at random. Afterwards every job ends as it would have without the kills, and a watcher
 // that reconnected after every kill from its last sequence number saw each job's log exactly as the
-// store holds it: no event missing, none repeated.
+// store holds it: no event missing, none repeated; and after every kill each kept checkpoint loads.
 #include <signal.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <random>
@@ -80,6 +81,41 @@ struct Follower {
   }
 };
 
+// Every checkpoint file kept under `data_dir` loads as a resuming worker reads it (`xtrain-worker
+// --check-checkpoints`: every entry's CRC-32, then the training state). A file that a job's keep
+// policy deleted between the listing and the check (a worker outlives a SIGKILLed server by a moment)
+// is not counted. Returns how many loaded.
+int CheckKeptCheckpoints(const std::string& data_dir) {
+  std::string command = absl::StrCat(WorkerPath(), " --check-checkpoints");
+  int listed = 0;
+  std::error_code error;
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(data_dir, error)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("checkpoint-", 0) == 0 && entry.path().extension() == ".pt") {
+      absl::StrAppend(&command, " '", entry.path().string(), "'");
+      ++listed;
+    }
+  }
+  if (listed == 0) return 0;
+  FILE* pipe = ::popen(absl::StrCat(command, " 2>&1").c_str(), "r");
+  if (pipe == nullptr) {
+    ADD_FAILURE() << "cannot run " << command;
+    return 0;
+  }
+  int loaded = 0;
+  char line[4096];
+  while (std::fgets(line, sizeof(line), pipe) != nullptr) {
+    const std::string text(line);
+    if (text.find(": OK step ") != std::string::npos) {
+      ++loaded;
+    } else if (text.find("NOT_FOUND") == std::string::npos) {
+      ADD_FAILURE() << "a kept checkpoint does not load: " << text;
+    }
+  }
+  ::pclose(pipe);
+  return loaded;
+}
+
 // The store's whole log of a job (an ended job's watch from 0).
 std::vector<v1::WatchJobResponse> WholeLog(v1::TrainingService::Stub& stub, const std::string& id) {
   grpc::Status status;
@@ -132,6 +168,7 @@ TEST(KillLoop, ServerKilledTwentyTimesLosesNoJobAndNoEvent) {
   std::mt19937 random(20261201);
   Workload workload;
   Follower follower;
+  int loaded = 0;  // kept checkpoints that loaded, summed over the checks after each kill
   for (int kill = 0; kill < kKills; ++kill) {
     ServerProcess server(data_dir, data_root, {"--checkpoint-seconds", "1"});
     ASSERT_TRUE(server.serving()) << "start " << kill;
@@ -145,6 +182,7 @@ TEST(KillLoop, ServerKilledTwentyTimesLosesNoJobAndNoEvent) {
     const auto lifetime = std::chrono::milliseconds(200 + random() % 2300);
     follower.Follow(server.stub(), workload.ids, lifetime);
     server.Stop(SIGKILL);
+    loaded += CheckKeptCheckpoints(data_dir);
   }
   ServerProcess last(data_dir, data_root);
   ASSERT_TRUE(last.serving());
@@ -159,9 +197,10 @@ TEST(KillLoop, ServerKilledTwentyTimesLosesNoJobAndNoEvent) {
       checkpoints += r.event().has_checkpoint();
     }
   }
-  std::printf("server kill loop: %d kills, %d resumptions from a checkpoint, %d checkpoints\n", kKills, resumed,
-              checkpoints);
+  std::printf("server kill loop: %d kills, %d resumptions from a checkpoint, %d checkpoints, %d kept checkpoint "
+              "loads checked\n", kKills, resumed, checkpoints, loaded);
   EXPECT_GE(resumed, 3) << "too few kills landed while a job ran to test anything";
+  EXPECT_GE(loaded, kKills / 2) << "too few checkpoints were kept at the kills to check that they load";
 }
 
 TEST(KillLoop, WorkersKilledTwentyTimesAreRetriedToTheSameEnd) {
@@ -176,7 +215,7 @@ TEST(KillLoop, WorkersKilledTwentyTimesAreRetriedToTheSameEnd) {
   workload.Submit(server.stub());
   Follower follower;
   std::thread follow([&] { follower.Follow(server.stub(), workload.ids, std::chrono::seconds(600)); });
-  int kills = 0;
+  int kills = 0, loaded = 0;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(300);
   while (kills < kKills && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200 + random() % 1300));
@@ -186,15 +225,20 @@ TEST(KillLoop, WorkersKilledTwentyTimesAreRetriedToTheSameEnd) {
     }
     const std::vector<pid_t> workers = WorkerChildren(server.pid());
     if (workers.empty()) continue;
-    if (::kill(workers[random() % workers.size()], SIGKILL) == 0) ++kills;
+    if (::kill(workers[random() % workers.size()], SIGKILL) == 0) {
+      ++kills;
+      loaded += CheckKeptCheckpoints(data_dir);
+    }
   }
   EXPECT_EQ(kills, kKills) << "not enough workers were running to kill";
   follow.join();
   CheckOutcome(server.stub(), workload, follower);
   int64_t attempts = 0;
   for (const std::string& id : workload.ids) attempts += WaitForEnd(server.stub(), id).attempts();
-  std::printf("worker kill loop: %d kills, %lld failed attempts retried\n", kills, static_cast<long long>(attempts));
+  std::printf("worker kill loop: %d kills, %lld failed attempts retried, %d kept checkpoint loads checked\n", kills,
+              static_cast<long long>(attempts), loaded);
   EXPECT_GE(attempts, 3) << "too few kills reached a training worker";
+  EXPECT_GE(loaded, kKills / 2) << "too few checkpoints were kept at the kills to check that they load";
 }
 
 }  // namespace
