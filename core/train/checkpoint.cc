@@ -93,62 +93,6 @@ absl::Status CopyModule(torch::serialize::InputArchive& archive, torch::nn::Modu
   return absl::OkStatus();
 }
 
-// Writes `archive` to `path` through a temporary file that is synced and renamed into place.
-absl::Status WriteAtomically(torch::serialize::OutputArchive& archive, const std::string& path) {
-  const std::string temporary = absl::StrCat(path, ".tmp");
-  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot create checkpoint file ", temporary, ": ", std::strerror(errno)));
-  }
-  int write_errno = 0;
-  // Not the guard: a failed write removes the temporary file and is Unavailable, with errno's reason.
-  try {
-    archive.save_to([&](const void* data, size_t size) -> size_t {
-      const char* bytes = static_cast<const char*>(data);
-      size_t done = 0;
-      while (done < size) {
-        const ssize_t n = ::write(fd, bytes + done, size - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-          write_errno = errno;
-          break;
-        }
-        done += static_cast<size_t>(n);
-      }
-      return done;
-    });
-  } catch (const c10::Error& e) {
-    ::close(fd);
-    ::unlink(temporary.c_str());
-    return absl::UnavailableError(absl::StrCat("cannot write checkpoint ", path, ": ",
-                                               write_errno != 0 ? std::strerror(write_errno)
-                                                                : e.what_without_backtrace()));
-  }
-  const bool synced = ::fsync(fd) == 0;
-  const int sync_errno = errno;
-  ::close(fd);
-  if (!synced) {
-    ::unlink(temporary.c_str());
-    return absl::UnavailableError(
-        absl::StrCat("cannot sync checkpoint ", temporary, ": ", std::strerror(sync_errno)));
-  }
-  std::error_code error;
-  std::filesystem::rename(temporary, path, error);
-  if (error) {
-    ::unlink(temporary.c_str());
-    return absl::UnavailableError(
-        absl::StrCat("cannot rename ", temporary, " to ", path, ": ", error.message()));
-  }
-  // The rename itself is durable once the directory is synced.
-  const std::string dir = std::filesystem::path(path).parent_path().string();
-  const int dir_fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd >= 0) {
-    ::fsync(dir_fd);
-    ::close(dir_fd);
-  }
-  return absl::OkStatus();
-}
 
 torch::Tensor SettingsTensor(const std::vector<XConvLayerRecord>& layers) {
   torch::Tensor t = torch::zeros({static_cast<int64_t>(layers.size()), kSettingsColumns}, torch::kLong);
@@ -220,6 +164,70 @@ bool IsCheckpoint(torch::serialize::InputArchive& archive) {
 
 }  // namespace
 
+absl::Status WriteArchiveAtomically(torch::serialize::OutputArchive& archive, const std::string& path) {
+  const std::string temporary = absl::StrCat(path, ".tmp");
+  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot create checkpoint file ", temporary, ": ", std::strerror(errno)));
+  }
+  int write_errno = 0;
+  // Not the guard: a failed write removes the temporary file and is Unavailable, with errno's reason.
+  // After a failed write the writer is told every later chunk was written and the bytes are dropped:
+  // LibTorch 1.13's zip writer checks a short count again in its destructor, where the throw
+  // terminates the process (found by the full-disk test).
+  try {
+    archive.save_to([&](const void* data, size_t size) -> size_t {
+      const char* bytes = static_cast<const char*>(data);
+      size_t done = 0;
+      while (write_errno == 0 && done < size) {
+        const ssize_t n = ::write(fd, bytes + done, size - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+          write_errno = n < 0 ? errno : EIO;
+          break;
+        }
+        done += static_cast<size_t>(n);
+      }
+      return size;
+    });
+  } catch (const c10::Error& e) {
+    ::close(fd);
+    ::unlink(temporary.c_str());
+    return absl::UnavailableError(absl::StrCat("cannot write checkpoint ", path, ": ",
+                                               write_errno != 0 ? std::strerror(write_errno)
+                                                                : e.what_without_backtrace()));
+  }
+  if (write_errno != 0) {
+    ::close(fd);
+    ::unlink(temporary.c_str());
+    return absl::UnavailableError(absl::StrCat("cannot write checkpoint ", path, ": ", std::strerror(write_errno)));
+  }
+  const bool synced = ::fsync(fd) == 0;
+  const int sync_errno = errno;
+  ::close(fd);
+  if (!synced) {
+    ::unlink(temporary.c_str());
+    return absl::UnavailableError(
+        absl::StrCat("cannot sync checkpoint ", temporary, ": ", std::strerror(sync_errno)));
+  }
+  std::error_code error;
+  std::filesystem::rename(temporary, path, error);
+  if (error) {
+    ::unlink(temporary.c_str());
+    return absl::UnavailableError(
+        absl::StrCat("cannot rename ", temporary, " to ", path, ": ", error.message()));
+  }
+  // The rename itself is durable once the directory is synced.
+  const std::string dir = std::filesystem::path(path).parent_path().string();
+  const int dir_fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd >= 0) {
+    ::fsync(dir_fd);
+    ::close(dir_fd);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Checkpoint::Write(const std::string& path, const torch::nn::Module& model,
                                const torch::optim::Optimizer& optimizer, const CheckpointState& state) {
   return GuardTorch(absl::StrCat("cannot serialise checkpoint ", path), [&]() -> absl::Status {
@@ -245,7 +253,7 @@ absl::Status Checkpoint::Write(const std::string& path, const torch::nn::Module&
     torch::serialize::OutputArchive optimizer_archive;
     optimizer.save(optimizer_archive);
     archive.write("optimizer", optimizer_archive);
-    return WriteAtomically(archive, path);
+    return WriteArchiveAtomically(archive, path);
   });
 }
 

@@ -65,6 +65,11 @@ class Checkpoint {
   CheckpointState state_;
 };
 
+// Writes `archive` to `path` through a temporary file (path + ".tmp") that is synced and renamed into
+// place, then syncs the folder. A failed write (a full disk) removes the temporary file, leaves what was
+// at `path` as it was, and is Unavailable with the system's reason.
+absl::Status WriteArchiveAtomically(torch::serialize::OutputArchive& archive, const std::string& path);
+
 // What LoadWeights copied and what it left alone.
 struct WeightsLoadReport {
   std::vector<std::string> loaded;   // parameter and buffer paths copied

@@ -62,14 +62,9 @@ absl::Status SaveWeights(const core::TrainOptions& options, const core::NetworkI
         if (src->sizes() == b.value().sizes()) b.value().copy_(src->to(b.value().dtype()));
       }
     }
-    const std::string temporary = absl::StrCat(path, ".tmp");
     torch::serialize::OutputArchive archive;
     (*fresh)->save(archive);
-    archive.save_to(temporary);
-    if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-      return absl::UnavailableError(absl::StrCat("cannot move the trained weights to ", path));
-    }
-    return absl::OkStatus();
+    return core::WriteArchiveAtomically(archive, path);
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("saving the trained weights failed: ", e.what_without_backtrace()));
   }

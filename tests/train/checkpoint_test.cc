@@ -2,13 +2,17 @@
 // stopped and resumed job ends bit for bit where an uninterrupted one does.
 #include "core/train/checkpoint.h"
 
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/resource.h>
 
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 
 #include "core/models/model_zoo.h"
 #include "core/train/archive_check.h"
@@ -244,6 +248,46 @@ TEST(Checkpoint, WritesAtomicallyAndReadsBack) {
   for (const auto& p : (*model)->named_parameters()) {
     EXPECT_TRUE(torch::equal(p.value(), (*other)->named_parameters()[p.key()])) << p.key();
   }
+}
+
+// A write that fails partway (here the file size limit, EFBIG, as a full disk gives ENOSPC): the
+// writer ends cleanly with the system's reason (LibTorch 1.13's zip writer aborted the process when
+// told of a short write), leaves no temporary file, and what was at the path stays as it was.
+TEST(Checkpoint, AFailedWriteKeepsTheFileBeforeAndSaysWhy) {
+  absl::StatusOr<std::shared_ptr<NetworkImpl>> model = BuildModel({.name = "small_cnn", .width = 16});
+  ASSERT_TRUE(model.ok());
+  torch::optim::SGD optimizer((*model)->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
+  CheckpointState state;
+  state.model_name = "small_cnn";
+  state.step = 5;
+  state.global_generator_state = at::make_generator<at::CPUGeneratorImpl>(1).get_state();
+  state.task_generator_state = at::make_generator<at::CPUGeneratorImpl>(2).get_state();
+  const std::string dir = FreshDir("failed-write");
+  const std::string path = dir + "/checkpoint.pt";
+  const absl::Status written = Checkpoint::Write(path, **model, optimizer, state);
+  ASSERT_TRUE(written.ok()) << written;
+  const uintmax_t size = std::filesystem::file_size(path);
+  ASSERT_GT(size, 8192u);
+
+  state.step = 6;
+  struct rlimit old_limit {};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old_limit), 0);
+  struct sigaction ignore {}, old_action {};
+  ignore.sa_handler = SIG_IGN;
+  ASSERT_EQ(sigaction(SIGXFSZ, &ignore, &old_action), 0);  // past the limit write(2) fails with EFBIG
+  struct rlimit small = old_limit;
+  small.rlim_cur = size / 2;
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+  const absl::Status failed = Checkpoint::Write(path, **model, optimizer, state);
+  setrlimit(RLIMIT_FSIZE, &old_limit);
+  sigaction(SIGXFSZ, &old_action, nullptr);
+
+  EXPECT_EQ(failed.code(), absl::StatusCode::kUnavailable) << failed;
+  EXPECT_THAT(std::string(failed.message()), ::testing::HasSubstr(std::strerror(EFBIG)));
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  absl::StatusOr<Checkpoint> kept = Checkpoint::Read(path);
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  EXPECT_EQ(kept->state().step, 5);
 }
 
 TEST(Checkpoint, ReadRejectsMissingAndForeignFiles) {
