@@ -74,7 +74,17 @@ absl::StatusOr<std::string> ResolveUnderRoots(const std::vector<std::string>& ro
     const std::string real_text = real.string();
     if (real_text == root_text || absl::StartsWith(real_text, absl::StrCat(root_text, "/"))) return real_text;
   }
-  if (exists_somewhere || fs::path(path).is_absolute() || absl::StrContains(path, "..")) {
+  // A path that names nothing is NotFound when it would lie inside a root: a relative one, or an
+  // absolute one under a root's real path (what the scheduler hands a worker, whose data may have
+  // gone since the job was submitted).
+  bool inside_if_it_existed = !fs::path(path).is_absolute();
+  for (const std::string& root : roots) {
+    const fs::path real_root = fs::weakly_canonical(root, error);
+    if (!error && absl::StartsWith(fs::path(path).lexically_normal().string(), absl::StrCat(real_root.string(), "/"))) {
+      inside_if_it_existed = true;
+    }
+  }
+  if (exists_somewhere || !inside_if_it_existed || absl::StrContains(path, "..")) {
     return absl::InvalidArgumentError(absl::StrCat(field, " '", path,
                                                    "' is outside the server's data roots; use a path inside one "
                                                    "of them (relative paths are taken from a root)"));

@@ -1,7 +1,12 @@
 // AppendLengthDelimited: a ListJobsResponse assembled from its jobs' serialized bytes (as ListJobs does)
-// is the response protobuf itself would serialize, and parses back to the same jobs.
+// is the response protobuf itself would serialize, and parses back to the same jobs. ResolveUnderRoots:
+// what is inside a root, what escapes, and what is missing.
 #include "server/common/util.h"
 
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -48,6 +53,34 @@ TEST(AppendLengthDelimited, HandlesEmptyBytesAndHighFieldNumbers) {
   out.clear();
   AppendLengthDelimited(&out, 16, "ab");  // tag (16 << 3) | 2 = 130 takes two varint bytes
   EXPECT_EQ(out, std::string("\x82\x01\x02" "ab", 5));
+}
+
+TEST(ResolveUnderRoots, InsideEscapingAndMissingPathsEachGetTheirCode) {
+  namespace fs = std::filesystem;
+  std::string base = (fs::temp_directory_path() / "xtrain-roots-XXXXXX").string();
+  ASSERT_NE(mkdtemp(base.data()), nullptr);
+  const std::string root = base + "/root";
+  fs::create_directories(root + "/set");
+  std::ofstream(base + "/outside.txt") << "x";
+  fs::create_symlink(base + "/outside.txt", root + "/escape");
+  const std::vector<std::string> roots = {root};
+  const std::string real_root = fs::canonical(root).string();
+
+  absl::StatusOr<std::string> inside = ResolveUnderRoots(roots, "set", "f");
+  ASSERT_TRUE(inside.ok()) << inside.status();
+  EXPECT_EQ(*inside, real_root + "/set");
+  EXPECT_TRUE(ResolveUnderRoots(roots, real_root + "/set", "f").ok());
+  for (const std::string& escaping : {std::string("../outside.txt"), base + "/outside.txt", std::string("escape"),
+                                      base + "/missing-outside"}) {
+    EXPECT_EQ(ResolveUnderRoots(roots, escaping, "f").status().code(), absl::StatusCode::kInvalidArgument) << escaping;
+  }
+  // Missing inside a root, given relative or (as the scheduler hands it to a worker) absolute.
+  for (const std::string& missing : {std::string("gone"), real_root + "/gone"}) {
+    const absl::Status status = ResolveUnderRoots(roots, missing, "f").status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kNotFound) << missing;
+    EXPECT_NE(status.message().find("does not exist"), absl::string_view::npos) << status;
+  }
+  fs::remove_all(base);
 }
 
 }  // namespace
