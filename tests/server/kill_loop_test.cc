@@ -81,41 +81,6 @@ struct Follower {
   }
 };
 
-// Every checkpoint file kept under `data_dir` loads as a resuming worker reads it (`xtrain-worker
-// --check-checkpoints`: every entry's CRC-32, then the training state). A file that a job's keep
-// policy deleted between the listing and the check (a worker outlives a SIGKILLed server by a moment)
-// is not counted. Returns how many loaded.
-int CheckKeptCheckpoints(const std::string& data_dir) {
-  std::string command = absl::StrCat(WorkerPath(), " --check-checkpoints");
-  int listed = 0;
-  std::error_code error;
-  for (const auto& entry : std::filesystem::recursive_directory_iterator(data_dir, error)) {
-    const std::string name = entry.path().filename().string();
-    if (name.rfind("checkpoint-", 0) == 0 && entry.path().extension() == ".pt") {
-      absl::StrAppend(&command, " '", entry.path().string(), "'");
-      ++listed;
-    }
-  }
-  if (listed == 0) return 0;
-  FILE* pipe = ::popen(absl::StrCat(command, " 2>&1").c_str(), "r");
-  if (pipe == nullptr) {
-    ADD_FAILURE() << "cannot run " << command;
-    return 0;
-  }
-  int loaded = 0;
-  char line[4096];
-  while (std::fgets(line, sizeof(line), pipe) != nullptr) {
-    const std::string text(line);
-    if (text.find(": OK step ") != std::string::npos) {
-      ++loaded;
-    } else if (text.find("NOT_FOUND") == std::string::npos) {
-      ADD_FAILURE() << "a kept checkpoint does not load: " << text;
-    }
-  }
-  ::pclose(pipe);
-  return loaded;
-}
-
 // The store's whole log of a job (an ended job's watch from 0).
 std::vector<v1::WatchJobResponse> WholeLog(v1::TrainingService::Stub& stub, const std::string& id) {
   grpc::Status status;

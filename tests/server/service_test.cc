@@ -374,6 +374,148 @@ TEST(Service, ADamagedNewestCheckpointFallsBackToTheOneBefore) {
   EXPECT_EQ(first_checkpoint, newest_step);
 }
 
+// A checkpoint write that fails as on a full disk (ENOSPC, injected into the worker by
+// checkpoint_fault_preload.cc: each worker process writes one checkpoint, then every later write
+// fails). The failed write leaves no partial file and keeps the checkpoint before it; the attempt
+// fails with the disk's reason and is retried from that checkpoint; once the retries are spent the
+// job fails with the reason, and the checkpoints it kept still load.
+TEST(Service, AFullDiskAtACheckpointKeepsTheOneBeforeAndFailsWithTheReason) {
+  ServerOptions options;
+  options.max_attempts = 2;
+  std::unique_ptr<TestServer> test;
+  {
+    // The in-process server's workers inherit the test's environment.
+    ScopedEnv preload("LD_PRELOAD", CheckpointFaultPreloadPath());
+    ScopedEnv allowance("XTRAIN_FAULT_CHECKPOINT_WRITES_OK", "1");
+    test = TestServer::Start(options);
+    ASSERT_NE(test, nullptr);
+    v1::JobSpec spec = TinyJob(/*max_steps=*/1000, /*epochs=*/1000);
+    spec.mutable_checkpoint()->set_every_steps(50);
+    spec.mutable_checkpoint()->set_keep(3);
+    const std::string id = Submit(*test->stub, spec).job().id();
+    const v1::Job done = WaitForEnd(*test->stub, id);
+    ASSERT_EQ(done.state(), v1::FAILED);
+    EXPECT_THAT(done.failure_reason(), HasSubstr("failed 2 attempts"));
+    EXPECT_THAT(done.failure_reason(), HasSubstr("No space left on device"));
+    EXPECT_EQ(done.attempts(), 2);
+    EXPECT_EQ(done.progress().last_checkpoint_step(), 100);
+    grpc::Status status;
+    const std::vector<v1::JobEvent> events = EventsOf(WatchToEnd(*test->stub, id, 0, &status));
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    std::vector<int64_t> checkpoints;
+    std::vector<bool> retries;
+    bool retried_from_the_one_before = false;
+    for (const v1::JobEvent& e : events) {
+      if (e.has_checkpoint()) checkpoints.push_back(e.checkpoint().step());
+      if (e.has_attempt_failed()) {
+        retries.push_back(e.attempt_failed().will_retry());
+        EXPECT_THAT(e.attempt_failed().reason(), HasSubstr("No space left on device"));
+      }
+      if (e.has_state() && e.state().reason().find("retrying from step 50") != std::string::npos) {
+        retried_from_the_one_before = true;
+      }
+    }
+    // Attempt 1 wrote step 50 and failed at 100; attempt 2 resumed from 50, wrote 100, failed at 150.
+    EXPECT_THAT(checkpoints, ::testing::ElementsAre(50, 100));
+    EXPECT_THAT(retries, ::testing::ElementsAre(true, false));
+    EXPECT_TRUE(retried_from_the_one_before);
+    // Stopped before the environment is restored: no server thread reads it as it changes.
+    test->stub.reset();
+    test->server.reset();
+  }
+  // No partial file is left, and what was kept loads (checked without the preload).
+  int temporaries = 0;
+  std::error_code error;
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(test->dir.path(), error)) {
+    if (entry.path().extension() == ".tmp") ++temporaries;
+  }
+  EXPECT_EQ(temporaries, 0);
+  EXPECT_EQ(CheckKeptCheckpoints(test->dir.path()), 2);
+}
+
+// A job that diverges and one whose data disappears fail with a reason a person can act on, and are
+// not retried where a retry would fail the same way; a job running beside them is not disturbed.
+TEST(Service, ADivergingJobAndOneWhoseDataVanishedFailWithTheirReasonsAndDisturbNothingElse) {
+  ServerOptions options;
+  options.max_attempts = 3;
+  options.devices = {DeviceState{"cpu", int64_t{8} << 30, 3}};
+  auto test = TestServer::Start(options);
+  ASSERT_NE(test, nullptr);
+  const std::string healthy = Submit(*test->stub, TinyJob(/*max_steps=*/1000000, /*epochs=*/100000)).job().id();
+  WaitFor(*test->stub, healthy, [](const v1::Job& j) { return j.state() == v1::RUNNING; });
+  const std::vector<pid_t> before = WorkerChildren();
+  ASSERT_EQ(before.size(), 1u);
+
+  // Fashion-MNIST copied under the data root, read by a job that checkpoints every 5 steps.
+  const std::string folder = test->data_root + "/fm";
+  std::filesystem::copy("/usr/share/datasets/fashion-mnist", folder, std::filesystem::copy_options::recursive);
+  v1::JobSpec data_spec = TinyJob(/*max_steps=*/1000000, /*epochs=*/100000);
+  v1::DatasetSpec& data = *data_spec.mutable_dataset();
+  data.Clear();
+  data.set_kind(v1::DatasetSpec::MNIST);
+  data.set_path("fm");
+  data.set_limit(512);
+  data.set_validation_limit(256);
+  data_spec.mutable_checkpoint()->set_every_steps(5);
+  const std::string vanished = Submit(*test->stub, data_spec).job().id();
+  WaitFor(*test->stub, vanished, [](const v1::Job& j) { return j.progress().last_checkpoint_step() >= 5; });
+  std::vector<pid_t> workers = WorkerChildren();
+  std::erase_if(workers, [&](pid_t p) { return p == before[0]; });
+  ASSERT_EQ(workers.size(), 1u);
+  // The data goes while the job runs, then its worker dies: the retry finds no data.
+  std::filesystem::remove_all(folder);
+  kill(workers[0], SIGKILL);
+
+  // Super-resolution's squared error under plain SGD at lr 100: every step multiplies the output
+  // bias's error by about -199, so the loss overflows within a few dozen steps.
+  v1::JobSpec diverging = TinyJob(/*max_steps=*/1000000, /*epochs=*/100000);
+  diverging.mutable_model()->set_name("srnet");
+  diverging.mutable_task()->set_kind("super_resolution");
+  diverging.mutable_training()->set_optimizer("sgd");
+  diverging.mutable_training()->set_lr(100);
+  const std::string diverged = Submit(*test->stub, diverging).job().id();
+
+  const v1::Job lost = WaitForEnd(*test->stub, vanished);
+  ASSERT_EQ(lost.state(), v1::FAILED);
+  EXPECT_THAT(lost.failure_reason(), HasSubstr("/fm' does not exist"));
+  EXPECT_EQ(lost.attempts(), 1);  // the kill; the missing data is not retried
+  const v1::Job blown = WaitForEnd(*test->stub, diverged);
+  ASSERT_EQ(blown.state(), v1::FAILED);
+  EXPECT_THAT(blown.failure_reason(), HasSubstr("training diverged"));
+  EXPECT_THAT(blown.failure_reason(), HasSubstr("lower optimizer.lr"));
+  EXPECT_EQ(blown.attempts(), 0);
+
+  // Each log says why, and whether it retried.
+  const auto failures = [&](const std::string& id) {
+    grpc::Status status;
+    std::vector<std::pair<bool, std::string>> out;
+    for (const v1::JobEvent& e : EventsOf(WatchToEnd(*test->stub, id, 0, &status))) {
+      if (e.has_attempt_failed()) out.emplace_back(e.attempt_failed().will_retry(), e.attempt_failed().reason());
+    }
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return out;
+  };
+  const auto lost_failures = failures(vanished);
+  ASSERT_EQ(lost_failures.size(), 2u);
+  EXPECT_TRUE(lost_failures[0].first);
+  EXPECT_THAT(lost_failures[0].second, HasSubstr("signal"));
+  EXPECT_FALSE(lost_failures[1].first);
+  EXPECT_EQ(lost_failures[1].second, lost.failure_reason());
+  const auto blown_failures = failures(diverged);
+  ASSERT_EQ(blown_failures.size(), 1u);
+  EXPECT_FALSE(blown_failures[0].first);
+
+  // The job beside them ran on: never failed, still stepping.
+  const int64_t step = WaitFor(*test->stub, healthy, [](const v1::Job&) { return true; }).progress().step();
+  const v1::Job still = WaitFor(*test->stub, healthy, [&](const v1::Job& j) { return j.progress().step() > step; });
+  EXPECT_EQ(still.state(), v1::RUNNING);
+  EXPECT_EQ(still.attempts(), 0);
+  v1::CancelJobResponse cancelled;
+  ASSERT_TRUE(Cancel(*test->stub, healthy, &cancelled).ok());
+  EXPECT_EQ(WaitForEnd(*test->stub, healthy).state(), v1::CANCELLED);
+  EXPECT_TRUE(failures(healthy).empty());
+}
+
 // A cancel the server acknowledged (committed) before it died, while the worker had not stopped yet:
 // the store holds a RUNNING job with cancel_requested. The next start ends it CANCELLED rather than
 // resuming it (found by the kill loop: such a job ran on to SUCCEEDED).
@@ -645,8 +787,7 @@ TEST(Service, UploadFinetuneFromItAndDownloadResumably) {
 
 // `method` called with `request_bytes` as they are (no message type): its status, and its reply's bytes.
 grpc::Status CallRaw(int port, const std::string& method, const std::string& request_bytes, std::string* reply_bytes) {
-  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials());
-  grpc::GenericStub generic(channel);
+  grpc::GenericStub generic(ChannelFor(port));
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
   Notification done;

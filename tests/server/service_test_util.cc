@@ -5,9 +5,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <thread>
 
 #include <grpcpp/support/client_interceptor.h>
@@ -43,11 +46,141 @@ std::string ServerPath() {
   return XTRAIN_SERVER_PATH;
 }
 
-std::unique_ptr<v1::TrainingService::Stub> StubFor(int port) {
+namespace {
+
+// Adds `authorization: Bearer <token>` to every call of the channel it is built into.
+class BearerInterceptor : public grpc::experimental::Interceptor {
+ public:
+  explicit BearerInterceptor(std::string value) : value_(std::move(value)) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+      methods->GetSendInitialMetadata()->insert({"authorization", value_});
+    }
+    methods->Proceed();
+  }
+
+ private:
+  std::string value_;
+};
+class BearerFactory : public grpc::experimental::ClientInterceptorFactoryInterface {
+ public:
+  explicit BearerFactory(std::string value) : value_(std::move(value)) {}
+  grpc::experimental::Interceptor* CreateClientInterceptor(grpc::experimental::ClientRpcInfo*) override {
+    return new BearerInterceptor(value_);
+  }
+
+ private:
+  std::string value_;
+};
+
+}  // namespace
+
+bool OverTls() {
+  const char* env = std::getenv("XTRAIN_TEST_TLS");
+  return env != nullptr && std::string(env) == "1";
+}
+
+const SuiteTls& Tls() {
+  // Made on first use, removed when the process exits.
+  static const struct Made {
+    TempDir dir;
+    SuiteTls tls;
+    Made() {
+      const std::string d = dir.path();
+      const std::string script = absl::StrCat(
+          "set -e\ncd '", d, "'\n",
+          "key='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'\n",
+          "openssl req -x509 $key -keyout ca.key -out ca.pem -days 2 -subj /CN=xtrain-suite-ca\n",
+          "openssl req $key -keyout server.key -out server.csr -subj /CN=localhost\n",
+          "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > server.ext\n",
+          "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 ",
+          "-extfile server.ext\n");
+      {
+        std::ofstream out(d + "/make.sh");
+        out << script;
+      }
+      const int rc = std::system(absl::StrCat("sh '", d, "/make.sh' > '", d, "/make.log' 2>&1").c_str());
+      if (rc != 0) {
+        std::ifstream log(d + "/make.log");
+        ADD_FAILURE() << "openssl could not make the suite's certificates: " << log.rdbuf();
+      }
+      tls = SuiteTls{d + "/ca.pem", d + "/server.pem", d + "/server.key", d + "/tokens.txt"};
+      // The one token is the default tenant's, as a user: the suites' jobs are that tenant's either way.
+      WriteTokensFile(tls.tokens, {{{std::string(SuiteTls::kToken), "local", "user"}}});
+    }
+  } made;
+  return made.tls;
+}
+
+std::shared_ptr<grpc::Channel> ChannelWith(int port, const std::string& authorization, grpc::ChannelArguments args) {
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (OverTls()) {
+    grpc::SslCredentialsOptions ssl;
+    std::ifstream in(Tls().ca);
+    ssl.pem_root_certs.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    credentials = grpc::SslCredentials(ssl);
+  }
+  std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> factories;
+  if (!authorization.empty()) factories.push_back(std::make_unique<BearerFactory>(authorization));
+  return grpc::experimental::CreateCustomChannelWithInterceptors(absl::StrCat("127.0.0.1:", port), credentials,
+                                                                 args, std::move(factories));
+}
+
+std::shared_ptr<grpc::Channel> ChannelFor(int port) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
-  return v1::TrainingService::NewStub(
-      grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials(), args));
+  return ChannelWith(port, OverTls() ? absl::StrCat("Bearer ", SuiteTls::kToken) : "", args);
+}
+
+std::string CheckpointFaultPreloadPath() { return XTRAIN_CHECKPOINT_FAULT_PRELOAD; }
+
+ScopedEnv::ScopedEnv(const std::string& name, const std::string& value) : name_(name) {
+  if (const char* old = std::getenv(name.c_str()); old != nullptr) old_ = old;
+  ::setenv(name.c_str(), value.c_str(), 1);
+}
+
+ScopedEnv::~ScopedEnv() {
+  if (old_) {
+    ::setenv(name_.c_str(), old_->c_str(), 1);
+  } else {
+    ::unsetenv(name_.c_str());
+  }
+}
+
+int CheckKeptCheckpoints(const std::string& data_dir) {
+  std::string command = absl::StrCat(WorkerPath(), " --check-checkpoints");
+  int listed = 0;
+  std::error_code error;
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(data_dir, error)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("checkpoint-", 0) == 0 && entry.path().extension() == ".pt") {
+      absl::StrAppend(&command, " '", entry.path().string(), "'");
+      ++listed;
+    }
+  }
+  if (listed == 0) return 0;
+  FILE* pipe = ::popen(absl::StrCat(command, " 2>&1").c_str(), "r");
+  if (pipe == nullptr) {
+    ADD_FAILURE() << "cannot run " << command;
+    return 0;
+  }
+  int loaded = 0;
+  char line[4096];
+  while (std::fgets(line, sizeof(line), pipe) != nullptr) {
+    const std::string text(line);
+    if (text.find(": OK step ") != std::string::npos) {
+      ++loaded;
+    } else if (text.find("NOT_FOUND") == std::string::npos) {
+      ADD_FAILURE() << "a kept checkpoint does not load: " << text;
+    }
+  }
+  ::pclose(pipe);
+  return loaded;
+}
+
+
+std::unique_ptr<v1::TrainingService::Stub> StubFor(int port) {
+  return v1::TrainingService::NewStub(ChannelFor(port));
 }
 
 std::unique_ptr<TestServer> TestServer::Start(ServerOptions options) {
@@ -59,6 +192,11 @@ std::unique_ptr<TestServer> TestServer::Start(ServerOptions options) {
   options.data_roots = {test->data_root};
   if (options.worker_path.empty()) options.worker_path = WorkerPath();
   if (options.threads_per_job == 0) options.threads_per_job = 1;
+  if (OverTls() && options.tls_cert_file.empty()) {
+    options.tls_cert_file = Tls().cert;
+    options.tls_key_file = Tls().key;
+  }
+  if (OverTls() && options.tokens_file.empty()) options.tokens_file = Tls().tokens;
   absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(options);
   if (!server.ok()) {
     ADD_FAILURE() << "the server did not start: " << server.status();
@@ -77,6 +215,9 @@ ServerProcess::ServerProcess(const std::string& data_dir, const std::string& dat
                                    "--data-root", data_root, "--worker", WorkerPath(), "--port-file", port_file,
                                    "--threads-per-job", "1", "--log-level", "warn"};
   args.insert(args.end(), flags.begin(), flags.end());
+  const auto has = [&](const char* flag) { return std::find(flags.begin(), flags.end(), flag) != flags.end(); };
+  if (OverTls() && !has("--tls-cert")) args.insert(args.end(), {"--tls-cert", Tls().cert, "--tls-key", Tls().key});
+  if (OverTls() && !has("--tokens")) args.insert(args.end(), {"--tokens", Tls().tokens});
   pid_ = fork();
   if (pid_ == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);  // a crashed test leaves no server behind (ctest waits on its pipes)
@@ -289,43 +430,10 @@ grpc::Status Upload(v1::TrainingService::Stub& stub, const std::string& content,
   return writer->Finish();
 }
 
-namespace {
-
-// Adds `authorization: Bearer <token>` to every call of the channel it is built into.
-class BearerInterceptor : public grpc::experimental::Interceptor {
- public:
-  explicit BearerInterceptor(std::string value) : value_(std::move(value)) {}
-  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
-    if (methods->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
-      methods->GetSendInitialMetadata()->insert({"authorization", value_});
-    }
-    methods->Proceed();
-  }
-
- private:
-  std::string value_;
-};
-class BearerFactory : public grpc::experimental::ClientInterceptorFactoryInterface {
- public:
-  explicit BearerFactory(std::string value) : value_(std::move(value)) {}
-  grpc::experimental::Interceptor* CreateClientInterceptor(grpc::experimental::ClientRpcInfo*) override {
-    return new BearerInterceptor(value_);
-  }
-
- private:
-  std::string value_;
-};
-
-}  // namespace
 
 // A stub whose calls carry `authorization: <value>` (no header when empty).
 std::unique_ptr<v1::TrainingService::Stub> StubWith(int port, const std::string& value) {
-  std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> factories;
-  if (!value.empty()) factories.push_back(std::make_unique<BearerFactory>(value));
-  return v1::TrainingService::NewStub(grpc::experimental::CreateCustomChannelWithInterceptors(
-      absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials(), grpc::ChannelArguments(),
-      std::move(factories)));
+  return v1::TrainingService::NewStub(ChannelWith(port, value, grpc::ChannelArguments()));
 }
-
 
 }  // namespace xtrain::server::testing

@@ -5,6 +5,7 @@
 #include <array>
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,8 +34,47 @@ class TempDir {
 // XTRAIN_TEST_SERVER from the environment (a sanitizer tree without LibTorch uses another tree's worker).
 std::string WorkerPath();
 std::string ServerPath();
+// tests/server/checkpoint_fault_preload.cc, built as a library to LD_PRELOAD into workers.
+std::string CheckpointFaultPreloadPath();
 
-// A stub on 127.0.0.1:port.
+// Sets an environment variable (which the workers a server starts inherit) for its lifetime, then
+// restores it. Set before the server starts, on the test's thread.
+class ScopedEnv {
+ public:
+  ScopedEnv(const std::string& name, const std::string& value);
+  ~ScopedEnv();
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  std::string name_;
+  std::optional<std::string> old_;
+};
+
+// Every checkpoint file (checkpoint-*.pt) under `data_dir` loads as a resuming worker reads it
+// (`xtrain-worker --check-checkpoints`: every entry's CRC-32, then the training state); each that
+// does not is a test failure. A file deleted between the listing and the check (a job's keep policy)
+// is not counted. Returns how many loaded.
+int CheckKeptCheckpoints(const std::string& data_dir);
+
+// XTRAIN_TEST_TLS=1 (ctest runs the service suite a second time so): every server these helpers start
+// serves TLS with a certificate for 127.0.0.1 made by openssl, and authenticates by a tokens file whose
+// one token is the default tenant's ("local", user), unless the test gives its own TLS files or tokens;
+// every channel they make trusts that CA, and StubFor's calls carry that token.
+bool OverTls();
+struct SuiteTls {
+  static constexpr const char* kToken = "suite-token";
+  std::string ca, cert, key, tokens;  // PEM files and the tokens file, made once per process
+};
+const SuiteTls& Tls();
+
+// A channel to 127.0.0.1:port (TLS under OverTls()) whose calls carry `authorization: <value>` (none
+// when empty).
+std::shared_ptr<grpc::Channel> ChannelWith(int port, const std::string& authorization, grpc::ChannelArguments args);
+// ChannelWith the suite's token under OverTls(), and a 64 MiB receive limit.
+std::shared_ptr<grpc::Channel> ChannelFor(int port);
+
+// A stub on 127.0.0.1:port (ChannelFor).
 std::unique_ptr<xtrain::v1::TrainingService::Stub> StubFor(int port);
 
 // A real xtrain-server in this process, on port 0, with its own data dir (and data root) that go
