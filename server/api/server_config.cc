@@ -27,7 +27,7 @@ const char* const kKeys[] = {"listen",          "data-dir",         "data-root",
                              "port-file",       "log-level",        "watch-coalesce-events", "watch-coalesce-ms",
                              "watch-step-rate", "tokens", "tls-cert", "tls-key", "tls-client-ca",
                              "quota-queued-jobs", "quota-budget-bytes", "quota-submits-per-minute",
-                             "quota-watchers", "quota-artifact-bytes"};
+                             "quota-watchers", "quota-artifact-bytes", "metrics-port"};
 
 bool Known(const std::string& key) {
   for (const char* k : kKeys) {
@@ -183,6 +183,8 @@ Flags (also XTRAIN_<NAME> variables, and keys of a YAML file given with --config
   --threads-per-job N         intra-op threads per training worker (default cores / slots)
   --max-upload-bytes N        largest artifact upload (default 2GiB)
   --port-file FILE            write the bound port here once serving
+  --metrics-port N            serve Prometheus metrics at http://<listen host>:N/metrics (default 9464;
+                              0 picks a free port, which the log names)
   --watch-coalesce-events N   a watcher more than N events behind skips to the newest step (default 16)
   --watch-coalesce-ms MS      a watcher whose next step is older than MS skips to the newest step
                               (default 50; 0 turns this rule off). State changes, plans, checkpoints
@@ -296,6 +298,11 @@ absl::StatusOr<ServerCommand> LoadServerCommand(const std::vector<std::string>& 
       absl::StatusOr<int64_t> bytes = ParseBytes(v);
       if (!bytes.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", bytes.status().message()));
       o.max_upload_bytes = *bytes;
+    } else if (key == "metrics-port") {
+      absl::StatusOr<int> n = ParseInt(where, v);
+      if (!n.ok()) return n.status();
+      if (*n < 0 || *n > 65535) return absl::InvalidArgumentError(absl::StrCat(where, " is ", *n, "; use a port, 0 to 65535 (0 picks a free one)"));
+      o.metrics_port = *n;
     } else if (key == "watch-coalesce-events") {
       absl::StatusOr<int> n = ParseInt(where, v);
       if (!n.ok()) return n.status();

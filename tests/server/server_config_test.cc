@@ -69,6 +69,7 @@ TEST(ServerConfig, DefaultsRunOnOneMachine) {
   EXPECT_EQ(o.watch_coalesce_ms, 50);
   EXPECT_EQ(o.watch_step_rate, 10000);
   EXPECT_EQ(o.tokens_file, "");  // no authentication
+  EXPECT_EQ(o.metrics_port, 9464);  // Prometheus's exporter convention
   EXPECT_EQ(command->log_level, "info");
   EXPECT_FALSE(command->help);
 }
@@ -148,6 +149,9 @@ TEST(ServerConfig, MalformedSettingsAreRefusedNamingThem) {
       {{"--device", "cpu:colour=red"}, "unknown field 'colour'"},
       {{"--no-such-flag", "1"}, "unknown flag --no-such-flag"},
       {{"--listen"}, "--listen needs a value"},
+      {{"--metrics-port", "70000"}, "--metrics-port is 70000; use a port, 0 to 65535"},
+      {{"--metrics-port", "-1"}, "--metrics-port is -1"},
+      {{"--metrics-port", "http"}, "--metrics-port 'http' is not an integer"},
       {{"serve"}, "unexpected argument 'serve'"},
   };
   for (const Case& c : cases) {
@@ -198,9 +202,26 @@ TEST(ServerConfig, HelpListsEveryFlag) {
                            "--threads-per-job", "--max-upload-bytes", "--port-file", "--log-level", "--config",
                            "--watch-coalesce-events", "--watch-coalesce-ms", "--watch-step-rate", "--tokens",
                            "--tls-cert", "--tls-key", "--tls-client-ca", "--quota-queued-jobs", "--quota-budget-bytes",
-                           "--quota-submits-per-minute", "--quota-watchers", "--quota-artifact-bytes"}) {
+                           "--quota-submits-per-minute", "--quota-watchers", "--quota-artifact-bytes",
+                           "--metrics-port"}) {
     EXPECT_THAT(usage, HasSubstr(flag));
   }
+}
+
+TEST(ServerConfig, MetricsPortComesFromTheFileTheVariableOrTheFlag) {
+  ScopedDir dir;
+  const std::string yaml = dir.Write("server.yaml", "metrics_port: 9100\n");
+  absl::StatusOr<ServerCommand> command = LoadServerCommand({"--config", yaml});
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_EQ(command->options.metrics_port, 9100);
+  ScopedEnv env;
+  env.Set("XTRAIN_METRICS_PORT", "9200");
+  command = LoadServerCommand({"--config", yaml});
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_EQ(command->options.metrics_port, 9200);  // variable over file
+  command = LoadServerCommand({"--config", yaml, "--metrics-port", "0"});
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_EQ(command->options.metrics_port, 0);  // flag over variable: a free port
 }
 
 TEST(ServerConfig, QuotasAndSecurityFilesParse) {
@@ -229,15 +250,36 @@ TEST(ServerConfig, WatchThresholdsReachTheHub) {
   ScopedDir dir;
   absl::StatusOr<ServerCommand> command =
       LoadServerCommand({"--listen", "127.0.0.1:0", "--data-dir", dir.path() + "/data", "--watch-coalesce-events", "5",
-                         "--watch-coalesce-ms", "0", "--watch-step-rate", "1500", "--device", "cpu:capacity=1GiB"});
+                         "--watch-coalesce-ms", "0", "--watch-step-rate", "1500", "--device", "cpu:capacity=1GiB",
+                         "--metrics-port", "0"});
   ASSERT_TRUE(command.ok()) << command.status();
   absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(command->options);
   ASSERT_TRUE(server.ok()) << server.status();
   EXPECT_GT((*server)->port(), 0);
+  EXPECT_GT((*server)->metrics_port(), 0);  // --metrics-port 0: a free one, bound
+  EXPECT_NE((*server)->metrics_port(), 9464);
   EXPECT_EQ((*server)->hub().options().coalesce_lag, 5);
   EXPECT_EQ((*server)->hub().options().coalesce_age, std::chrono::steady_clock::duration::zero());
   EXPECT_EQ((*server)->hub().options().step_rate, 1500);
   (*server)->Shutdown(0);
+}
+
+// A metrics port another process holds stops the server at start, naming the flag.
+TEST(ServerConfig, ATakenMetricsPortStopsTheServerSayingWhich) {
+  ScopedDir dir;
+  absl::StatusOr<ServerCommand> first =
+      LoadServerCommand({"--listen", "127.0.0.1:0", "--data-dir", dir.path() + "/a", "--metrics-port", "0"});
+  ASSERT_TRUE(first.ok()) << first.status();
+  absl::StatusOr<std::unique_ptr<Server>> holder = Server::Start(first->options);
+  ASSERT_TRUE(holder.ok()) << holder.status();
+  ServerOptions second = first->options;
+  second.data_dir = dir.path() + "/b";
+  second.metrics_port = (*holder)->metrics_port();
+  absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(second);
+  ASSERT_FALSE(server.ok());
+  EXPECT_EQ(server.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(server.status().message()), HasSubstr("--metrics-port"));
+  (*holder)->Shutdown(0);
 }
 
 }  // namespace

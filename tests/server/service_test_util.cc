@@ -55,6 +55,7 @@ std::unique_ptr<TestServer> TestServer::Start(ServerOptions options) {
   test->data_root = absl::StrCat(test->dir.path(), "/data");
   fs::create_directories(test->data_root);
   options.listen = "127.0.0.1:0";
+  if (options.metrics_port == ServerOptions().metrics_port) options.metrics_port = 0;  // tests run side by side
   if (options.data_dir == "xtrain-data") options.data_dir = absl::StrCat(test->dir.path(), "/server");
   options.data_roots = {test->data_root};
   if (options.worker_path.empty()) options.worker_path = WorkerPath();
@@ -75,7 +76,7 @@ ServerProcess::ServerProcess(const std::string& data_dir, const std::string& dat
   fs::remove(port_file, error);
   std::vector<std::string> args = {ServerPath(), "--listen", "127.0.0.1:0", "--data-dir", data_dir,
                                    "--data-root", data_root, "--worker", WorkerPath(), "--port-file", port_file,
-                                   "--threads-per-job", "1", "--log-level", "warn"};
+                                   "--threads-per-job", "1", "--log-level", "warn", "--metrics-port", "0"};
   args.insert(args.end(), flags.begin(), flags.end());
   pid_ = fork();
   if (pid_ == 0) {

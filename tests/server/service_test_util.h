@@ -45,7 +45,8 @@ struct TestServer {
   std::unique_ptr<Server> server;
   std::unique_ptr<xtrain::v1::TrainingService::Stub> stub;
 
-  // `options` with listen, data_dir, data_roots and worker_path filled in where empty.
+  // `options` with listen, data_dir, data_roots and worker_path filled in where empty, and the metrics
+  // port 0 (a free one) where it is the default.
   static std::unique_ptr<TestServer> Start(ServerOptions options = {});
 };
 
