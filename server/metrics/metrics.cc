@@ -210,8 +210,8 @@ Metrics::Metrics()
                          .Register(*registry_)),
       job_error_(BuildGauge()
                      .Name("xtrain_job_planner_relative_error")
-                     .Help("(measured - predicted) / predicted peak at a running job's last step; "
-                           "positive: the planner under-estimated.")
+                     .Help("(largest measured step peak - predicted peak) / predicted peak of a running "
+                           "job's current run; positive: the planner under-estimated.")
                      .Register(*registry_)),
       job_probes_min_(BuildGauge()
                           .Name("xtrain_job_probes_min")
@@ -389,10 +389,11 @@ void Metrics::JobStep(const std::string& job_id, const v1::StepMetrics& step, in
   if (step.measured_peak_bytes() > 0) {
     s.measured = std::max(s.measured, step.measured_peak_bytes());
     s.measured_bytes->Set(static_cast<double>(s.measured));
-    if (step.predicted_peak_bytes() > 0) {
-      s.error->Set(static_cast<double>(step.measured_peak_bytes() - step.predicted_peak_bytes()) /
-                   static_cast<double>(step.predicted_peak_bytes()));
-    }
+  }
+  // The prediction is of the step's peak: it is compared with the largest step measured (single steps
+  // measure up to several percent below it, as their batches and telemetry differ).
+  if (s.measured > 0 && s.predicted > 0) {
+    s.error->Set(static_cast<double>(s.measured - s.predicted) / static_cast<double>(s.predicted));
   }
   int64_t fewest = 0, sum = 0, sketched = 0;
   for (int64_t r : step.probes()) {

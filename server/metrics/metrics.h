@@ -74,8 +74,8 @@ class Metrics {
   // ---- Running jobs (per-job gauges labelled job_id, tenant, device).
   void JobStarted(const std::string& job_id, const std::string& tenant, const std::string& device,
                   int64_t budget_bytes, int64_t predicted_peak_bytes);
-  // A step event: its duration and throughput, progress, peaks (measured, predicted, the planner's
-  // relative error), probes and fidelity ratio (when the step carries one).
+  // A step event: its duration and throughput, progress, peaks (the largest measured, predicted, and
+  // the planner's relative error between the two), probes and fidelity ratio (when the step carries one).
   void JobStep(const std::string& job_id, const xtrain::v1::StepMetrics& step, int64_t total_steps);
   // The job's budget or prediction changed (a plan message, a re-plan).
   void JobPlanned(const std::string& job_id, int64_t budget_bytes, int64_t predicted_peak_bytes);
