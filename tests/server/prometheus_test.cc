@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cmath>
 #include <cstdio>
 #include <fcntl.h>
@@ -216,18 +217,49 @@ void CollectExprs(const Value& value, std::vector<std::string>* exprs) {
 const std::string kAlertRules = absl::StrCat(XTRAIN_SOURCE_DIR, "/deploy/prometheus/xtrain-alerts.yaml");
 const std::string kDashboard = absl::StrCat(XTRAIN_SOURCE_DIR, "/deploy/grafana/xtrain-dashboard.json");
 
-// The dashboard's expressions with Grafana's variables given values Prometheus takes.
-std::vector<std::string> DashboardExprs() {
+// `expr` with Grafana's variables given values Prometheus takes.
+std::string Promql(const std::string& expr) {
+  return absl::StrReplaceAll(expr, {{"$__rate_interval", "1m"}, {"$__interval", "15s"}, {"$device", ".*"}, {"$tenant", ".*"}});
+}
+
+Value Dashboard() {
   absl::StatusOr<std::string> text = ReadFile(kDashboard);
   EXPECT_TRUE(text.ok()) << text.status();
   Value dashboard;
   EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(text.ok() ? *text : "{}", &dashboard).ok()) << kDashboard;
+  return dashboard;
+}
+
+std::vector<std::string> DashboardExprs() {
   std::vector<std::string> exprs;
-  CollectExprs(dashboard, &exprs);
-  for (std::string& expr : exprs) {
-    expr = absl::StrReplaceAll(expr, {{"$__rate_interval", "1m"}, {"$__interval", "15s"}, {"$device", ".*"}, {"$tenant", ".*"}});
-  }
+  CollectExprs(Dashboard(), &exprs);
+  for (std::string& expr : exprs) expr = Promql(expr);
   return exprs;
+}
+
+double UnixSeconds() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// With XTRAIN_METRICS_DUMP_DIR set: the dashboard with each target's range query from `start` to now
+// added as "result", written to <dir>/dashboard-data.json (scripts/plot_dashboard.py draws it).
+void DumpDashboard(const PrometheusProcess& prometheus, double start, const std::string& dir) {
+  Value dashboard = Dashboard();
+  const std::string range = absl::StrCat("&start=", static_cast<int64_t>(start), "&end=", static_cast<int64_t>(UnixSeconds()), "&step=2");
+  for (Value& panel : *(*dashboard.mutable_struct_value()->mutable_fields())["panels"].mutable_list_value()->mutable_values()) {
+    auto& fields = *panel.mutable_struct_value()->mutable_fields();
+    if (!fields.contains("targets")) continue;
+    for (Value& target : *fields["targets"].mutable_list_value()->mutable_values()) {
+      auto& target_fields = *target.mutable_struct_value()->mutable_fields();
+      absl::StatusOr<Value> data =
+          prometheus.Api(absl::StrCat("query_range?query=", UrlEncode(Promql(target_fields["expr"].string_value())), range));
+      EXPECT_TRUE(data.ok()) << data.status();
+      if (data.ok()) target_fields["result"] = *data;
+    }
+  }
+  std::string json;
+  ASSERT_TRUE(google::protobuf::util::MessageToJsonString(dashboard, &json).ok());
+  ASSERT_TRUE(WriteFileAtomically(absl::StrCat(dir, "/dashboard-data.json"), json).ok());
 }
 
 std::vector<std::string> RuleExprs() {
@@ -254,8 +286,9 @@ v1::JobSpec EndlessJob() {
 }
 
 TEST(Prometheus, ScrapesARunningServerAndEveryDashboardAndAlertExpressionEvaluates) {
+  const double start = UnixSeconds();
   ServerOptions options;
-  options.devices = {DeviceState{"cpu", int64_t{1} << 30, 1}};
+  options.devices = {DeviceState{"cpu", int64_t{16} << 20, 1}};  // the job's budget is about 3 MiB
   options.metrics_job_grace_seconds = 5;
   auto test = TestServer::Start(options);
   ASSERT_NE(test, nullptr);
@@ -320,7 +353,7 @@ TEST(Prometheus, ScrapesARunningServerAndEveryDashboardAndAlertExpressionEvaluat
   EXPECT_NEAR(prometheus.WaitForValue(R"(xtrain_device_measured_bytes{device="cpu"})", [](double v) { return v > 0; }),
               measured, 0.05 * measured);
   prometheus.WaitForValue(R"(xtrain_device_reserved_bytes{device="cpu"})", [budget](double v) { return v == budget; });
-  prometheus.WaitForValue(R"(xtrain_device_capacity_bytes{device="cpu"})", [](double v) { return v == (1 << 30); });
+  prometheus.WaitForValue(R"(xtrain_device_capacity_bytes{device="cpu"})", [](double v) { return v == (16 << 20); });
   prometheus.WaitForValue(R"(xtrain_device_jobs{device="cpu"})", [](double v) { return v == 1; });
 
   // Probes of the plan it runs (its sketched layers' fewest and mean) and its fidelity reports.
@@ -397,6 +430,23 @@ TEST(Prometheus, ScrapesARunningServerAndEveryDashboardAndAlertExpressionEvaluat
       prometheus.Query(R"(ALERTS{alertname=~"XtrainJobOverBudget|XtrainPlannerErrorHigh|XtrainServerDown"})");
   ASSERT_TRUE(alerts.ok()) << alerts.status();
   EXPECT_TRUE(alerts->empty()) << alerts->front().labels["alertname"];
+
+  // For the README's picture (XTRAIN_METRICS_DUMP_DIR): a second job queues behind the first for a
+  // while, takes its slot when the first is cancelled, and runs a while more; then every panel's data.
+  if (const char* dump = std::getenv("XTRAIN_METRICS_DUMP_DIR"); dump != nullptr && *dump != '\0') {
+    const auto hold = std::chrono::seconds(60);
+    const std::string second = Submit(stub, spec).job().id();
+    std::this_thread::sleep_for(hold);  // a stretch of data to draw, not a synchronisation
+    v1::CancelJobResponse first_cancelled;
+    ASSERT_TRUE(Cancel(stub, id, &first_cancelled).ok());
+    WaitFor(stub, second, [](const v1::Job& job) { return job.state() == v1::RUNNING; });
+    std::this_thread::sleep_for(hold);
+    ASSERT_TRUE(Cancel(stub, second, &first_cancelled).ok());
+    WaitForEnd(stub, second);
+    std::this_thread::sleep_for(std::chrono::seconds(5));  // the last scrapes
+    DumpDashboard(prometheus, start, dump);
+    return;
+  }
 
   // Cancelled: off the device at once, its per-job series gone after the grace period.
   v1::CancelJobResponse cancelled;
