@@ -9,7 +9,12 @@
 #include <cerrno>
 #include <cstring>
 
+#include <limits>
+#include <vector>
+
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
@@ -83,6 +88,17 @@ std::string UrlEncode(const std::string& text) {
     }
   }
   return out;
+}
+
+double SampleValue(const std::string& exposition, const std::string& series) {
+  const std::string prefix = absl::StrCat(series, " ");
+  for (absl::string_view line : absl::StrSplit(exposition, '\n')) {
+    if (!absl::StartsWith(line, prefix)) continue;
+    std::vector<absl::string_view> parts = absl::StrSplit(line.substr(prefix.size()), ' ');
+    double value = 0;
+    if (absl::SimpleAtod(parts[0], &value)) return value;
+  }
+  return std::numeric_limits<double>::quiet_NaN();
 }
 
 int FreePort() {

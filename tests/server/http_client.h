@@ -21,6 +21,10 @@ absl::StatusOr<HttpResponse> HttpGet(int port, const std::string& target,
 // `text` percent-encoded for a URL's query string.
 std::string UrlEncode(const std::string& text);
 
+// The value of `series` (name{labels} exactly as exposed, labels sorted by name, as prometheus-cpp
+// writes them) in Prometheus text `exposition`; NaN when it is not there.
+double SampleValue(const std::string& exposition, const std::string& series);
+
 // A TCP port on 127.0.0.1 that nothing listened on a moment ago (bound to port 0, then closed): for
 // programs that cannot be told to pick one themselves.
 int FreePort();

@@ -6,14 +6,12 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
-#include <limits>
 #include <set>
 #include <sstream>
 #include <string>
 
 #include <prometheus/text_serializer.h>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
@@ -39,16 +37,7 @@ std::string Exposition(const Metrics& metrics) {
   return out.str();
 }
 
-// The value of `series` (name{labels} exactly as exposed, labels sorted by name) in `text`; NaN when absent.
-double Value(const std::string& text, const std::string& series) {
-  for (absl::string_view line : absl::StrSplit(text, '\n')) {
-    if (!absl::StartsWith(line, absl::StrCat(series, " "))) continue;
-    double value = 0;
-    std::vector<absl::string_view> parts = absl::StrSplit(line.substr(series.size() + 1), ' ');
-    if (absl::SimpleAtod(parts[0], &value)) return value;
-  }
-  return std::numeric_limits<double>::quiet_NaN();
-}
+double Value(const std::string& text, const std::string& series) { return testing::SampleValue(text, series); }
 
 v1::StepMetrics Step(int64_t step, int64_t measured, int64_t predicted, std::vector<int64_t> probes, double fidelity) {
   v1::StepMetrics metrics;
