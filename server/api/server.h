@@ -37,7 +37,8 @@ struct ServerOptions {
   std::string port_file;                     // if set, the bound port is written here once serving
   // Prometheus /metrics on the --listen host at this port; 0 picks a free port (logged, metrics_port()).
   int metrics_port = 9464;
-  // A stopped job's per-job metric series (labelled job_id) stay this long, then go.
+  // A stopped job's per-job metric series (labelled job_id) stay this long (a last scrape sees its end),
+  // then go.
   double metrics_job_grace_seconds = 120;
   int watch_coalesce_events = 16;            // WatchHubOptions::coalesce_lag
   double watch_coalesce_ms = 50;             // WatchHubOptions::coalesce_age; 0: off

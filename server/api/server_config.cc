@@ -27,7 +27,8 @@ const char* const kKeys[] = {"listen",          "data-dir",         "data-root",
                              "port-file",       "log-level",        "watch-coalesce-events", "watch-coalesce-ms",
                              "watch-step-rate", "tokens", "tls-cert", "tls-key", "tls-client-ca",
                              "quota-queued-jobs", "quota-budget-bytes", "quota-submits-per-minute",
-                             "quota-watchers", "quota-artifact-bytes", "metrics-port"};
+                             "quota-watchers", "quota-artifact-bytes", "metrics-port",
+                             "metrics-job-grace-seconds"};
 
 bool Known(const std::string& key) {
   for (const char* k : kKeys) {
@@ -185,6 +186,8 @@ Flags (also XTRAIN_<NAME> variables, and keys of a YAML file given with --config
   --port-file FILE            write the bound port here once serving
   --metrics-port N            serve Prometheus metrics at http://<listen host>:N/metrics (default 9464;
                               0 picks a free port, which the log names)
+  --metrics-job-grace-seconds S  a stopped job's per-job series (labelled job_id) go S seconds later
+                              (default 120)
   --watch-coalesce-events N   a watcher more than N events behind skips to the newest step (default 16)
   --watch-coalesce-ms MS      a watcher whose next step is older than MS skips to the newest step
                               (default 50; 0 turns this rule off). State changes, plans, checkpoints
@@ -303,6 +306,11 @@ absl::StatusOr<ServerCommand> LoadServerCommand(const std::vector<std::string>& 
       if (!n.ok()) return n.status();
       if (*n < 0 || *n > 65535) return absl::InvalidArgumentError(absl::StrCat(where, " is ", *n, "; use a port, 0 to 65535 (0 picks a free one)"));
       o.metrics_port = *n;
+    } else if (key == "metrics-job-grace-seconds") {
+      absl::StatusOr<double> seconds = ParseDouble(where, v);
+      if (!seconds.ok()) return seconds.status();
+      if (*seconds < 0) return absl::InvalidArgumentError(absl::StrCat(where, " is ", v, "; use 0 or more seconds"));
+      o.metrics_job_grace_seconds = *seconds;
     } else if (key == "watch-coalesce-events") {
       absl::StatusOr<int> n = ParseInt(where, v);
       if (!n.ok()) return n.status();

@@ -152,6 +152,7 @@ TEST(ServerConfig, MalformedSettingsAreRefusedNamingThem) {
       {{"--metrics-port", "70000"}, "--metrics-port is 70000; use a port, 0 to 65535"},
       {{"--metrics-port", "-1"}, "--metrics-port is -1"},
       {{"--metrics-port", "http"}, "--metrics-port 'http' is not an integer"},
+      {{"--metrics-job-grace-seconds", "-1"}, "--metrics-job-grace-seconds is -1; use 0 or more seconds"},
       {{"serve"}, "unexpected argument 'serve'"},
   };
   for (const Case& c : cases) {
@@ -203,17 +204,19 @@ TEST(ServerConfig, HelpListsEveryFlag) {
                            "--watch-coalesce-events", "--watch-coalesce-ms", "--watch-step-rate", "--tokens",
                            "--tls-cert", "--tls-key", "--tls-client-ca", "--quota-queued-jobs", "--quota-budget-bytes",
                            "--quota-submits-per-minute", "--quota-watchers", "--quota-artifact-bytes",
-                           "--metrics-port"}) {
+                           "--metrics-port", "--metrics-job-grace-seconds"}) {
     EXPECT_THAT(usage, HasSubstr(flag));
   }
 }
 
-TEST(ServerConfig, MetricsPortComesFromTheFileTheVariableOrTheFlag) {
+TEST(ServerConfig, MetricsSettingsComeFromTheFileTheVariableOrTheFlag) {
   ScopedDir dir;
-  const std::string yaml = dir.Write("server.yaml", "metrics_port: 9100\n");
+  const std::string yaml = dir.Write("server.yaml", "metrics_port: 9100\nmetrics_job_grace_seconds: 30\n");
   absl::StatusOr<ServerCommand> command = LoadServerCommand({"--config", yaml});
   ASSERT_TRUE(command.ok()) << command.status();
   EXPECT_EQ(command->options.metrics_port, 9100);
+  EXPECT_EQ(command->options.metrics_job_grace_seconds, 30);
+  EXPECT_EQ(LoadServerCommand({})->options.metrics_job_grace_seconds, 120);
   ScopedEnv env;
   env.Set("XTRAIN_METRICS_PORT", "9200");
   command = LoadServerCommand({"--config", yaml});
