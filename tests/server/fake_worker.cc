@@ -11,7 +11,8 @@
 //   spam-stderr  1000 lines of 200 bytes, one 150,000-byte line, "last words" without newline; Finished
 //   child        forks a grandchild that sleeps, logs "grandchild PID", then waits like hang
 //   deaf         sleeps without reading its socket (only a signal ends it)
-//   inspect      Finished whose message lists its fds, stdin, stdout, process group, env and arguments
+//   inspect      Finished whose message lists its fds, stdin, stdout, stderr, process group, env and
+//                arguments
 // A job id a real xtrain-server gives (plan-..., job-...) makes it a stand-in for xtrain-worker behind a
 // real server (the service benchmark): a PlanCall gets a one-point plan of 1 MiB at once; a TrainCall
 // reports max_steps steps (1000 when 0), one every `fake_step_ms` milliseconds (a label of the spec;
@@ -113,8 +114,10 @@ std::string Inspect(int argc, char** argv) {
   ::closedir(dir);
   std::sort(fds.begin(), fds.end());
   const char* value = std::getenv("XTRAIN_FAKE_VALUE");
+  const std::string out = Link("/proc/self/fd/1"), err = Link("/proc/self/fd/2");
   return absl::StrCat("fds=", absl::StrJoin(fds, ","), " stdin=", Link("/proc/self/fd/0"),
-                      " stdout=", Link("/proc/self/fd/1"), " own_group=", ::getpgrp() == ::getpid() ? 1 : 0,
+                      " stdout=", out == err ? "stderr" : out, " stderr=", err.rfind("pipe:", 0) == 0 ? "pipe" : err,
+                      " own_group=", ::getpgrp() == ::getpid() ? 1 : 0,
                       " env=", value != nullptr ? value : "(unset)", " args=",
                       absl::StrJoin(std::vector<std::string>(argv + 1, argv + argc), ","));
 }
