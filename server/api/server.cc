@@ -117,6 +117,9 @@ absl::Status Server::Initialize() {
   // slow each other down (a model build took twice as long with one core busy), so idle ones sleep.
   // An OMP_WAIT_POLICY in the server's environment wins.
   if (std::getenv("OMP_WAIT_POLICY") == nullptr) supervision.worker_env["OMP_WAIT_POLICY"] = "PASSIVE";
+  // Workers log at the server's level (their lines below it would be dropped here anyway).
+  const spdlog::string_view_t level = spdlog::level::to_string_view(spdlog::get_level());
+  supervision.worker_env["XTRAIN_LOG_LEVEL"] = std::string(level.data(), level.size());
   supervisor_ = std::make_unique<Supervisor>(io_, supervision);
   WatchHubOptions watching;
   watching.coalesce_lag = options_.watch_coalesce_events;

@@ -24,7 +24,7 @@ using Settings = std::map<std::string, std::vector<std::string>>;
 const char* const kKeys[] = {"listen",          "data-dir",         "data-root",           "device",
                              "worker",          "grace-seconds",    "max-attempts",        "max-concurrent-plans",
                              "starvation-seconds", "checkpoint-seconds", "threads-per-job", "max-upload-bytes",
-                             "port-file",       "log-level",        "watch-coalesce-events", "watch-coalesce-ms",
+                             "port-file",       "log-level",        "log-format",       "watch-coalesce-events", "watch-coalesce-ms",
                              "watch-step-rate", "tokens", "tls-cert", "tls-key", "tls-client-ca",
                              "quota-queued-jobs", "quota-budget-bytes", "quota-submits-per-minute",
                              "quota-watchers", "quota-artifact-bytes", "metrics-port",
@@ -204,7 +204,10 @@ Flags (also XTRAIN_<NAME> variables, and keys of a YAML file given with --config
   --tls-cert FILE             the server's certificate chain (PEM): serve TLS (with --tls-key)
   --tls-key FILE              its private key (PEM)
   --tls-client-ca FILE        require client certificates signed by this CA (PEM)
-  --log-level LEVEL           trace, debug, info (default), warn, error
+  --log-level LEVEL           trace, debug, info (default), warn, error, critical, off; workers log at
+                              the server's level
+  --log-format FORMAT         text (default: lines for people) or json (one JSON object a line: time,
+                              level, message, and job_id and tenant on every line about a job)
   --config FILE               a YAML file of the settings above (keys like data_dir, devices: [...])
 )";
 }
@@ -337,7 +340,13 @@ absl::StatusOr<ServerCommand> LoadServerCommand(const std::vector<std::string>& 
     } else if (key == "port-file") {
       o.port_file = v;
     } else if (key == "log-level") {
+      absl::StatusOr<spdlog::level::level_enum> level = ParseLogLevel(v);
+      if (!level.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", level.status().message()));
       command.log_level = v;
+    } else if (key == "log-format") {
+      absl::StatusOr<LogFormat> format = ParseLogFormat(v);
+      if (!format.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", format.status().message()));
+      command.log_format = *format;
     }
   }
   // A device given without a capacity gets the default (half the memory).

@@ -12,8 +12,9 @@
 #include "absl/strings/str_join.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
-#include "server/common/util.h"
+#include "server/common/logging.h"
 #include "server/common/mutex.h"
+#include "server/common/util.h"
 #include "spdlog/spdlog.h"
 
 namespace xtrain::server {
@@ -74,6 +75,9 @@ int64_t DeviceCapacity(const std::vector<DeviceState>& devices, const std::strin
   }
   return 0;
 }
+
+// Who a log line about `job` is about: its id and tenant.
+LogContext About(const v1::Job& job) { return LogContext{.job_id = job.id(), .tenant = job.tenant()}; }
 
 bool KnownOptimizer(const std::string& name) {
   return name.empty() || name == "sgd" || name == "sgd_momentum" || name == "adam" || name == "adamw";
@@ -344,7 +348,9 @@ void Scheduler::StartPlanWorkers() {
       }
       StartPlanWorkers();
     };
-    absl::StatusOr<WorkerId> worker = supervisor_.Start(call.context.job_id(), request, std::move(handlers));
+    absl::StatusOr<WorkerId> worker =
+        supervisor_.Start(call.context.job_id(), request, std::move(handlers),
+                          LogContext{.plan_id = call.context.job_id(), .tenant = call.context.tenant()});
     if (!worker.ok()) {
       OnPlanFinished(key, worker.status());
       continue;
@@ -616,13 +622,18 @@ void Scheduler::Cancel(std::string tenant, std::string job_id, Done<v1::Job> don
       wv1::WorkerRequest request;
       request.mutable_control()->set_action(wv1::Control::CANCEL);
       request.mutable_control()->set_reason("cancelled by the user");
+      LogAbout(About(entry.job), spdlog::level::info, "cancel requested at step {}; its worker stops within a step",
+               entry.job.progress().step());
       if (!supervisor_.Send(entry.worker, request).ok()) supervisor_.Kill(entry.worker);
       entry.cancel_timer = std::make_unique<boost::asio::steady_timer>(
           io_, std::chrono::milliseconds(static_cast<int64_t>(options_.cancel_grace_seconds * 1000)));
       entry.cancel_timer->async_wait([this, job_id](const boost::system::error_code& error) {
         if (error) return;
         auto found = jobs_.find(job_id);
-        if (found != jobs_.end() && found->second->worker != 0) supervisor_.Kill(found->second->worker);
+        if (found == jobs_.end() || found->second->worker == 0) return;
+        LogAbout(About(found->second->job), spdlog::level::warn,
+                 "its worker did not stop within {} s of the cancel; killing it", options_.cancel_grace_seconds);
+        supervisor_.Kill(found->second->worker);
       });
     }
     Flush();
@@ -926,7 +937,7 @@ void Scheduler::Admit(JobEntry& entry, const std::string& device, int point) {
   if (job.progress().last_checkpoint_step() > 0) {
     absl::StrAppend(&reason, "; resumes from step ", job.progress().last_checkpoint_step());
   }
-  absl::StatusOr<WorkerId> worker = supervisor_.Start(id, request, std::move(handlers));
+  absl::StatusOr<WorkerId> worker = supervisor_.Start(id, request, std::move(handlers), About(job));
   if (!worker.ok()) {
     FinishJob(entry, v1::FAILED, absl::StrCat("cannot start a worker: ", worker.status().message()));
     return;
@@ -956,6 +967,8 @@ void Scheduler::Shrink(JobEntry& entry, int point, const std::string& reason) {
   control.set_reason(reason);
   if (!supervisor_.Send(entry.worker, request).ok()) return;
   entry.pending_point = point;
+  LogAbout(About(entry.job), spdlog::level::info, "shrinking from {} to a budget of {}: {}",
+           HumanBytes(entry.budgets[entry.point]), HumanBytes(entry.budgets[point]), reason);
 }
 
 void Scheduler::Preempt(JobEntry& entry, const std::string& reason) {
@@ -966,6 +979,7 @@ void Scheduler::Preempt(JobEntry& entry, const std::string& reason) {
   if (!supervisor_.Send(entry.worker, request).ok()) return;
   entry.stopping = true;
   entry.stop_reason = reason;
+  LogAbout(About(entry.job), spdlog::level::info, "preempted (it checkpoints and goes back to the queue): {}", reason);
   if (metrics_ != nullptr) metrics_->Preempted();
 }
 
@@ -983,6 +997,7 @@ void Scheduler::ScheduleCheckpointTimer(JobEntry& entry) {
     wv1::WorkerRequest request;
     request.mutable_control()->set_action(wv1::Control::CHECKPOINT);
     request.mutable_control()->set_reason("interval");
+    LogAbout(About(it->second->job), spdlog::level::debug, "asking for a checkpoint (interval)");
     supervisor_.Send(it->second->worker, request).IgnoreError();
     ScheduleCheckpointTimer(*it->second);
   });
@@ -1028,6 +1043,8 @@ void Scheduler::OnWorkerMessage(const std::string& job_id, const wv1::WorkerMess
       v1::CheckpointWritten& written = *AddEvent(entry).mutable_checkpoint();
       written.set_step(message.checkpoint().step());
       written.set_reason(message.checkpoint().reason());
+      LogAbout(About(job), spdlog::level::info, "checkpoint at step {} ({})", message.checkpoint().step(),
+               message.checkpoint().reason());
       break;
     }
     case wv1::WorkerMessage::kReplanned: {
@@ -1041,6 +1058,8 @@ void Scheduler::OnWorkerMessage(const std::string& job_id, const wv1::WorkerMess
       if (replanned.has_plan()) *job.mutable_plan() = replanned.plan();
       progress.set_predicted_peak_bytes(job.plan().predicted_peak_bytes());
       if (metrics_ != nullptr) metrics_->JobPlanned(job_id, job.budget_bytes(), progress.predicted_peak_bytes());
+      LogAbout(About(job), spdlog::level::info, "re-planned to a budget of {}, predicted peak {} ({})",
+               HumanBytes(job.budget_bytes()), HumanBytes(progress.predicted_peak_bytes()), replanned.reason());
       *AddEvent(entry).mutable_replanned() = std::move(replanned);
       RequestPass();
       break;
@@ -1218,7 +1237,8 @@ void Scheduler::ChangeState(JobEntry& entry, v1::JobState to, const std::string&
     }
   }
   Stage(entry);
-  spdlog::info("job {} ({}) {} -> {}: {}", job.id(), job.tenant(), StateName(change.from_state()), StateName(to), reason);
+  LogAbout(About(job), to == v1::FAILED ? spdlog::level::warn : spdlog::level::info, "{} -> {}: {}",
+           StateName(change.from_state()), StateName(to), reason);
 }
 
 void Scheduler::Stage(JobEntry& entry) {
@@ -1303,6 +1323,7 @@ void Scheduler::Shutdown(double grace_seconds, std::function<void()> done) {
       wv1::WorkerRequest request;
       request.mutable_control()->set_action(wv1::Control::STOP);
       request.mutable_control()->set_reason(entry->stop_reason);
+      LogAbout(About(entry->job), spdlog::level::info, "asking its worker to checkpoint and stop: {}", entry->stop_reason);
       if (!supervisor_.Send(entry->worker, request).ok()) supervisor_.Kill(entry->worker);
       entry->stopping = true;
     }

@@ -71,6 +71,7 @@ TEST(ServerConfig, DefaultsRunOnOneMachine) {
   EXPECT_EQ(o.tokens_file, "");  // no authentication
   EXPECT_EQ(o.metrics_port, 9464);  // Prometheus's exporter convention
   EXPECT_EQ(command->log_level, "info");
+  EXPECT_EQ(command->log_format, LogFormat::kText);  // for people, unless asked
   EXPECT_FALSE(command->help);
 }
 
@@ -200,7 +201,7 @@ TEST(ServerConfig, HelpListsEveryFlag) {
   const std::string usage = ServerUsage();
   for (const char* flag : {"--listen", "--data-dir", "--data-root", "--device", "--worker", "--grace-seconds",
                            "--max-attempts", "--max-concurrent-plans", "--starvation-seconds", "--checkpoint-seconds",
-                           "--threads-per-job", "--max-upload-bytes", "--port-file", "--log-level", "--config",
+                           "--threads-per-job", "--max-upload-bytes", "--port-file", "--log-level", "--log-format", "--config",
                            "--watch-coalesce-events", "--watch-coalesce-ms", "--watch-step-rate", "--tokens",
                            "--tls-cert", "--tls-key", "--tls-client-ca", "--quota-queued-jobs", "--quota-budget-bytes",
                            "--quota-submits-per-minute", "--quota-watchers", "--quota-artifact-bytes",
@@ -225,6 +226,40 @@ TEST(ServerConfig, MetricsSettingsComeFromTheFileTheVariableOrTheFlag) {
   command = LoadServerCommand({"--config", yaml, "--metrics-port", "0"});
   ASSERT_TRUE(command.ok()) << command.status();
   EXPECT_EQ(command->options.metrics_port, 0);  // flag over variable: a free port
+}
+
+TEST(ServerConfig, LogSettingsComeFromTheFileTheVariableOrTheFlag) {
+  ScopedDir dir;
+  const std::string yaml = dir.Write("server.yaml", "log_format: json\nlog_level: debug\n");
+  absl::StatusOr<ServerCommand> command = LoadServerCommand({"--config", yaml});
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_EQ(command->log_format, LogFormat::kJson);
+  EXPECT_EQ(command->log_level, "debug");
+  {
+    ScopedEnv env;
+    env.Set("XTRAIN_LOG_FORMAT", "text").Set("XTRAIN_LOG_LEVEL", "error");
+    command = LoadServerCommand({"--config", yaml});
+    ASSERT_TRUE(command.ok()) << command.status();
+    EXPECT_EQ(command->log_format, LogFormat::kText);  // variable over file
+    EXPECT_EQ(command->log_level, "error");
+    command = LoadServerCommand({"--config", yaml, "--log-format", "json", "--log-level=warn"});
+    ASSERT_TRUE(command.ok()) << command.status();
+    EXPECT_EQ(command->log_format, LogFormat::kJson);  // flag over variable
+    EXPECT_EQ(command->log_level, "warn");
+  }
+  // A misspelt level or format is refused with the names that work (spdlog would read an unknown level
+  // as "off" and the server would log nothing).
+  command = LoadServerCommand({"--log-format", "yaml"});
+  ASSERT_FALSE(command.ok());
+  EXPECT_EQ(command.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(command.status().message(), HasSubstr("--log-format"));
+  EXPECT_THAT(command.status().message(), HasSubstr("text or json"));
+  ScopedEnv env;
+  env.Set("XTRAIN_LOG_LEVEL", "verbose");
+  command = LoadServerCommand({});
+  ASSERT_FALSE(command.ok());
+  EXPECT_THAT(command.status().message(), HasSubstr("--log-level"));
+  EXPECT_THAT(command.status().message(), HasSubstr("warn"));
 }
 
 TEST(ServerConfig, QuotasAndSecurityFilesParse) {
