@@ -16,7 +16,9 @@
 // A job id a real xtrain-server gives (plan-..., job-...) makes it a stand-in for xtrain-worker behind a
 // real server (the service benchmark): a PlanCall gets a one-point plan of 1 MiB at once; a TrainCall
 // reports max_steps steps (1000 when 0), one every `fake_step_ms` milliseconds (a label of the spec;
-// default 50), and obeys CANCEL, STOP, CHECKPOINT and REPLAN between them.
+// default 50), and obeys CANCEL, STOP, CHECKPOINT and REPLAN between them. Behind a server it writes
+// log lines as xtrain-worker does ("<level>: <message>"), with quotes, a backslash, a tab, UTF-8 and a
+// line without a level holding a control character and a byte that is not UTF-8 (the log's escaping).
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -143,6 +145,7 @@ xtrain::v1::Plan FakePlan(const xtrain::worker::v1::JobContext& job) {
 }
 
 [[noreturn]] void ServePlan(const xtrain::worker::v1::PlanCall& call) {
+  WriteAll(STDERR_FILENO, "info: fake planning: one point of 1 MiB\n");
   WorkerMessage message;
   xtrain::worker::v1::PlanResult& result = *message.mutable_plan_result();
   *result.mutable_plan() = FakePlan(call.job());
@@ -171,6 +174,10 @@ void SendCheckpoint(const std::string& dir, int64_t step, const std::string& rea
     if (!absl::SimpleAtoi(it->second, &step_ms) || step_ms < 0) Die("label fake_step_ms is not a count of ms");
   }
   const int64_t total = FakeTotalSteps(spec);
+  WriteAll(STDERR_FILENO, absl::StrCat("info: fake training of ", total,
+                                       " steps: a \"quoted\" word, a back\\slash, a\ttab and caf\xc3\xa9\n"));
+  WriteAll(STDERR_FILENO, "warning: a warning from the worker\n");
+  WriteAll(STDERR_FILENO, "a raw line: bell \x07, a stray byte \xff, end\n");
   {
     WorkerMessage message;
     *message.mutable_plan() = FakePlan(call.job());

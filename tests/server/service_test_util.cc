@@ -1,5 +1,6 @@
 #include "tests/server/service_test_util.h"
 
+#include <fcntl.h>
 #include <sys/prctl.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -70,7 +71,8 @@ std::unique_ptr<TestServer> TestServer::Start(ServerOptions options) {
   return test;
 }
 
-ServerProcess::ServerProcess(const std::string& data_dir, const std::string& data_root, std::vector<std::string> flags) {
+ServerProcess::ServerProcess(const std::string& data_dir, const std::string& data_root, std::vector<std::string> flags,
+                             const std::string& stderr_path) {
   const std::string port_file = absl::StrCat(data_dir, ".port");
   std::error_code error;
   fs::remove(port_file, error);
@@ -81,6 +83,10 @@ ServerProcess::ServerProcess(const std::string& data_dir, const std::string& dat
   pid_ = fork();
   if (pid_ == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);  // a crashed test leaves no server behind (ctest waits on its pipes)
+    if (!stderr_path.empty()) {
+      const int fd = open(stderr_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      if (fd < 0 || dup2(fd, STDERR_FILENO) < 0) _exit(126);
+    }
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);

@@ -53,8 +53,10 @@ struct TestServer {
 // xtrain-server as a child process (the SIGKILL tests), on port 0 with --port-file.
 class ServerProcess {
  public:
-  // Starts it with `data_dir`, `data_root` and extra flags; waits until it serves (or fails the test).
-  ServerProcess(const std::string& data_dir, const std::string& data_root, std::vector<std::string> flags = {});
+  // Starts it with `data_dir`, `data_root` and extra flags (a flag given again wins over the defaults);
+  // waits until it serves (or fails the test). Its stderr goes to `stderr_path` when given.
+  ServerProcess(const std::string& data_dir, const std::string& data_root, std::vector<std::string> flags = {},
+                const std::string& stderr_path = "");
   ~ServerProcess();  // SIGKILL if still running
   ServerProcess(const ServerProcess&) = delete;
   ServerProcess& operator=(const ServerProcess&) = delete;
