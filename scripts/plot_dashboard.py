@@ -4,7 +4,7 @@
 The data comes from the Prometheus test run with XTRAIN_METRICS_DUMP_DIR set: each panel's targets with
 their range-query results (tests/server/prometheus_test.cc writes dashboard-data.json there):
 
-    XTRAIN_METRICS_DUMP_DIR=/tmp/xtrain-dump build-svc/tests/server/xtrain_prometheus_tests
+    XTRAIN_METRICS_DUMP_DIR=/tmp/xtrain-dump build/tests/server/xtrain_prometheus_tests
     /usr/bin/python3 scripts/plot_dashboard.py /tmp/xtrain-dump/dashboard-data.json docs/dashboard.png
 """
 
