@@ -66,8 +66,8 @@ std::unique_ptr<spdlog::formatter> MakeLogFormatter(LogFormat format);
 // The server's log: spdlog's default logger replaced by one on stderr in `format` at `level`.
 void ConfigureServerLogging(LogFormat format, spdlog::level::level_enum level);
 
-// The worker's log: "<level>: <message>" lines on stderr (the pipe the supervisor reads) at `level`,
-// the one the server hands down in XTRAIN_LOG_LEVEL (info when it is unset or unknown).
+// The worker's log: "<level>: <message>" lines on stderr (the pipe the supervisor reads) at the level
+// the server hands down in XTRAIN_LOG_LEVEL (info when it is unset or unknown).
 void ConfigureWorkerLogging();
 
 // What ConfigureWorkerLogging's lines say: the level of a "<level>: " prefix (spdlog's names) and the rest;
