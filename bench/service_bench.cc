@@ -252,7 +252,8 @@ class ServerProcess {
     std::vector<std::string> args = {options.server_bin, "--listen", "127.0.0.1:0", "--port-file", port_file,
                                      "--data-dir", absl::StrCat(dir, "/server"), "--data-root", data_root,
                                      "--worker", options.worker_bin, "--device", "cpu:slots=1",
-                                     "--threads-per-job", "1", "--grace-seconds", "5", "--log-level", "warn"};
+                                     "--threads-per-job", "1", "--grace-seconds", "5", "--log-level", "warn",
+                                     "--metrics-port", "0"};
     args.insert(args.end(), options.server_args.begin(), options.server_args.end());
     std::vector<char*> argv;
     for (std::string& arg : args) argv.push_back(arg.data());

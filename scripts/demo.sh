@@ -13,7 +13,7 @@ ctl=$build/client/xtrainctl
 spec=examples/demo-job.yaml
 
 "$server" --listen 127.0.0.1:0 --port-file "$demo/port" --data-dir "$demo/data" --data-root /usr/share/datasets \
-  --device cpu:capacity=2GiB:slots=1 --threads-per-job 2 --log-level warn > "$demo/server.log" 2>&1 &
+  --device cpu:capacity=2GiB:slots=1 --threads-per-job 2 --metrics-port 0 --log-level warn > "$demo/server.log" 2>&1 &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 200); do

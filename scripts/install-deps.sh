@@ -18,6 +18,8 @@ packages=(
   libboost-dev libsqlite3-dev libspdlog-dev libyaml-cpp-dev libssl-dev
   python3-grpcio python3-protobuf   # the Python client, generated from the same proto
   openssl                 # the TLS tests make their certificates with the openssl command
+  prometheus-cpp-dev      # the server's /metrics endpoint
+  prometheus              # promtool and the Prometheus server the metrics tests scrape with
   clang libclang-rt-14-dev  # libFuzzer (make fuzz)
 )
 

@@ -5,10 +5,25 @@
 #include <thread>
 #include <vector>
 
+#include <grpc/support/log.h>
+
 #include "absl/synchronization/mutex.h"
 #include "server/api/server.h"
 #include "server/api/server_config.h"
+#include "server/common/logging.h"
 #include "spdlog/spdlog.h"
+
+namespace {
+
+// gRPC's own messages go into the server's log (in its format) rather than straight to stderr.
+void GrpcLog(gpr_log_func_args* args) {
+  spdlog::level::level_enum level = spdlog::level::info;
+  if (args->severity == GPR_LOG_SEVERITY_ERROR) level = spdlog::level::err;
+  if (args->severity == GPR_LOG_SEVERITY_DEBUG) level = spdlog::level::debug;
+  spdlog::log(level, "grpc: {} ({}:{})", args->message, args->file, args->line);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace xtrain::server;
@@ -21,7 +36,9 @@ int main(int argc, char** argv) {
     std::cout << ServerUsage();
     return 0;
   }
-  spdlog::set_level(spdlog::level::from_str(command->log_level));
+  // The level was checked when the command was read.
+  xtrain::server::ConfigureServerLogging(command->log_format, *ParseLogLevel(command->log_level));
+  gpr_set_log_function(GrpcLog);
   // Debian builds Abseil without NDEBUG, so every absl::Mutex lock (gRPC's own included) records lock
   // order in one process-wide deadlock graph under a spin lock: a debugging aid that serialises the
   // server's threads. The tests keep it on; the server does not.
@@ -37,7 +54,7 @@ int main(int argc, char** argv) {
 
   absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(command->options);
   if (!server.ok()) {
-    std::cerr << "xtrain-server: " << server.status().message() << "\n";
+    spdlog::critical("xtrain-server did not start: {}", std::string(server.status().message()));
     return 1;
   }
   int signal = 0;

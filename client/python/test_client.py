@@ -72,7 +72,7 @@ def setUpModule():
     secure_flags = make_credentials(DIR) if ARGS.secure else []
     SERVER = subprocess.Popen([ARGS.server, "--listen", "127.0.0.1:0", "--port-file", port_file,
                                "--data-dir", os.path.join(DIR, "store"), "--data-root", data_root,
-                               "--worker", ARGS.worker, "--threads-per-job", "1", "--log-level", "warn",
+                               "--worker", ARGS.worker, "--threads-per-job", "1", "--log-level", "warn", "--metrics-port", "0",
                                *secure_flags])
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -12,6 +12,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/strings/str_cat.h"
+#include "server/api/grpc_metrics.h"
 #include "server/common/mutex.h"
 #include "server/common/util.h"
 #include "spdlog/spdlog.h"
@@ -100,6 +101,11 @@ absl::Status Server::Initialize() {
   absl::StatusOr<std::unique_ptr<Authenticator>> auth = Authenticator::Create(options_.tokens_file, "local");
   if (!auth.ok()) return auth.status();
   auth_ = *std::move(auth);
+  if (options_.metrics_port < 0 || options_.metrics_port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("--metrics-port ", options_.metrics_port, " is not a port; use 0 to 65535"));
+  }
+  metrics_ = std::make_unique<Metrics>();
+  metrics_->SetBuildInfo({{"version", XTRAIN_VERSION}, {"grpc_version", grpc::Version()}});
   if (absl::Status s = MakeDirs(options_.data_dir); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<JobStore>> store = OpenSqliteJobStore(absl::StrCat(options_.data_dir, "/xtrain.db"));
   if (!store.ok()) return store.status();
@@ -111,12 +117,21 @@ absl::Status Server::Initialize() {
   // slow each other down (a model build took twice as long with one core busy), so idle ones sleep.
   // An OMP_WAIT_POLICY in the server's environment wins.
   if (std::getenv("OMP_WAIT_POLICY") == nullptr) supervision.worker_env["OMP_WAIT_POLICY"] = "PASSIVE";
+  // Workers log at the server's level (their lines below it would be dropped here anyway).
+  const spdlog::string_view_t level = spdlog::level::to_string_view(spdlog::get_level());
+  supervision.worker_env["XTRAIN_LOG_LEVEL"] = std::string(level.data(), level.size());
   supervisor_ = std::make_unique<Supervisor>(io_, supervision);
   WatchHubOptions watching;
   watching.coalesce_lag = options_.watch_coalesce_events;
   watching.coalesce_age = std::chrono::microseconds(static_cast<int64_t>(options_.watch_coalesce_ms * 1000));
   watching.step_rate = options_.watch_step_rate;
   hub_ = std::make_unique<WatchHub>(*store_, watching);
+  WatchHub* watch_hub = hub_.get();
+  metrics_->AddCallback("xtrain_watchers", "Open WatchJob streams.", Metrics::Kind::kGauge,
+                        [watch_hub] { return static_cast<double>(watch_hub->watchers()); });
+  metrics_->AddCallback("xtrain_watch_events_coalesced_total",
+                        "Live step events skipped for watchers that were behind (each counted in a response's coalesced).",
+                        Metrics::Kind::kCounter, [watch_hub] { return static_cast<double>(watch_hub->events_coalesced()); });
   SchedulerOptions scheduling;
   scheduling.devices = options_.devices;
   scheduling.data_dir = options_.data_dir;
@@ -128,10 +143,19 @@ absl::Status Server::Initialize() {
   scheduling.threads_per_job = options_.threads_per_job;
   scheduling.quota_queued_jobs = options_.quota_queued_jobs;
   scheduling.quota_budget_bytes = options_.quota_budget_bytes;
+  scheduling.metrics = metrics_.get();
+  scheduling.finished_series_seconds = options_.metrics_job_grace_seconds;
   WatchHub* hub = hub_.get();
   scheduler_ = std::make_unique<Scheduler>(
       io_, *store_, *supervisor_, scheduling,
       [hub](const xtrain::v1::Job& job, const std::vector<xtrain::v1::JobEvent>& events) { hub->Publish(job, events); });
+  Scheduler* scheduler = scheduler_.get();
+  metrics_->AddCallback("xtrain_plan_cache_hits_total", "Plans answered from the plan cache.", Metrics::Kind::kCounter,
+                        [scheduler] { return static_cast<double>(scheduler->stats().plan_cache_hits); });
+  metrics_->AddCallback("xtrain_plan_cache_misses_total", "Plans that needed a planning worker.", Metrics::Kind::kCounter,
+                        [scheduler] { return static_cast<double>(scheduler->stats().plan_cache_misses); });
+  metrics_->AddCallback("xtrain_planning_workers", "Planning workers running.", Metrics::Kind::kGauge,
+                        [scheduler] { return static_cast<double>(scheduler->stats().planning); });
 
   work_ = std::make_unique<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>>(io_.get_executor());
   io_thread_ = std::thread([this] { io_.run(); });
@@ -152,14 +176,25 @@ absl::Status Server::Initialize() {
   builder.AddListeningPort(options_.listen, *credentials, &port_);
   builder.RegisterService(service_.get());
   builder.SetMaxReceiveMessageSize(64 << 20);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<GrpcMetricsFactory>(*metrics_, GrpcMetricsFactory::ServedMethods()));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   grpc_ = builder.BuildAndStart();
   if (grpc_ == nullptr || port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.listen,
                                                "; is the port taken? use --listen HOST:PORT (port 0 picks a free one)"));
   }
+  // /metrics on the gRPC address's host (all interfaces when it listens on all), on its own port.
+  std::string host = options_.listen.substr(0, options_.listen.rfind(':'));
+  if (host == "localhost") host = "127.0.0.1";  // civetweb takes addresses, not names
+  absl::StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint =
+      MetricsEndpoint::Start(absl::StrCat(host.empty() ? "0.0.0.0" : host, ":", options_.metrics_port), *metrics_);
+  if (!endpoint.ok()) return endpoint.status();
+  metrics_endpoint_ = *std::move(endpoint);
   grpc_->GetHealthCheckService()->SetServingStatus(true);
   spdlog::info("xtrain-server listening on port {} ({}); data dir {}; worker {}", port_, options_.listen, options_.data_dir,
                options_.worker_path);
+  spdlog::info("metrics on port {} (http://{}:{}/metrics)", metrics_port(), host.empty() ? "0.0.0.0" : host, metrics_port());
   for (const DeviceState& device : options_.devices) {
     spdlog::info("device {}: {} for jobs, {} slot(s)", device.name, HumanBytes(device.capacity_bytes), device.slots);
   }
@@ -221,6 +256,7 @@ void Server::Shutdown(double grace_seconds) {
     io_.stop();
     io_thread_.join();
   }
+  metrics_endpoint_.reset();
   grpc_.reset();
   service_.reset();
   scheduler_.reset();

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "server/api/training_service.h"
 #include "server/api/watch_hub.h"
+#include "server/metrics/metrics.h"
 #include "server/scheduler/scheduler.h"
 #include "server/store/job_store.h"
 #include "server/supervisor/supervisor.h"
@@ -34,6 +35,11 @@ struct ServerOptions {
   int threads_per_job = 0;
   int64_t max_upload_bytes = int64_t{2} << 30;
   std::string port_file;                     // if set, the bound port is written here once serving
+  // Prometheus /metrics on the --listen host at this port; 0 picks a free port (logged, metrics_port()).
+  int metrics_port = 9464;
+  // A stopped job's per-job metric series (labelled job_id) stay this long (a last scrape sees its end),
+  // then go.
+  double metrics_job_grace_seconds = 120;
   int watch_coalesce_events = 16;            // WatchHubOptions::coalesce_lag
   double watch_coalesce_ms = 50;             // WatchHubOptions::coalesce_age; 0: off
   // WatchHubOptions::step_rate; 0: no limit. The default kept the fan-out to half a core of the 2-core
@@ -65,6 +71,8 @@ class Server {
   Server& operator=(const Server&) = delete;
 
   int port() const { return port_; }
+  // The port /metrics is served on.
+  int metrics_port() const { return metrics_endpoint_ != nullptr ? metrics_endpoint_->port() : 0; }
   // Blocks until Shutdown has finished.
   void Wait();
   // Graceful stop within grace_seconds: running jobs checkpoint and go back to the queue.
@@ -74,6 +82,7 @@ class Server {
   absl::StatusOr<size_t> ReloadTokens();
 
   Scheduler& scheduler() { return *scheduler_; }
+  Metrics& metrics() { return *metrics_; }
   WatchHub& hub() { return *hub_; }
   const ServerOptions& options() const { return options_; }
 
@@ -86,6 +95,8 @@ class Server {
   boost::asio::io_context io_;
   std::unique_ptr<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work_;
   std::thread io_thread_;
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<MetricsEndpoint> metrics_endpoint_;
   std::unique_ptr<Authenticator> auth_;
   std::unique_ptr<JobStore> store_;
   std::unique_ptr<Supervisor> supervisor_;

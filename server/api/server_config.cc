@@ -24,10 +24,11 @@ using Settings = std::map<std::string, std::vector<std::string>>;
 const char* const kKeys[] = {"listen",          "data-dir",         "data-root",           "device",
                              "worker",          "grace-seconds",    "max-attempts",        "max-concurrent-plans",
                              "starvation-seconds", "checkpoint-seconds", "threads-per-job", "max-upload-bytes",
-                             "port-file",       "log-level",        "watch-coalesce-events", "watch-coalesce-ms",
+                             "port-file",       "log-level",        "log-format",       "watch-coalesce-events", "watch-coalesce-ms",
                              "watch-step-rate", "tokens", "tls-cert", "tls-key", "tls-client-ca",
                              "quota-queued-jobs", "quota-budget-bytes", "quota-submits-per-minute",
-                             "quota-watchers", "quota-artifact-bytes"};
+                             "quota-watchers", "quota-artifact-bytes", "metrics-port",
+                             "metrics-job-grace-seconds"};
 
 bool Known(const std::string& key) {
   for (const char* k : kKeys) {
@@ -183,6 +184,10 @@ Flags (also XTRAIN_<NAME> variables, and keys of a YAML file given with --config
   --threads-per-job N         intra-op threads per training worker (default cores / slots)
   --max-upload-bytes N        largest artifact upload (default 2GiB)
   --port-file FILE            write the bound port here once serving
+  --metrics-port N            serve Prometheus metrics at http://<listen host>:N/metrics (default 9464;
+                              0 picks a free port, which the log names)
+  --metrics-job-grace-seconds S  a stopped job's per-job series (labelled job_id) go S seconds later
+                              (default 120)
   --watch-coalesce-events N   a watcher more than N events behind skips to the newest step (default 16)
   --watch-coalesce-ms MS      a watcher whose next step is older than MS skips to the newest step
                               (default 50; 0 turns this rule off). State changes, plans, checkpoints
@@ -199,7 +204,10 @@ Flags (also XTRAIN_<NAME> variables, and keys of a YAML file given with --config
   --tls-cert FILE             the server's certificate chain (PEM): serve TLS (with --tls-key)
   --tls-key FILE              its private key (PEM)
   --tls-client-ca FILE        require client certificates signed by this CA (PEM)
-  --log-level LEVEL           trace, debug, info (default), warn, error
+  --log-level LEVEL           trace, debug, info (default), warn, error, critical, off; workers log at
+                              the server's level
+  --log-format FORMAT         text (default: lines for people) or json (one JSON object a line: time,
+                              level, message, and job_id and tenant on every line about a job)
   --config FILE               a YAML file of the settings above (keys like data_dir, devices: [...])
 )";
 }
@@ -296,6 +304,16 @@ absl::StatusOr<ServerCommand> LoadServerCommand(const std::vector<std::string>& 
       absl::StatusOr<int64_t> bytes = ParseBytes(v);
       if (!bytes.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", bytes.status().message()));
       o.max_upload_bytes = *bytes;
+    } else if (key == "metrics-port") {
+      absl::StatusOr<int> n = ParseInt(where, v);
+      if (!n.ok()) return n.status();
+      if (*n < 0 || *n > 65535) return absl::InvalidArgumentError(absl::StrCat(where, " is ", *n, "; use a port, 0 to 65535 (0 picks a free one)"));
+      o.metrics_port = *n;
+    } else if (key == "metrics-job-grace-seconds") {
+      absl::StatusOr<double> seconds = ParseDouble(where, v);
+      if (!seconds.ok()) return seconds.status();
+      if (*seconds < 0) return absl::InvalidArgumentError(absl::StrCat(where, " is ", v, "; use 0 or more seconds"));
+      o.metrics_job_grace_seconds = *seconds;
     } else if (key == "watch-coalesce-events") {
       absl::StatusOr<int> n = ParseInt(where, v);
       if (!n.ok()) return n.status();
@@ -322,7 +340,13 @@ absl::StatusOr<ServerCommand> LoadServerCommand(const std::vector<std::string>& 
     } else if (key == "port-file") {
       o.port_file = v;
     } else if (key == "log-level") {
+      absl::StatusOr<spdlog::level::level_enum> level = ParseLogLevel(v);
+      if (!level.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", level.status().message()));
       command.log_level = v;
+    } else if (key == "log-format") {
+      absl::StatusOr<LogFormat> format = ParseLogFormat(v);
+      if (!format.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", format.status().message()));
+      command.log_format = *format;
     }
   }
   // A device given without a capacity gets the default (half the memory).

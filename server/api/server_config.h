@@ -5,13 +5,15 @@
 
 #include "absl/status/statusor.h"
 #include "server/api/server.h"
+#include "server/common/logging.h"
 
 namespace xtrain::server {
 
 // What the command line asked for besides the server's options.
 struct ServerCommand {
   ServerOptions options;
-  std::string log_level = "info";   // trace, debug, info, warn, error
+  std::string log_level = "info";   // trace, debug, info, warn, error, critical, off (checked)
+  LogFormat log_format = LogFormat::kText;  // text for people, json: one JSON object a line
   bool help = false;
 };
 

@@ -253,7 +253,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* TrainingServiceImpl::WatchJob(grpc::
   }
   absl::StatusOr<std::shared_ptr<void>> lease = LeaseWatcher(caller->tenant);
   if (!lease.ok()) return new FailedWrite<grpc::ByteBuffer>(lease.status());
-  return hub_.Watch(request.job_id(), request.from_sequence(), *std::move(lease));
+  return hub_.Watch(request.job_id(), (*job)->tenant(), request.from_sequence(), *std::move(lease));
 }
 
 // Streams an artifact's file from an offset, one chunk in flight.

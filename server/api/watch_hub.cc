@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/common/logging.h"
 #include "server/common/mutex.h"
 #include "spdlog/spdlog.h"
 
@@ -282,14 +283,15 @@ WatchHub::~WatchHub() {
   fan_out_.join();
 }
 
-std::shared_ptr<WatchHub::JobLog> WatchHub::LogFor(const std::string& job_id) {
+std::shared_ptr<WatchHub::JobLog> WatchHub::LogFor(const std::string& job_id, const std::string& tenant) {
   MutexLock lock(&mutex_);
   auto& log = logs_[job_id];
   if (log != nullptr) return log;
   log = std::make_shared<JobLog>();
   absl::StatusOr<std::vector<v1::JobEvent>> events = store_.ReadEvents(job_id, 1);
   if (!events.ok()) {
-    spdlog::error("reading the event log of job {} failed: {}", job_id, std::string(events.status().message()));
+    LogAbout({.job_id = job_id, .tenant = tenant}, spdlog::level::err, "reading the job's event log failed: {}",
+             std::string(events.status().message()));
   } else {
     MutexLock log_lock(&log->mutex);
     // Stamped now, however old: loaded events are in every watch's backlog, which is never coalesced.
@@ -339,14 +341,14 @@ void WatchHub::Publish(const v1::Job& job, const std::vector<v1::JobEvent>& even
   }
 }
 
-grpc::ServerWriteReactor<grpc::ByteBuffer>* WatchHub::Watch(const std::string& job_id, int64_t from_sequence,
-                                                             std::shared_ptr<void> lease) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* WatchHub::Watch(const std::string& job_id, const std::string& tenant,
+                                                             int64_t from_sequence, std::shared_ptr<void> lease) {
   bool shut_down;
   {
     MutexLock lock(&mutex_);
     shut_down = shut_down_;
   }
-  std::shared_ptr<JobLog> log = shut_down ? std::make_shared<JobLog>() : LogFor(job_id);
+  std::shared_ptr<JobLog> log = shut_down ? std::make_shared<JobLog>() : LogFor(job_id, tenant);
   const int64_t next = std::max<int64_t>(1, from_sequence);
   auto* watcher = new Watcher(*this, log, next, std::move(lease));
   HandOver(watcher);  // gRPC may call OnCancel on another thread as soon as the stream exists

@@ -62,12 +62,13 @@ class WatchHub {
 
   // Appends committed events (the scheduler's Publisher). Any thread.
   void Publish(const xtrain::v1::Job& job, const std::vector<xtrain::v1::JobEvent>& events);
-  // A reactor streaming `job_id`'s log from `from_sequence`, then live; it finishes OK after the job's
+  // A reactor streaming the log of `job_id` (of `tenant`, named in the server's log) from `from_sequence`,
+  // then live; it finishes OK after the job's
   // final event. The stream's messages are serialized WatchJobResponses (WatchJob is a raw method, so
   // that watchers share each event's bytes). `from_sequence` past the log's end + 1 is OUT_OF_RANGE.
   // `lease` is held until the stream's reactor is done (a quota's hold, say).
-  grpc::ServerWriteReactor<grpc::ByteBuffer>* Watch(const std::string& job_id, int64_t from_sequence,
-                                                    std::shared_ptr<void> lease = nullptr);
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Watch(const std::string& job_id, const std::string& tenant,
+                                                    int64_t from_sequence, std::shared_ptr<void> lease = nullptr);
   // Ends every stream with UNAVAILABLE and a sentence saying where to reconnect from, and returns once
   // the idle ones have been finished; later watches are refused the same way.
   void Shutdown();
@@ -85,7 +86,7 @@ class WatchHub {
     std::vector<Watcher*> watchers;
   };
 
-  std::shared_ptr<JobLog> LogFor(const std::string& job_id);
+  std::shared_ptr<JobLog> LogFor(const std::string& job_id, const std::string& tenant);
   void Detach(const std::shared_ptr<JobLog>& log);
   void Enqueue(Wake wake);
   void FanOut();  // the fan-out thread

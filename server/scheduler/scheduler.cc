@@ -12,8 +12,9 @@
 #include "absl/strings/str_join.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
-#include "server/common/util.h"
+#include "server/common/logging.h"
 #include "server/common/mutex.h"
+#include "server/common/util.h"
 #include "spdlog/spdlog.h"
 
 namespace xtrain::server {
@@ -75,6 +76,9 @@ int64_t DeviceCapacity(const std::vector<DeviceState>& devices, const std::strin
   return 0;
 }
 
+// Who a log line about `job` is about: its id and tenant.
+LogContext About(const v1::Job& job) { return LogContext{.job_id = job.id(), .tenant = job.tenant()}; }
+
 bool KnownOptimizer(const std::string& name) {
   return name.empty() || name == "sgd" || name == "sgd_momentum" || name == "adam" || name == "adamw";
 }
@@ -112,7 +116,16 @@ struct Scheduler::PlanCall {
 
 Scheduler::Scheduler(boost::asio::io_context& io, JobStore& store, Supervisor& supervisor,
                      SchedulerOptions options, Publisher publisher)
-    : io_(io), store_(store), supervisor_(supervisor), options_(std::move(options)), publisher_(std::move(publisher)) {}
+    : io_(io),
+      store_(store),
+      supervisor_(supervisor),
+      options_(std::move(options)),
+      publisher_(std::move(publisher)),
+      metrics_(options_.metrics) {
+  if (metrics_ != nullptr) {
+    for (const DeviceState& device : options_.devices) metrics_->AddDevice(device.name, device.capacity_bytes);
+  }
+}
 
 Scheduler::~Scheduler() = default;
 
@@ -131,6 +144,7 @@ absl::Status Scheduler::Recover() {
     entry->order = next_order_++;
     entry->job = std::move(job);
     const std::string id = entry->job.id();
+    if (metrics_ != nullptr) metrics_->JobStateChanged(entry->job.tenant(), v1::JOB_STATE_UNSPECIFIED, entry->job.state());
     if (!entry->job.client_request_id().empty()) {
       request_ids_[{entry->job.tenant(), entry->job.client_request_id()}] = id;
     }
@@ -314,6 +328,10 @@ void Scheduler::StartPlanWorkers() {
     };
     handlers.on_exit = [this, key](const WorkerExit& exit) {
       --plans_running_;
+      if (metrics_ != nullptr) {
+        auto call = plan_calls_.find(key);
+        metrics_->WorkerExited("plan", call != plan_calls_.end() && call->second->result != nullptr ? "planned" : "plan_failed");
+      }
       {
         MutexLock lock(&snapshot_mutex_);
         stats_.planning = plans_running_;
@@ -330,7 +348,9 @@ void Scheduler::StartPlanWorkers() {
       }
       StartPlanWorkers();
     };
-    absl::StatusOr<WorkerId> worker = supervisor_.Start(call.context.job_id(), request, std::move(handlers));
+    absl::StatusOr<WorkerId> worker =
+        supervisor_.Start(call.context.job_id(), request, std::move(handlers),
+                          LogContext{.plan_id = call.context.job_id(), .tenant = call.context.tenant()});
     if (!worker.ok()) {
       OnPlanFinished(key, worker.status());
       continue;
@@ -338,6 +358,7 @@ void Scheduler::StartPlanWorkers() {
     call.started = true;
     call.worker = *worker;
     ++plans_running_;
+    if (metrics_ != nullptr) metrics_->WorkerStarted("plan");
     MutexLock lock(&snapshot_mutex_);
     stats_.planning = plans_running_;
   }
@@ -406,7 +427,9 @@ absl::StatusOr<v1::PlanJobResponse> Scheduler::PlanResponse(const wv1::JobContex
 
 void Scheduler::Submit(std::string tenant, v1::SubmitJobRequest request, Done<v1::SubmitJobResponse> done) {
   boost::asio::post(io_, [this, tenant = std::move(tenant), request = std::move(request), done = std::move(done)]() {
-    if (shutting_down_) return done(absl::UnavailableError("the server is shutting down; submit again shortly"));
+    if (shutting_down_) {
+      return done(Refused("shutting_down", absl::UnavailableError("the server is shutting down; submit again shortly")));
+    }
     const std::string& rid = request.client_request_id();
     if (!rid.empty()) {
       if (auto it = request_ids_.find({tenant, rid}); it != request_ids_.end()) {
@@ -434,12 +457,15 @@ void Scheduler::Submit(std::string tenant, v1::SubmitJobRequest request, Done<v1
     };
     // The queue quota before planning (no worker is spent on a submit that cannot be kept); both quotas
     // again once the plan says the budget.
-    if (absl::Status s = CheckQuotas(tenant, 0); !s.ok()) return answer(s);
+    if (absl::Status s = CheckQuotas(tenant, 0); !s.ok()) return answer(Refused("quota", s));
     absl::StatusOr<wv1::JobContext> context = Resolve(tenant, request.spec());
-    if (!context.ok()) return answer(context.status());
+    if (!context.ok()) return answer(Refused("invalid_spec", context.status()));
     PlanContext(*context, [this, tenant, request, context = *context, answer](
                               absl::StatusOr<std::shared_ptr<const wv1::PlanResult>> result) {
-      if (!result.ok()) return answer(result.status());
+      if (!result.ok()) {
+        const bool fits = result.status().code() != absl::StatusCode::kResourceExhausted;
+        return answer(Refused(fits ? "plan_failed" : "no_plan_fits", result.status()));
+      }
       SubmitPlanned(tenant, request, context, *result, answer);
     });
   });
@@ -470,7 +496,9 @@ absl::Status Scheduler::CheckQuotas(const std::string& tenant, int64_t budget) c
 void Scheduler::SubmitPlanned(const std::string& tenant, const v1::SubmitJobRequest& request,
                               const wv1::JobContext& context, std::shared_ptr<const wv1::PlanResult> result,
                               Done<v1::SubmitJobResponse> done) {
-  if (result->chain().empty()) return done(absl::InternalError("the planning worker returned an empty chain"));
+  if (result->chain().empty()) {
+    return done(Refused("plan_failed", absl::InternalError("the planning worker returned an empty chain")));
+  }
   auto entry = std::make_unique<JobEntry>();
   entry->context = context;
   entry->plan = result;
@@ -483,9 +511,9 @@ void Scheduler::SubmitPlanned(const std::string& tenant, const v1::SubmitJobRequ
     if (entry->budgets[i] <= context.budget_bytes()) entry->requested = i;
   }
   if (entry->requested < 0) {
-    return done(absl::ResourceExhaustedError(absl::StrCat("no plan fits the budget of ", HumanBytes(context.budget_bytes()),
-                                                          "; the smallest budget that fits is ",
-                                                          HumanBytes(entry->budgets.front()))));
+    return done(Refused("no_plan_fits", absl::ResourceExhaustedError(absl::StrCat(
+                                            "no plan fits the budget of ", HumanBytes(context.budget_bytes()),
+                                            "; the smallest budget that fits is ", HumanBytes(entry->budgets.front())))));
   }
   entry->floor = entry->requested;
   const v1::MemorySpec& memory = request.spec().memory();
@@ -497,10 +525,10 @@ void Scheduler::SubmitPlanned(const std::string& tenant, const v1::SubmitJobRequ
       }
     }
     if (result->chain(entry->requested).fidelity() < memory.min_fidelity()) {
-      return done(absl::InvalidArgumentError(absl::StrCat(
+      return done(Refused("below_min_fidelity", absl::InvalidArgumentError(absl::StrCat(
           "spec.memory.min_fidelity is ", memory.min_fidelity(), " but the budget of ", HumanBytes(context.budget_bytes()),
           " only allows a plan of fidelity ", result->chain(entry->requested).fidelity(),
-          "; raise the budget or lower min_fidelity")));
+          "; raise the budget or lower min_fidelity"))));
     }
   }
   int64_t largest = 0;
@@ -508,11 +536,11 @@ void Scheduler::SubmitPlanned(const std::string& tenant, const v1::SubmitJobRequ
     if (request.spec().device().empty() || d.name == request.spec().device()) largest = std::max(largest, d.capacity_bytes);
   }
   if (entry->budgets[entry->floor] > largest) {
-    return done(absl::ResourceExhaustedError(absl::StrCat(
+    return done(Refused("larger_than_devices", absl::ResourceExhaustedError(absl::StrCat(
         "the job needs at least ", HumanBytes(entry->budgets[entry->floor]), " but the largest device it may use has ",
-        HumanBytes(largest), "; lower the batch size or the model's size")));
+        HumanBytes(largest), "; lower the batch size or the model's size"))));
   }
-  if (absl::Status s = CheckQuotas(tenant, entry->budgets[entry->requested]); !s.ok()) return done(s);
+  if (absl::Status s = CheckQuotas(tenant, entry->budgets[entry->requested]); !s.ok()) return done(Refused("quota", s));
   entry->point = entry->requested;
   entry->order = next_order_++;
   entry->queued_since = SteadySeconds();
@@ -533,10 +561,10 @@ void Scheduler::SubmitPlanned(const std::string& tenant, const v1::SubmitJobRequ
   progress.set_predicted_peak_bytes(job.plan().predicted_peak_bytes());
 
   // The plan (chain) rides beside the store: a restarted server schedules from it without re-planning.
-  if (absl::Status s = MakeDirs(JobDir(job.id())); !s.ok()) return done(s);
+  if (absl::Status s = MakeDirs(JobDir(job.id())); !s.ok()) return done(Refused("store_error", s));
   if (absl::Status s = WriteFileAtomically(absl::StrCat(JobDir(job.id()), "/plan.pb"), result->SerializeAsString());
       !s.ok()) {
-    return done(s);
+    return done(Refused("store_error", s));
   }
   ChangeState(*entry, v1::QUEUED, "submitted");
   *AddEvent(*entry).mutable_plan() = job.plan();
@@ -547,9 +575,15 @@ void Scheduler::SubmitPlanned(const std::string& tenant, const v1::SubmitJobRequ
   write.events = std::move(entry->unsaved);
   entry->unsaved.clear();
   entry->staged = false;
-  if (absl::Status s = store_.InsertJob(write); !s.ok()) {
+  const auto insert_start = SteadyClock::now();
+  absl::Status inserted = store_.InsertJob(write);
+  if (metrics_ != nullptr) {
+    metrics_->ObserveStoreWrite(Metrics::StoreOp::kInsert,
+                                std::chrono::duration<double>(SteadyClock::now() - insert_start).count());
+  }
+  if (!inserted.ok()) {
     RemoveAll(JobDir(job.id())).IgnoreError();
-    return done(s);
+    return done(Refused("store_error", inserted));
   }
   if (!job.client_request_id().empty()) request_ids_[{tenant, job.client_request_id()}] = job.id();
   SetSnapshot(job, entry->order);
@@ -588,13 +622,18 @@ void Scheduler::Cancel(std::string tenant, std::string job_id, Done<v1::Job> don
       wv1::WorkerRequest request;
       request.mutable_control()->set_action(wv1::Control::CANCEL);
       request.mutable_control()->set_reason("cancelled by the user");
+      LogAbout(About(entry.job), spdlog::level::info, "cancel requested at step {}; its worker stops within a step",
+               entry.job.progress().step());
       if (!supervisor_.Send(entry.worker, request).ok()) supervisor_.Kill(entry.worker);
       entry.cancel_timer = std::make_unique<boost::asio::steady_timer>(
           io_, std::chrono::milliseconds(static_cast<int64_t>(options_.cancel_grace_seconds * 1000)));
       entry.cancel_timer->async_wait([this, job_id](const boost::system::error_code& error) {
         if (error) return;
         auto found = jobs_.find(job_id);
-        if (found != jobs_.end() && found->second->worker != 0) supervisor_.Kill(found->second->worker);
+        if (found == jobs_.end() || found->second->worker == 0) return;
+        LogAbout(About(found->second->job), spdlog::level::warn,
+                 "its worker did not stop within {} s of the cancel; killing it", options_.cancel_grace_seconds);
+        supervisor_.Kill(found->second->worker);
       });
     }
     Flush();
@@ -814,10 +853,16 @@ void Scheduler::RefreshWaiting(const PlacementResult& result) {
   for (const WaitInfo& info : result.waiting) waiting_[info.job_id] = info;
   stats_.queued = 0;
   stats_.running = 0;
+  double oldest = 0;
+  const double now = SteadySeconds();
   for (const auto& [id, entry] : jobs_) {
-    if (entry->job.state() == v1::QUEUED) ++stats_.queued;
+    if (entry->job.state() == v1::QUEUED) {
+      ++stats_.queued;
+      oldest = std::max(oldest, now - entry->queued_since);
+    }
     if (entry->job.state() == v1::RUNNING) ++stats_.running;
   }
+  if (metrics_ != nullptr) metrics_->SetOldestQueueWait(oldest);
 }
 
 wv1::PlanChoice Scheduler::ChoiceAt(const JobEntry& entry, int point) const {
@@ -892,12 +937,19 @@ void Scheduler::Admit(JobEntry& entry, const std::string& device, int point) {
   if (job.progress().last_checkpoint_step() > 0) {
     absl::StrAppend(&reason, "; resumes from step ", job.progress().last_checkpoint_step());
   }
-  absl::StatusOr<WorkerId> worker = supervisor_.Start(id, request, std::move(handlers));
+  absl::StatusOr<WorkerId> worker = supervisor_.Start(id, request, std::move(handlers), About(job));
   if (!worker.ok()) {
     FinishJob(entry, v1::FAILED, absl::StrCat("cannot start a worker: ", worker.status().message()));
     return;
   }
   entry.worker = *worker;
+  if (metrics_ != nullptr) {
+    metrics_->WorkerStarted("train");
+    metrics_->Admitted(device);
+    metrics_->ObserveQueueWait(SteadySeconds() - entry.queued_since);
+    retiring_.erase(id);  // its earlier run's series go now: JobStarted replaces them
+    metrics_->JobStarted(id, job.tenant(), device, entry.budgets[point], PlanAt(entry, point).predicted_peak_bytes());
+  }
   ChangeState(entry, v1::RUNNING, reason);
   if (point != entry.requested) {
     *job.mutable_plan() = PlanAt(entry, point);
@@ -915,6 +967,8 @@ void Scheduler::Shrink(JobEntry& entry, int point, const std::string& reason) {
   control.set_reason(reason);
   if (!supervisor_.Send(entry.worker, request).ok()) return;
   entry.pending_point = point;
+  LogAbout(About(entry.job), spdlog::level::info, "shrinking from {} to a budget of {}: {}",
+           HumanBytes(entry.budgets[entry.point]), HumanBytes(entry.budgets[point]), reason);
 }
 
 void Scheduler::Preempt(JobEntry& entry, const std::string& reason) {
@@ -925,6 +979,8 @@ void Scheduler::Preempt(JobEntry& entry, const std::string& reason) {
   if (!supervisor_.Send(entry.worker, request).ok()) return;
   entry.stopping = true;
   entry.stop_reason = reason;
+  LogAbout(About(entry.job), spdlog::level::info, "preempted (it checkpoints and goes back to the queue): {}", reason);
+  if (metrics_ != nullptr) metrics_->Preempted();
 }
 
 void Scheduler::ScheduleCheckpointTimer(JobEntry& entry) {
@@ -941,6 +997,7 @@ void Scheduler::ScheduleCheckpointTimer(JobEntry& entry) {
     wv1::WorkerRequest request;
     request.mutable_control()->set_action(wv1::Control::CHECKPOINT);
     request.mutable_control()->set_reason("interval");
+    LogAbout(About(it->second->job), spdlog::level::debug, "asking for a checkpoint (interval)");
     supervisor_.Send(it->second->worker, request).IgnoreError();
     ScheduleCheckpointTimer(*it->second);
   });
@@ -970,6 +1027,7 @@ void Scheduler::OnWorkerMessage(const std::string& job_id, const wv1::WorkerMess
       } else {
         progress.set_eta_seconds(0);
       }
+      if (metrics_ != nullptr) metrics_->JobStep(job_id, step, progress.total_steps());
       *AddEvent(entry).mutable_step() = step;
       break;
     }
@@ -985,10 +1043,13 @@ void Scheduler::OnWorkerMessage(const std::string& job_id, const wv1::WorkerMess
       v1::CheckpointWritten& written = *AddEvent(entry).mutable_checkpoint();
       written.set_step(message.checkpoint().step());
       written.set_reason(message.checkpoint().reason());
+      LogAbout(About(job), spdlog::level::info, "checkpoint at step {} ({})", message.checkpoint().step(),
+               message.checkpoint().reason());
       break;
     }
     case wv1::WorkerMessage::kReplanned: {
       v1::Replanned replanned = message.replanned();
+      if (metrics_ != nullptr) metrics_->Replanned(entry.pending_point >= 0 ? "shrink" : "closed_loop");
       if (entry.pending_point >= 0) {
         entry.point = entry.pending_point;
         entry.pending_point = -1;
@@ -996,6 +1057,9 @@ void Scheduler::OnWorkerMessage(const std::string& job_id, const wv1::WorkerMess
       job.set_budget_bytes(replanned.new_budget_bytes() > 0 ? replanned.new_budget_bytes() : entry.budgets[entry.point]);
       if (replanned.has_plan()) *job.mutable_plan() = replanned.plan();
       progress.set_predicted_peak_bytes(job.plan().predicted_peak_bytes());
+      if (metrics_ != nullptr) metrics_->JobPlanned(job_id, job.budget_bytes(), progress.predicted_peak_bytes());
+      LogAbout(About(job), spdlog::level::info, "re-planned to a budget of {}, predicted peak {} ({})",
+               HumanBytes(job.budget_bytes()), HumanBytes(progress.predicted_peak_bytes()), replanned.reason());
       *AddEvent(entry).mutable_replanned() = std::move(replanned);
       RequestPass();
       break;
@@ -1003,6 +1067,7 @@ void Scheduler::OnWorkerMessage(const std::string& job_id, const wv1::WorkerMess
     case wv1::WorkerMessage::kPlan: {
       *job.mutable_plan() = message.plan();
       progress.set_predicted_peak_bytes(message.plan().predicted_peak_bytes());
+      if (metrics_ != nullptr) metrics_->JobPlanned(job_id, 0, progress.predicted_peak_bytes());
       *AddEvent(entry).mutable_plan() = message.plan();
       break;
     }
@@ -1028,9 +1093,12 @@ void Scheduler::OnWorkerExit(const std::string& job_id, const WorkerExit& exit) 
   const auto code = exit.finished ? static_cast<absl::StatusCode>(finished.code()) : absl::StatusCode::kUnknown;
   if (exit.finished && finished.step() > 0) job.mutable_progress()->set_step(finished.step());
   const bool succeeded = exit.finished && code == absl::StatusCode::kOk && !finished.stopped();
+  const char* outcome = "failed";  // the worker_exits metric's label
   if (job.cancel_requested() && !succeeded) {
+    outcome = "cancelled";
     FinishJob(entry, v1::CANCELLED, absl::StrCat("cancelled at step ", job.progress().step()));
   } else if (succeeded) {
+    outcome = "succeeded";
     for (const auto& [name, value] : finished.final_metrics()) (*job.mutable_final_metrics())[name] = value;
     if (!finished.weights_path().empty()) {
       ArtifactRecord record;
@@ -1054,6 +1122,7 @@ void Scheduler::OnWorkerExit(const std::string& job_id, const WorkerExit& exit) 
     RemoveAll(absl::StrCat(JobDir(job.id()), "/checkpoints")).IgnoreError();
     FinishJob(entry, v1::SUCCEEDED, absl::StrCat("finished after step ", job.progress().step()));
   } else if (exit.finished && finished.stopped()) {
+    outcome = "stopped";
     entry.stopping = false;
     entry.queued_since = SteadySeconds();
     entry.point = entry.requested;
@@ -1063,6 +1132,7 @@ void Scheduler::OnWorkerExit(const std::string& job_id, const WorkerExit& exit) 
                              job.progress().last_checkpoint_step()));
     entry.stop_reason.clear();
   } else if (shutting_down_) {
+    outcome = "stopped";
     job.set_device("");
     ChangeState(entry, v1::QUEUED, absl::StrCat("the server shut down (", exit.reason,
                                                 "); the job resumes from its checkpoint at step ",
@@ -1071,6 +1141,7 @@ void Scheduler::OnWorkerExit(const std::string& job_id, const WorkerExit& exit) 
                                code == absl::StatusCode::kFailedPrecondition || code == absl::StatusCode::kNotFound ||
                                code == absl::StatusCode::kOutOfRange)) {
     // The job itself is wrong (bad data, divergence): a retry would fail the same way.
+    outcome = "job_error";
     v1::AttemptFailed& failed = *AddEvent(entry).mutable_attempt_failed();
     failed.set_attempt(job.attempts() + 1);
     failed.set_reason(finished.message());
@@ -1087,6 +1158,7 @@ void Scheduler::OnWorkerExit(const std::string& job_id, const WorkerExit& exit) 
     failed.set_reason(reason);
     failed.set_will_retry(retry);
     if (retry) {
+      if (metrics_ != nullptr) metrics_->WorkerRestarted(exit.finished ? "error" : "crashed");
       entry.queued_since = SteadySeconds();
       entry.point = entry.requested;
       job.set_device("");
@@ -1096,6 +1168,7 @@ void Scheduler::OnWorkerExit(const std::string& job_id, const WorkerExit& exit) 
       FinishJob(entry, v1::FAILED, absl::StrCat("failed ", attempt, " attempts; the last: ", reason));
     }
   }
+  if (metrics_ != nullptr) metrics_->WorkerExited("train", outcome);
   Stage(entry);
   Flush();
   if (shutting_down_) {
@@ -1121,6 +1194,22 @@ void Scheduler::FinishJob(JobEntry& entry, v1::JobState state, const std::string
   ChangeState(entry, state, reason);
 }
 
+absl::Status Scheduler::Refused(const char* reason, absl::Status status) const {
+  if (metrics_ != nullptr) metrics_->SubmitRefused(reason);
+  return status;
+}
+
+void Scheduler::RetireSeries(const std::string& job_id) {
+  auto& timer = retiring_[job_id];
+  timer = std::make_unique<boost::asio::steady_timer>(
+      io_, std::chrono::milliseconds(static_cast<int64_t>(options_.finished_series_seconds * 1000)));
+  timer->async_wait([this, job_id](const boost::system::error_code& error) {
+    if (error) return;  // cancelled: the job runs again (Admit) or the scheduler is going
+    metrics_->RemoveJob(job_id);
+    retiring_.erase(job_id);
+  });
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Events and commits.
 
@@ -1140,8 +1229,16 @@ void Scheduler::ChangeState(JobEntry& entry, v1::JobState to, const std::string&
   change.set_to_state(to);
   change.set_reason(reason);
   job.set_state(to);
+  if (metrics_ != nullptr) {
+    metrics_->JobStateChanged(job.tenant(), change.from_state(), to);
+    if (change.from_state() == v1::RUNNING && to != v1::RUNNING) {
+      metrics_->JobStopped(job.id());
+      RetireSeries(job.id());
+    }
+  }
   Stage(entry);
-  spdlog::info("job {} ({}) {} -> {}: {}", job.id(), job.tenant(), StateName(change.from_state()), StateName(to), reason);
+  LogAbout(About(job), to == v1::FAILED ? spdlog::level::warn : spdlog::level::info, "{} -> {}: {}",
+           StateName(change.from_state()), StateName(to), reason);
 }
 
 void Scheduler::Stage(JobEntry& entry) {
@@ -1170,7 +1267,13 @@ void Scheduler::Flush() {
     write.events = entry.unsaved;
     entries.push_back(&entry);
   }
-  if (absl::Status s = store_.Commit(writes); !s.ok()) {
+  const auto commit_start = SteadyClock::now();
+  absl::Status committed = store_.Commit(writes);
+  if (metrics_ != nullptr) {
+    metrics_->ObserveStoreWrite(Metrics::StoreOp::kCommit,
+                                std::chrono::duration<double>(SteadyClock::now() - commit_start).count());
+  }
+  if (absl::Status s = committed; !s.ok()) {
     // Nothing is published until it is written: keep the changes staged and try again shortly.
     spdlog::error("store commit of {} job(s) failed: {}; retrying", writes.size(), std::string(s.message()));
     auto retry = std::make_shared<boost::asio::steady_timer>(io_, std::chrono::milliseconds(500));
@@ -1220,6 +1323,7 @@ void Scheduler::Shutdown(double grace_seconds, std::function<void()> done) {
       wv1::WorkerRequest request;
       request.mutable_control()->set_action(wv1::Control::STOP);
       request.mutable_control()->set_reason(entry->stop_reason);
+      LogAbout(About(entry->job), spdlog::level::info, "asking its worker to checkpoint and stop: {}", entry->stop_reason);
       if (!supervisor_.Send(entry->worker, request).ok()) supervisor_.Kill(entry->worker);
       entry->stopping = true;
     }

@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "server/metrics/metrics.h"
 #include "server/scheduler/placement.h"
 #include "server/store/job_store.h"
 #include "server/supervisor/supervisor.h"
@@ -43,6 +44,10 @@ struct SchedulerOptions {
   // queued and running jobs together (the new one's included).
   int quota_queued_jobs = 0;
   int64_t quota_budget_bytes = 0;
+  // Where the scheduler records its metrics (borrowed; outlives the scheduler); null: none.
+  Metrics* metrics = nullptr;
+  // A job's per-job metric series stay this long after it stops running (a last scrape sees its end).
+  double finished_series_seconds = 120;
 };
 
 // Receives committed changes: the job as it is now and the events just appended to its log. Called on
@@ -157,6 +162,10 @@ class Scheduler {
   xtrain::v1::Plan PlanAt(const JobEntry& entry, int point) const;
   JobDemand DemandOf(const JobEntry& entry) const;
   void FinishJob(JobEntry& entry, xtrain::v1::JobState state, const std::string& reason);
+  // `status`, counted as a submit refused for `reason` (one of a fixed few: the metric's label).
+  absl::Status Refused(const char* reason, absl::Status status) const;
+  // Drops the job's per-job metric series once `finished_series_seconds` have passed (io thread).
+  void RetireSeries(const std::string& job_id);
 
   boost::asio::io_context& io_;
   JobStore& store_;
@@ -182,6 +191,9 @@ class Scheduler {
   std::function<void()> shutdown_done_;
   std::unique_ptr<boost::asio::steady_timer> shutdown_timer_;
   std::unique_ptr<boost::asio::steady_timer> aging_timer_;
+  Metrics* const metrics_;
+  // Jobs that stopped running, waiting for their per-job metric series to be removed.
+  std::map<std::string, std::unique_ptr<boost::asio::steady_timer>> retiring_;
 
   // Replaces a job's read snapshot (io thread; copies the job before taking the lock).
   void SetSnapshot(const xtrain::v1::Job& job, int64_t order);

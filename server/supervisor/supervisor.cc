@@ -108,7 +108,7 @@ struct ChildPlan {
   char* const* argv;
   char* const* envp;
   int null_fd;     // becomes stdin
-  int log_fd;      // becomes stderr
+  int log_fd;      // becomes stdout and stderr
   int socket_fd;   // becomes fd 3
   int status_fd;   // stays open (CLOEXEC) until exec; takes a ChildFailure
   int max_fd;      // the fallback close loop's bound where close_range is missing
@@ -146,17 +146,15 @@ void CloseRange(unsigned first, unsigned last, int max_fd) {
   ::sigemptyset(&empty);
   ::sigprocmask(SIG_SETMASK, &empty, nullptr);
 
-  // Move what is handed on above fd 3, then place it: stdin /dev/null, stdout the server's stderr,
-  // stderr the log pipe, fd 3 the socket.
+  // Move what is handed on above fd 3, then place it: stdin /dev/null, stdout and stderr the log pipe
+  // (everything it prints reaches the server's log as its lines), fd 3 the socket.
   const int status_fd = ::fcntl(plan.status_fd, F_DUPFD_CLOEXEC, kChildHighFd);
   if (status_fd < 0) Fail(plan.status_fd, kStageDescriptors);
   const int null_fd = ::fcntl(plan.null_fd, F_DUPFD, kChildHighFd);
   const int log_fd = ::fcntl(plan.log_fd, F_DUPFD, kChildHighFd);
   const int socket_fd = ::fcntl(plan.socket_fd, F_DUPFD, kChildHighFd);
   if (null_fd < 0 || log_fd < 0 || socket_fd < 0) Fail(status_fd, kStageDescriptors);
-  int out_fd = ::fcntl(STDERR_FILENO, F_DUPFD, kChildHighFd);
-  if (out_fd < 0) out_fd = null_fd;  // the server has no stderr
-  if (::dup2(null_fd, 0) < 0 || ::dup2(out_fd, 1) < 0 || ::dup2(log_fd, 2) < 0 || ::dup2(socket_fd, 3) < 0) {
+  if (::dup2(null_fd, 0) < 0 || ::dup2(log_fd, 1) < 0 || ::dup2(log_fd, 2) < 0 || ::dup2(socket_fd, 3) < 0) {
     Fail(status_fd, kStageDescriptors);
   }
   CloseRange(4, static_cast<unsigned>(status_fd) - 1, plan.max_fd);
@@ -169,7 +167,7 @@ void CloseRange(unsigned first, unsigned last, int max_fd) {
 struct Spawned {
   pid_t pid = 0;
   Fd socket;  // the server's end
-  Fd log;     // the read end of the worker's stderr
+  Fd log;     // the read end of the worker's stdout and stderr
 };
 
 absl::StatusOr<Spawned> Spawn(const SupervisorOptions& options) {
@@ -248,10 +246,11 @@ struct Supervisor::SignalWatch {
 // and then no completion touches anything but the Worker itself.
 class Supervisor::Worker : public std::enable_shared_from_this<Worker> {
  public:
-  Worker(Supervisor* owner, WorkerId id, std::string label, pid_t pid, WorkerHandlers handlers)
+  Worker(Supervisor* owner, WorkerId id, std::string label, LogContext context, pid_t pid, WorkerHandlers handlers)
       : owner_(owner),
         id_(id),
         label_(std::move(label)),
+        context_(std::move(context)),
         pid_(pid),
         handlers_(std::move(handlers)),
         on_log_(owner->options_.on_log),
@@ -366,7 +365,8 @@ class Supervisor::Worker : public std::enable_shared_from_this<Worker> {
   // A malformed frame: the stream cannot be trusted past it, so the worker is killed and its reason says so.
   void Break(absl::string_view detail) {
     malformed_ = std::string(detail);
-    spdlog::warn("worker {} ({}) sent a malformed message ({}); killing it", id_, label_, malformed_);
+    LogAbout(context_, spdlog::level::warn, "worker {} (pid {}) sent a malformed message ({}); killing it", id_, pid_,
+             malformed_);
     Kill();
     EndSocket();
     MaybeFinish();
@@ -435,7 +435,11 @@ class Supervisor::Worker : public std::enable_shared_from_this<Worker> {
         if (tail_.size() == tail_lines_) tail_.pop_front();
         tail_.emplace_back(piece);
       }
-      if (on_log_) on_log_(label_, std::string(piece));
+      if (on_log_) {
+        on_log_(label_, std::string(piece));
+      } else {
+        ForwardWorkerLine(context_, std::string_view(piece.data(), piece.size()));
+      }
       if (owner_ == nullptr) return false;
     } while (!line.empty());
     return true;
@@ -454,8 +458,8 @@ class Supervisor::Worker : public std::enable_shared_from_this<Worker> {
 
   void OnGraceOver() {
     if (owner_ == nullptr || ended_) return;
-    spdlog::warn("worker {} ({}) exited but its output stayed open for {} s; closing it", id_, label_,
-                 kStreamGrace.count());
+    LogAbout(context_, spdlog::level::warn, "worker {} (pid {}) exited but its output stayed open for {} s; closing it",
+             id_, pid_, kStreamGrace.count());
     streams_forced_ = true;
     if (!socket_done_) EndSocket();
     if (!log_done_) EndLog();
@@ -475,7 +479,7 @@ class Supervisor::Worker : public std::enable_shared_from_this<Worker> {
     ended_ = true;
     grace_.cancel();
     WorkerExit exit = Describe();
-    spdlog::info("worker {} ({}, pid {}) {}", id_, label_, pid_, exit.reason);
+    LogAbout(context_, spdlog::level::info, "worker {} (pid {}) {}", id_, pid_, exit.reason);
     auto self = shared_from_this();
     owner_->workers_.erase(id_);
     owner_ = nullptr;
@@ -515,6 +519,7 @@ class Supervisor::Worker : public std::enable_shared_from_this<Worker> {
   Supervisor* owner_;
   const WorkerId id_;
   const std::string label_;
+  const LogContext context_;
   const pid_t pid_;
   WorkerHandlers handlers_;
   const std::function<void(const std::string&, const std::string&)> on_log_;
@@ -545,11 +550,6 @@ class Supervisor::Worker : public std::enable_shared_from_this<Worker> {
 
 Supervisor::Supervisor(boost::asio::io_context& io, SupervisorOptions options)
     : io_(io), options_(std::move(options)), sigchld_(std::make_unique<SignalWatch>(io)) {
-  if (!options_.on_log) {
-    options_.on_log = [](const std::string& label, const std::string& line) {
-      spdlog::info("[{}] {}", label, line);
-    };
-  }
   boost::system::error_code error;
   sigchld_->signals.add(SIGCHLD, error);
   if (error) spdlog::error("the supervisor cannot watch SIGCHLD: {}", error.message());
@@ -588,7 +588,8 @@ void Supervisor::Reap() {
 }
 
 absl::StatusOr<WorkerId> Supervisor::Start(const std::string& label, const WorkerRequest& first,
-                                           WorkerHandlers handlers) {
+                                           WorkerHandlers handlers, LogContext context) {
+  if (context.empty()) context.job_id = label;
   if (first.ByteSizeLong() > kMaxFrameBytes) {
     return absl::InvalidArgumentError(absl::StrCat("the first request for ", label, " is ", first.ByteSizeLong(),
                                                    " bytes, above the ", kMaxFrameBytes, "-byte frame limit"));
@@ -596,14 +597,14 @@ absl::StatusOr<WorkerId> Supervisor::Start(const std::string& label, const Worke
   absl::StatusOr<Spawned> spawned = Spawn(options_);
   if (!spawned.ok()) return spawned.status();
   const WorkerId id = next_id_++;
-  auto worker = std::make_shared<Worker>(this, id, label, spawned->pid, std::move(handlers));
+  auto worker = std::make_shared<Worker>(this, id, label, context, spawned->pid, std::move(handlers));
   workers_[id] = worker;
   if (absl::Status begun = worker->Begin(std::move(spawned->socket), std::move(spawned->log)); !begun.ok()) {
     worker->Shutdown();
     workers_.erase(id);
     return absl::UnavailableError(absl::StrCat("cannot watch the worker for ", label, ": ", begun.message()));
   }
-  spdlog::info("worker {} ({}) started: pid {}", id, label, spawned->pid);
+  LogAbout(context, spdlog::level::info, "worker {} started: pid {}", id, spawned->pid);
   absl::Status sent = worker->Send(EncodeFrame(first));
   (void)sent;  // cannot fail: nothing has ended yet
   return id;

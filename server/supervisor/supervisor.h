@@ -13,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "server/common/logging.h"
 #include "xtrain/worker/v1/worker.pb.h"
 
 namespace xtrain::server {
@@ -46,8 +47,9 @@ struct SupervisorOptions {
   std::vector<std::string> worker_args;        // extra arguments for every worker
   std::map<std::string, std::string> worker_env;  // added to the server's environment
   int log_tail_lines = 20;                     // stderr lines kept for WorkerExit::log_tail
-  // Called with each stderr line of a worker (label, line), without its newline; a line over 64 KiB
-  // comes in 64 KiB pieces, a last line without newline at end of stream. Default: spdlog at info.
+  // Called with each line a worker writes to stderr or stdout (label, line), without its newline; a line
+  // over 64 KiB comes in 64 KiB pieces, a last line without newline at end of stream. Default: into the
+  // server's log under the worker's LogContext (ForwardWorkerLine).
   std::function<void(const std::string& label, const std::string& line)> on_log;
 };
 
@@ -55,7 +57,7 @@ using WorkerId = int64_t;
 
 // Starts and watches xtrain-worker processes (DESIGN.md §3): one per running job and per planning call.
 // Each worker gets a Unix socket pair end as fd 3 (length-prefixed protobuf frames, server/protocol),
-// its stderr piped back as its log, and dies with the server (PR_SET_PDEATHSIG and end of stream on
+// its stderr and stdout piped back as its log, and dies with the server (PR_SET_PDEATHSIG and end of stream on
 // its socket). A worker that crashes, is killed or breaks the protocol ends only its own work: the
 // supervisor reports a WorkerExit and carries on. All methods and handlers run on `io`'s thread, and
 // that thread must outlive the workers (PR_SET_PDEATHSIG follows the thread that forked). `io` outlives
@@ -69,12 +71,13 @@ class Supervisor {
   Supervisor(const Supervisor&) = delete;
   Supervisor& operator=(const Supervisor&) = delete;
 
-  // Spawns a worker and sends it `first`. `label` names it in logs (the job id). Unavailable when the
-  // process cannot be started (the sentence says why: missing binary, fork failure), known before it
-  // returns; InvalidArgument when `first` is above kMaxFrameBytes. worker_path is executed as given
-  // (no PATH search).
+  // Spawns a worker and sends it `first`. `label` names it in messages (the job id); `context` is whom
+  // the lines the supervisor logs about it are about: its start, its exit, its own output (empty: job
+  // id `label`). Unavailable when the process cannot be started (the sentence says why: missing binary,
+  // fork failure), known before it returns; InvalidArgument when `first` is above kMaxFrameBytes.
+  // worker_path is executed as given (no PATH search).
   absl::StatusOr<WorkerId> Start(const std::string& label, const xtrain::worker::v1::WorkerRequest& first,
-                                 WorkerHandlers handlers);
+                                 WorkerHandlers handlers, LogContext context = {});
   // Sends a later request (a Control). NotFound for a worker that has ended: exited, closed its socket
   // or stopped reading it. InvalidArgument for a request above kMaxFrameBytes.
   absl::Status Send(WorkerId id, const xtrain::worker::v1::WorkerRequest& request);

@@ -7,6 +7,8 @@
 #include <iostream>
 #include <utility>
 
+#include <spdlog/spdlog.h>
+
 #include "absl/strings/str_cat.h"
 #include "core/memory/cpu_memory_meter.h"
 #include "core/models/model_zoo.h"
@@ -21,8 +23,6 @@ namespace v1 = ::xtrain::v1;
 namespace wv1 = ::xtrain::worker::v1;
 
 namespace {
-
-void Log(const std::string& line) { std::cerr << line << std::endl; }
 
 // Convolution module paths of a zoo model, in module order.
 std::vector<std::string> ConvPaths(const core::ModelSpec& spec) {
@@ -134,7 +134,11 @@ int JobRunner::Finish(const absl::Status& status, wv1::Finished finished) {
   finished.set_message(std::string(status.message()));
   wv1::WorkerMessage message;
   *message.mutable_finished() = std::move(finished);
-  if (!status.ok()) Log(absl::StrCat("xtrain-worker: ", status.ToString()));
+  if (status.code() == absl::StatusCode::kCancelled) {
+    spdlog::info("{}", std::string(status.message()));
+  } else if (!status.ok()) {
+    spdlog::error("{}", status.ToString());
+  }
   return Send(message).ok() ? 0 : 1;
 }
 
@@ -171,8 +175,8 @@ int JobRunner::Plan(const wv1::PlanCall& call) {
     p.set_lean_layers(planned->spec.lean_layers);
     for (const core::PlanSpec::Layer& layer : planned->spec.layers) p.add_probes(layer.probes);
   }
-  Log(absl::StrCat("xtrain-worker: planned ", options->model.name, " in ", planned->seconds, " s: predicted peak ",
-                   HumanBytes(planned->predicted_peak_bytes), " of ", HumanBytes(context.budget_bytes())));
+  spdlog::info("planned {} in {} s: predicted peak {} of {}", options->model.name, planned->seconds,
+               HumanBytes(planned->predicted_peak_bytes), HumanBytes(context.budget_bytes()));
   if (absl::Status s = Send(message); !s.ok()) return 1;
   return 0;
 }
@@ -274,7 +278,7 @@ int JobRunner::Train(const wv1::TrainCall& call) {
       options->checkpoint.resume_from = *it;
       break;
     }
-    Log(absl::StrCat("xtrain-worker: skipping checkpoint ", *it, ": ", read.status().message()));
+    spdlog::warn("skipping checkpoint {}: {}", *it, std::string(read.status().message()));
   }
   absl::StatusOr<std::unique_ptr<core::Trainer>> created = absl::UnknownError("not created");
   if (call.plan().layers_size() > 0 || call.plan().lean_layers()) {
@@ -287,6 +291,9 @@ int JobRunner::Train(const wv1::TrainCall& call) {
   }
   if (!created.ok()) return Finish(created.status());
   core::Trainer& trainer = **created;
+  spdlog::info("training {} on {} with a budget of {}{}", options->model.name, context.device(),
+               HumanBytes(context.budget_bytes()),
+               options->checkpoint.resume_from.empty() ? "" : absl::StrCat("; resuming from ", options->checkpoint.resume_from));
   if (trainer.training_plan() != nullptr) {
     wv1::WorkerMessage message;
     *message.mutable_plan() = PlanMessage(*trainer.training_plan());
@@ -368,7 +375,7 @@ int JobRunner::Train(const wv1::TrainCall& call) {
     if (absl::Status s = Checkpoint(trainer, "stop"); !s.ok()) return Finish(s);
     finished.set_stopped(true);
     std::lock_guard<std::mutex> lock(control_mutex_);
-    Log(absl::StrCat("xtrain-worker: stopped after step ", trainer.step(), " (", stop_reason_, ")"));
+    spdlog::info("stopped after step {} ({})", trainer.step(), stop_reason_);
     return Finish(absl::OkStatus(), finished);
   }
   if (user_cancel_) return Finish(absl::CancelledError(absl::StrCat("cancelled after step ", trainer.step())), finished);

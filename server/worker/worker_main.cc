@@ -1,6 +1,6 @@
 // xtrain-worker: plans or trains one job for xtrain-server, then exits (DESIGN.md §3). It reads
 // WorkerRequests from fd 3 and writes WorkerMessages there (server/protocol/frame.h); its stderr is
-// its log. It caps its own memory at the job's budget and dies with the server.
+// its log ("<level>: <message>" lines at XTRAIN_LOG_LEVEL, which the server forwards). It caps its own memory at the job's budget and dies with the server.
 #include <sys/prctl.h>
 #include <unistd.h>
 
@@ -11,8 +11,11 @@
 #include <iostream>
 #include <string>
 
+#include <spdlog/spdlog.h>
+
 #include "absl/strings/str_cat.h"
 #include "core/train/checkpoint.h"
+#include "server/common/logging.h"
 #include "server/protocol/frame.h"
 #include "server/worker/job_runner.h"
 #include "xtrain/worker/v1/worker.pb.h"
@@ -55,15 +58,16 @@ int main(int argc, char** argv) {
   // Die with the server, even if it was SIGKILLed (the supervisor sets this too; it is cheap to repeat).
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   std::signal(SIGPIPE, SIG_IGN);
+  ConfigureWorkerLogging();
   absl::StatusOr<std::optional<std::string>> first = ReadFrame(kChannelFd);
   if (!first.ok() || !first->has_value()) {
-    std::cerr << "xtrain-worker: no request on fd 3"
-              << (first.ok() ? std::string() : absl::StrCat(": ", first.status().message())) << "\n";
+    spdlog::error("xtrain-worker: no request on fd 3{}",
+                  first.ok() ? std::string() : absl::StrCat(": ", first.status().message()));
     return 2;
   }
   xtrain::worker::v1::WorkerRequest request;
   if (absl::Status s = ParseFrame(**first, request); !s.ok()) {
-    std::cerr << "xtrain-worker: " << s.message() << "\n";
+    spdlog::error("xtrain-worker: {}", std::string(s.message()));
     return 2;
   }
   JobRunner runner(kChannelFd);
@@ -73,7 +77,7 @@ int main(int argc, char** argv) {
     case xtrain::worker::v1::WorkerRequest::kTrain:
       return runner.Train(request.train());
     default:
-      std::cerr << "xtrain-worker: the first request must be a plan or a train call\n";
+      spdlog::error("xtrain-worker: the first request must be a plan or a train call");
       return 2;
   }
 }

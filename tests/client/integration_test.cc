@@ -69,7 +69,7 @@ class ServerProcess {
     std::vector<std::string> args = {XTRAIN_SERVER_PATH, "--listen", absl::StrCat("127.0.0.1:", port),
                                      "--port-file", port_file, "--data-dir", dir + "/store", "--data-root",
                                      dir + "/data", "--worker", XTRAIN_WORKER_PATH, "--threads-per-job", "1",
-                                     "--log-level", "warn"};
+                                     "--log-level", "warn", "--metrics-port", "0"};
     args.insert(args.end(), flags.begin(), flags.end());
     pid_ = ::fork();
     if (pid_ == 0) {

@@ -11,11 +11,14 @@
 //   spam-stderr  1000 lines of 200 bytes, one 150,000-byte line, "last words" without newline; Finished
 //   child        forks a grandchild that sleeps, logs "grandchild PID", then waits like hang
 //   deaf         sleeps without reading its socket (only a signal ends it)
-//   inspect      Finished whose message lists its fds, stdin, stdout, process group, env and arguments
+//   inspect      Finished whose message lists its fds, stdin, stdout, stderr, process group, env and
+//                arguments
 // A job id a real xtrain-server gives (plan-..., job-...) makes it a stand-in for xtrain-worker behind a
 // real server (the service benchmark): a PlanCall gets a one-point plan of 1 MiB at once; a TrainCall
 // reports max_steps steps (1000 when 0), one every `fake_step_ms` milliseconds (a label of the spec;
-// default 50), and obeys CANCEL, STOP, CHECKPOINT and REPLAN between them.
+// default 50), and obeys CANCEL, STOP, CHECKPOINT and REPLAN between them. Behind a server it writes
+// log lines as xtrain-worker does ("<level>: <message>"), with quotes, a backslash, a tab, UTF-8 and a
+// line without a level holding a control character and a byte that is not UTF-8 (the log's escaping).
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -113,8 +116,10 @@ std::string Inspect(int argc, char** argv) {
   ::closedir(dir);
   std::sort(fds.begin(), fds.end());
   const char* value = std::getenv("XTRAIN_FAKE_VALUE");
+  const std::string out = Link("/proc/self/fd/1"), err = Link("/proc/self/fd/2");
   return absl::StrCat("fds=", absl::StrJoin(fds, ","), " stdin=", Link("/proc/self/fd/0"),
-                      " stdout=", Link("/proc/self/fd/1"), " own_group=", ::getpgrp() == ::getpid() ? 1 : 0,
+                      " stdout=", out == err ? "stderr" : out, " stderr=", err.rfind("pipe:", 0) == 0 ? "pipe" : err,
+                      " own_group=", ::getpgrp() == ::getpid() ? 1 : 0,
                       " env=", value != nullptr ? value : "(unset)", " args=",
                       absl::StrJoin(std::vector<std::string>(argv + 1, argv + argc), ","));
 }
@@ -140,6 +145,7 @@ xtrain::v1::Plan FakePlan(const xtrain::worker::v1::JobContext& job) {
 }
 
 [[noreturn]] void ServePlan(const xtrain::worker::v1::PlanCall& call) {
+  WriteAll(STDERR_FILENO, "info: fake planning: one point of 1 MiB\n");
   WorkerMessage message;
   xtrain::worker::v1::PlanResult& result = *message.mutable_plan_result();
   *result.mutable_plan() = FakePlan(call.job());
@@ -168,6 +174,10 @@ void SendCheckpoint(const std::string& dir, int64_t step, const std::string& rea
     if (!absl::SimpleAtoi(it->second, &step_ms) || step_ms < 0) Die("label fake_step_ms is not a count of ms");
   }
   const int64_t total = FakeTotalSteps(spec);
+  WriteAll(STDERR_FILENO, absl::StrCat("info: fake training of ", total,
+                                       " steps: a \"quoted\" word, a back\\slash, a\ttab and caf\xc3\xa9\n"));
+  WriteAll(STDERR_FILENO, "warning: a warning from the worker\n");
+  WriteAll(STDERR_FILENO, "a raw line: bell \x07, a stray byte \xff, end\n");
   {
     WorkerMessage message;
     *message.mutable_plan() = FakePlan(call.job());

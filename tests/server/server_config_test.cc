@@ -69,7 +69,9 @@ TEST(ServerConfig, DefaultsRunOnOneMachine) {
   EXPECT_EQ(o.watch_coalesce_ms, 50);
   EXPECT_EQ(o.watch_step_rate, 10000);
   EXPECT_EQ(o.tokens_file, "");  // no authentication
+  EXPECT_EQ(o.metrics_port, 9464);  // Prometheus's exporter convention
   EXPECT_EQ(command->log_level, "info");
+  EXPECT_EQ(command->log_format, LogFormat::kText);  // for people, unless asked
   EXPECT_FALSE(command->help);
 }
 
@@ -148,6 +150,10 @@ TEST(ServerConfig, MalformedSettingsAreRefusedNamingThem) {
       {{"--device", "cpu:colour=red"}, "unknown field 'colour'"},
       {{"--no-such-flag", "1"}, "unknown flag --no-such-flag"},
       {{"--listen"}, "--listen needs a value"},
+      {{"--metrics-port", "70000"}, "--metrics-port is 70000; use a port, 0 to 65535"},
+      {{"--metrics-port", "-1"}, "--metrics-port is -1"},
+      {{"--metrics-port", "http"}, "--metrics-port 'http' is not an integer"},
+      {{"--metrics-job-grace-seconds", "-1"}, "--metrics-job-grace-seconds is -1; use 0 or more seconds"},
       {{"serve"}, "unexpected argument 'serve'"},
   };
   for (const Case& c : cases) {
@@ -195,12 +201,65 @@ TEST(ServerConfig, HelpListsEveryFlag) {
   const std::string usage = ServerUsage();
   for (const char* flag : {"--listen", "--data-dir", "--data-root", "--device", "--worker", "--grace-seconds",
                            "--max-attempts", "--max-concurrent-plans", "--starvation-seconds", "--checkpoint-seconds",
-                           "--threads-per-job", "--max-upload-bytes", "--port-file", "--log-level", "--config",
+                           "--threads-per-job", "--max-upload-bytes", "--port-file", "--log-level", "--log-format", "--config",
                            "--watch-coalesce-events", "--watch-coalesce-ms", "--watch-step-rate", "--tokens",
                            "--tls-cert", "--tls-key", "--tls-client-ca", "--quota-queued-jobs", "--quota-budget-bytes",
-                           "--quota-submits-per-minute", "--quota-watchers", "--quota-artifact-bytes"}) {
+                           "--quota-submits-per-minute", "--quota-watchers", "--quota-artifact-bytes",
+                           "--metrics-port", "--metrics-job-grace-seconds"}) {
     EXPECT_THAT(usage, HasSubstr(flag));
   }
+}
+
+TEST(ServerConfig, MetricsSettingsComeFromTheFileTheVariableOrTheFlag) {
+  ScopedDir dir;
+  const std::string yaml = dir.Write("server.yaml", "metrics_port: 9100\nmetrics_job_grace_seconds: 30\n");
+  absl::StatusOr<ServerCommand> command = LoadServerCommand({"--config", yaml});
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_EQ(command->options.metrics_port, 9100);
+  EXPECT_EQ(command->options.metrics_job_grace_seconds, 30);
+  EXPECT_EQ(LoadServerCommand({})->options.metrics_job_grace_seconds, 120);
+  ScopedEnv env;
+  env.Set("XTRAIN_METRICS_PORT", "9200");
+  command = LoadServerCommand({"--config", yaml});
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_EQ(command->options.metrics_port, 9200);  // variable over file
+  command = LoadServerCommand({"--config", yaml, "--metrics-port", "0"});
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_EQ(command->options.metrics_port, 0);  // flag over variable: a free port
+}
+
+TEST(ServerConfig, LogSettingsComeFromTheFileTheVariableOrTheFlag) {
+  ScopedDir dir;
+  const std::string yaml = dir.Write("server.yaml", "log_format: json\nlog_level: debug\n");
+  absl::StatusOr<ServerCommand> command = LoadServerCommand({"--config", yaml});
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_EQ(command->log_format, LogFormat::kJson);
+  EXPECT_EQ(command->log_level, "debug");
+  {
+    ScopedEnv env;
+    env.Set("XTRAIN_LOG_FORMAT", "text").Set("XTRAIN_LOG_LEVEL", "error");
+    command = LoadServerCommand({"--config", yaml});
+    ASSERT_TRUE(command.ok()) << command.status();
+    EXPECT_EQ(command->log_format, LogFormat::kText);  // variable over file
+    EXPECT_EQ(command->log_level, "error");
+    command = LoadServerCommand({"--config", yaml, "--log-format", "json", "--log-level=warn"});
+    ASSERT_TRUE(command.ok()) << command.status();
+    EXPECT_EQ(command->log_format, LogFormat::kJson);  // flag over variable
+    EXPECT_EQ(command->log_level, "warn");
+  }
+  // A misspelt level or format is refused with the names that work (spdlog would read an unknown level
+  // as "off" and the server would log nothing).
+  command = LoadServerCommand({"--log-format", "yaml"});
+  ASSERT_FALSE(command.ok());
+  EXPECT_EQ(command.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(command.status().message(), HasSubstr("--log-format"));
+  EXPECT_THAT(command.status().message(), HasSubstr("text or json"));
+  ScopedEnv env;
+  env.Set("XTRAIN_LOG_LEVEL", "verbose");
+  command = LoadServerCommand({});
+  ASSERT_FALSE(command.ok());
+  EXPECT_THAT(command.status().message(), HasSubstr("--log-level"));
+  EXPECT_THAT(command.status().message(), HasSubstr("warn"));
 }
 
 TEST(ServerConfig, QuotasAndSecurityFilesParse) {
@@ -229,15 +288,36 @@ TEST(ServerConfig, WatchThresholdsReachTheHub) {
   ScopedDir dir;
   absl::StatusOr<ServerCommand> command =
       LoadServerCommand({"--listen", "127.0.0.1:0", "--data-dir", dir.path() + "/data", "--watch-coalesce-events", "5",
-                         "--watch-coalesce-ms", "0", "--watch-step-rate", "1500", "--device", "cpu:capacity=1GiB"});
+                         "--watch-coalesce-ms", "0", "--watch-step-rate", "1500", "--device", "cpu:capacity=1GiB",
+                         "--metrics-port", "0"});
   ASSERT_TRUE(command.ok()) << command.status();
   absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(command->options);
   ASSERT_TRUE(server.ok()) << server.status();
   EXPECT_GT((*server)->port(), 0);
+  EXPECT_GT((*server)->metrics_port(), 0);  // --metrics-port 0: a free one, bound
+  EXPECT_NE((*server)->metrics_port(), 9464);
   EXPECT_EQ((*server)->hub().options().coalesce_lag, 5);
   EXPECT_EQ((*server)->hub().options().coalesce_age, std::chrono::steady_clock::duration::zero());
   EXPECT_EQ((*server)->hub().options().step_rate, 1500);
   (*server)->Shutdown(0);
+}
+
+// A metrics port another process holds stops the server at start, naming the flag.
+TEST(ServerConfig, ATakenMetricsPortStopsTheServerSayingWhich) {
+  ScopedDir dir;
+  absl::StatusOr<ServerCommand> first =
+      LoadServerCommand({"--listen", "127.0.0.1:0", "--data-dir", dir.path() + "/a", "--metrics-port", "0"});
+  ASSERT_TRUE(first.ok()) << first.status();
+  absl::StatusOr<std::unique_ptr<Server>> holder = Server::Start(first->options);
+  ASSERT_TRUE(holder.ok()) << holder.status();
+  ServerOptions second = first->options;
+  second.data_dir = dir.path() + "/b";
+  second.metrics_port = (*holder)->metrics_port();
+  absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(second);
+  ASSERT_FALSE(server.ok());
+  EXPECT_EQ(server.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(server.status().message()), HasSubstr("--metrics-port"));
+  (*holder)->Shutdown(0);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "tests/server/service_test_util.h"
 
+#include <fcntl.h>
 #include <sys/prctl.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -188,6 +189,7 @@ std::unique_ptr<TestServer> TestServer::Start(ServerOptions options) {
   test->data_root = absl::StrCat(test->dir.path(), "/data");
   fs::create_directories(test->data_root);
   options.listen = "127.0.0.1:0";
+  if (options.metrics_port == ServerOptions().metrics_port) options.metrics_port = 0;  // tests run side by side
   if (options.data_dir == "xtrain-data") options.data_dir = absl::StrCat(test->dir.path(), "/server");
   options.data_roots = {test->data_root};
   if (options.worker_path.empty()) options.worker_path = WorkerPath();
@@ -207,13 +209,14 @@ std::unique_ptr<TestServer> TestServer::Start(ServerOptions options) {
   return test;
 }
 
-ServerProcess::ServerProcess(const std::string& data_dir, const std::string& data_root, std::vector<std::string> flags) {
+ServerProcess::ServerProcess(const std::string& data_dir, const std::string& data_root, std::vector<std::string> flags,
+                             const std::string& stderr_path) {
   const std::string port_file = absl::StrCat(data_dir, ".port");
   std::error_code error;
   fs::remove(port_file, error);
   std::vector<std::string> args = {ServerPath(), "--listen", "127.0.0.1:0", "--data-dir", data_dir,
                                    "--data-root", data_root, "--worker", WorkerPath(), "--port-file", port_file,
-                                   "--threads-per-job", "1", "--log-level", "warn"};
+                                   "--threads-per-job", "1", "--log-level", "warn", "--metrics-port", "0"};
   args.insert(args.end(), flags.begin(), flags.end());
   const auto has = [&](const char* flag) { return std::find(flags.begin(), flags.end(), flag) != flags.end(); };
   if (OverTls() && !has("--tls-cert")) args.insert(args.end(), {"--tls-cert", Tls().cert, "--tls-key", Tls().key});
@@ -221,6 +224,10 @@ ServerProcess::ServerProcess(const std::string& data_dir, const std::string& dat
   pid_ = fork();
   if (pid_ == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);  // a crashed test leaves no server behind (ctest waits on its pipes)
+    if (!stderr_path.empty()) {
+      const int fd = open(stderr_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      if (fd < 0 || dup2(fd, STDERR_FILENO) < 0) _exit(126);
+    }
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);

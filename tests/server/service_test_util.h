@@ -85,15 +85,18 @@ struct TestServer {
   std::unique_ptr<Server> server;
   std::unique_ptr<xtrain::v1::TrainingService::Stub> stub;
 
-  // `options` with listen, data_dir, data_roots and worker_path filled in where empty.
+  // `options` with listen, data_dir, data_roots and worker_path filled in where empty, and the metrics
+  // port 0 (a free one) where it is the default.
   static std::unique_ptr<TestServer> Start(ServerOptions options = {});
 };
 
 // xtrain-server as a child process (the SIGKILL tests), on port 0 with --port-file.
 class ServerProcess {
  public:
-  // Starts it with `data_dir`, `data_root` and extra flags; waits until it serves (or fails the test).
-  ServerProcess(const std::string& data_dir, const std::string& data_root, std::vector<std::string> flags = {});
+  // Starts it with `data_dir`, `data_root` and extra flags (a flag given again wins over the defaults);
+  // waits until it serves (or fails the test). Its stderr goes to `stderr_path` when given.
+  ServerProcess(const std::string& data_dir, const std::string& data_root, std::vector<std::string> flags = {},
+                const std::string& stderr_path = "");
   ~ServerProcess();  // SIGKILL if still running
   ServerProcess(const ServerProcess&) = delete;
   ServerProcess& operator=(const ServerProcess&) = delete;

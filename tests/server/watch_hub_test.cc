@@ -44,7 +44,7 @@ class HubService final
     v1::WatchJobRequest request;
     grpc::ByteBuffer copy(*bytes);
     EXPECT_TRUE(grpc::SerializationTraits<v1::WatchJobRequest>::Deserialize(&copy, &request).ok());
-    return hub_.Watch(request.job_id(), request.from_sequence());
+    return hub_.Watch(request.job_id(), "", request.from_sequence());
   }
 
  private:
