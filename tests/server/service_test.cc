@@ -153,7 +153,12 @@ TEST(Service, SubmitIsIdempotentByClientRequestId) {
 TEST(Service, CancelStopsARunningJobWithinAStep) {
   auto test = TestServer::Start();
   ASSERT_NE(test, nullptr);
+  // Steps of some tens of milliseconds: the server's view of the step (what the bound below counts
+  // from) lags the worker by the reports in flight, which on a loaded machine can be several of the tiny
+  // job's sub-millisecond steps.
   v1::JobSpec spec = TinyJob(/*max_steps=*/100000, /*epochs=*/1000);
+  spec.mutable_model()->set_width(8);
+  spec.mutable_dataset()->set_synthetic_size(48);
   const std::string id = Submit(*test->stub, spec).job().id();
   v1::Job running = WaitFor(*test->stub, id, [](const v1::Job& j) { return j.progress().step() >= 3; });
   v1::CancelJobResponse cancelled;
