@@ -115,6 +115,19 @@ TEST(ImageFolder, AnImageLargerThanTheLimitIsRefusedFromItsHeader) {
               HasSubstr(root + "/a/huge.bmp: image of 20000x20000 pixels is larger than the limit"));
 }
 
+// Found by fuzz_image: stb's info gives a top-down BMP's height negative, so the product passed the
+// limit and stb then allocated 1.9 GB for 258 x 2,490,368 pixels.
+TEST(ImageFolder, ATopDownImageLargerThanTheLimitIsRefusedFromItsHeader) {
+  const std::string root = FreshTestDir();
+  std::filesystem::create_directories(root + "/a");
+  WriteBytes(root + "/a/huge.bmp", BmpHeader(258, -2490368));
+  absl::StatusOr<TensorDataset> loaded = LoadImageFolder(root, ImageFolderOptions{});
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(loaded.status().message()),
+              HasSubstr(root + "/a/huge.bmp: image of 258x2490368 pixels is larger than the limit"));
+}
+
 TEST(ImageFolder, EmptyRootIsAnError) {
   const std::string root = FreshTestDir();
   absl::StatusOr<TensorDataset> data = LoadImageFolder(root, {});
