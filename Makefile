@@ -127,7 +127,8 @@ TSAN_OPTIONS_ALL := halt_on_error=1:second_deadlock_stack=1:ignore_noninstrument
 # The TSan tree: the service only (LibTorch is not TSan-built).
 TSAN_CONFIGURE = cmake -S . -B $(BUILD_DIR)-tsan -G Ninja $(SAN_OPT) -DXTRAIN_TSAN=ON \
   -DXTRAIN_BUILD_CORE=OFF -DXTRAIN_BUILD_BENCH=OFF $(SAN_WORKER)
-TSAN_CI_TARGETS := xtrain_store_tests xtrain_protocol_tests xtrain_supervisor_tests xtrain_placement_tests xtrain_client_tests
+TSAN_CI_TARGETS := xtrain_store_tests xtrain_protocol_tests xtrain_supervisor_tests xtrain_placement_tests xtrain_client_tests \
+  xtrain_metrics_tests xtrain_logging_tests
 
 sanitize-tsan-ci:
 	$(TSAN_CONFIGURE)
