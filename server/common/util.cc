@@ -61,28 +61,25 @@ absl::StatusOr<std::string> ResolveUnderRoots(const std::vector<std::string>& ro
         absl::StrCat(field, " names a file but the server has no data roots; start it with --data-root"));
   }
   std::error_code error;
+  const bool absolute = fs::path(path).is_absolute();
+  const std::string normal = fs::path(path).lexically_normal().string();
   bool exists_somewhere = false;
+  // A path that names nothing is NotFound when it would lie inside a root: a relative one, or an
+  // absolute one under a root's real path (what the scheduler hands a worker, whose data may have
+  // gone since the job was submitted).
+  bool inside_if_it_existed = !absolute;
   for (const std::string& root : roots) {
     const fs::path real_root = fs::weakly_canonical(root, error);
     if (error) continue;
-    const fs::path candidate = fs::path(path).is_absolute() ? fs::path(path) : real_root / path;
+    const std::string root_text = real_root.string();
+    if (absl::StartsWith(normal, absl::StrCat(root_text, "/"))) inside_if_it_existed = true;
+    const fs::path candidate = absolute ? fs::path(path) : real_root / path;
     if (!fs::exists(candidate, error)) continue;
     exists_somewhere = true;
     const fs::path real = fs::canonical(candidate, error);
     if (error) continue;
-    const std::string root_text = real_root.string();
     const std::string real_text = real.string();
     if (real_text == root_text || absl::StartsWith(real_text, absl::StrCat(root_text, "/"))) return real_text;
-  }
-  // A path that names nothing is NotFound when it would lie inside a root: a relative one, or an
-  // absolute one under a root's real path (what the scheduler hands a worker, whose data may have
-  // gone since the job was submitted).
-  bool inside_if_it_existed = !fs::path(path).is_absolute();
-  for (const std::string& root : roots) {
-    const fs::path real_root = fs::weakly_canonical(root, error);
-    if (!error && absl::StartsWith(fs::path(path).lexically_normal().string(), absl::StrCat(real_root.string(), "/"))) {
-      inside_if_it_existed = true;
-    }
   }
   if (exists_somewhere || !inside_if_it_existed || absl::StrContains(path, "..")) {
     return absl::InvalidArgumentError(absl::StrCat(field, " '", path,
