@@ -19,6 +19,7 @@ packages=(
   python3-grpcio python3-protobuf   # the Python client, generated from the same proto
   openssl                 # the TLS tests make their certificates with the openssl command
   prometheus-cpp-dev      # the server's /metrics endpoint
+  libpqxx-dev postgresql  # the PostgreSQL job store several replicas share; its tests start their own server
   prometheus              # promtool and the Prometheus server the metrics tests scrape with
   clang libclang-rt-14-dev  # libFuzzer (make fuzz)
 )

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -59,6 +60,29 @@ class JobStore {
   virtual absl::StatusOr<int64_t> TenantArtifactBytes(absl::string_view tenant) = 0;
   // Removes the record (the caller removes the file). Deleting a missing id is OK: GC is idempotent.
   virtual absl::Status DeleteArtifact(absl::string_view id) = 0;
+
+  // --- Several servers on one store (PostgreSQL; DESIGN.md §3 "Scale-out") ---------------------------
+  // A shared store knows which replica runs each job (Job.replica, empty: unclaimed). Commit refuses,
+  // with FailedPrecondition, a write whose job.replica differs from the stored owner: a replica whose
+  // jobs were taken from it (its lease ran out) can no longer change them. The embedded store has one
+  // server: Shared() is false and the methods below are Unimplemented.
+  virtual bool Shared() const { return false; }
+  // Renews `replica`'s lease: it counts as alive for `lease_seconds` from now.
+  virtual absl::Status Heartbeat(absl::string_view replica, double lease_seconds);
+  // Up to `max` queued, unclaimed jobs (highest priority, then oldest, first; or only `job_id` when
+  // given), now owned by `replica`; rows another replica is claiming at that moment are skipped.
+  virtual absl::StatusOr<std::vector<xtrain::v1::Job>> ClaimJobs(absl::string_view replica, int max,
+                                                                 absl::string_view job_id = "");
+  // Unfinished jobs of replicas whose lease ran out go back to the queue, unclaimed; a running one gets
+  // a state event (RUNNING -> QUEUED) that says why. Returns them as they are now.
+  virtual absl::StatusOr<std::vector<xtrain::v1::Job>> RequeueOrphans();
+  // One job as last committed (its cancel_requested also set by RequestCancel). NotFound.
+  virtual absl::StatusOr<xtrain::v1::Job> ReadJob(absl::string_view job_id);
+  // Asks the replica that owns the job to cancel it (it sees the request through Listen).
+  virtual absl::Status RequestCancel(absl::string_view job_id);
+  // Calls `listener(job_id)` on the store's own thread after any server commits a change to a job
+  // (this one included); called once, before use. `listener` must not block.
+  virtual void Listen(std::function<void(const std::string& job_id)> listener);
 };
 
 // How the SQLite store opens its file.
@@ -72,5 +96,14 @@ struct SqliteStoreOptions {
 // when it cannot be opened, each with a sentence that says why.
 absl::StatusOr<std::unique_ptr<JobStore>> OpenSqliteJobStore(const std::string& path,
                                                              const SqliteStoreOptions& options = {});
+
+// The shared store: a PostgreSQL database named by a libpq URL (postgresql://user:pass@host:5432/db),
+// schema versioned and migrated at open (one replica migrates; the others wait for it). Unavailable
+// when the server cannot be reached, with libpq's reason and the URL without its password.
+absl::StatusOr<std::unique_ptr<JobStore>> OpenPostgresJobStore(const std::string& url);
+
+// The store a server's settings name: PostgreSQL for a postgres:// or postgresql:// URL, else the
+// SQLite file <data_dir>/xtrain.db. InvalidArgument for another scheme.
+absl::StatusOr<std::unique_ptr<JobStore>> OpenJobStore(const std::string& url, const std::string& data_dir);
 
 }  // namespace xtrain::server

@@ -16,6 +16,7 @@
 #include <functional>
 #include <iostream>
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <thread>
@@ -23,12 +24,17 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <pqxx/pqxx>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "server/store/job_store.h"
 #include "server/store/sqlite_job_store.h"
+#include "tests/server/http_client.h"
+#include "tests/server/postgres_test_util.h"
 
 namespace xtrain::server {
 namespace {
@@ -66,8 +72,25 @@ struct StoreBackend {
 
 void PrintTo(const StoreBackend& backend, std::ostream* os) { *os << backend.name; }
 
+// The PostgreSQL store of a test directory: a database of the process's server named after the
+// directory, made at its first open.
+absl::StatusOr<std::unique_ptr<JobStore>> OpenPostgresFor(const std::string& dir) {
+  static std::set<std::string>* made = new std::set<std::string>();
+  std::string error;
+  PostgresServer* server = SharedPostgres(&error);
+  if (server == nullptr) return absl::FailedPreconditionError(error);
+  std::string name = absl::AsciiStrToLower(fs::path(dir).filename().string());
+  for (char& c : name) c = absl::ascii_isalnum(c) ? c : '_';
+  if (made->insert(name).second) {
+    absl::StatusOr<std::string> url = server->CreateDatabase(name);
+    if (!url.ok()) return url.status();
+  }
+  return OpenPostgresJobStore(server->Url(name));
+}
+
 std::vector<StoreBackend> Backends() {
-  return {{"sqlite", [](const std::string& dir) { return OpenSqliteJobStore(dir + "/jobs.db"); }}};
+  return {{"sqlite", [](const std::string& dir) { return OpenSqliteJobStore(dir + "/jobs.db"); }},
+          {"postgres", OpenPostgresFor}};
 }
 
 // Equal messages: compared by their deterministic encodings (maps in key order), which the generated code
@@ -104,6 +127,7 @@ Job FullJob(const std::string& id, const std::string& tenant, const std::string&
   Job job;
   job.set_id(id);
   job.set_tenant(tenant);
+  job.set_replica("replica-0");
   xtrain::v1::JobSpec* spec = job.mutable_spec();
   spec->set_display_name("resnet on fashion-mnist \xE2\x9C\x93");
   spec->mutable_model()->set_name("resnet18");
@@ -860,6 +884,215 @@ TEST_F(SqliteStore, OpenMigratesOnceAndUsesWal) {
   EXPECT_EQ(SqlValue("SELECT COUNT(*) FROM schema_version"), absl::StrCat(kSqliteSchemaVersion));
   EXPECT_EQ(SqlValue("SELECT MAX(version) FROM schema_version"), absl::StrCat(kSqliteSchemaVersion));
   EXPECT_EQ(SqlValue("PRAGMA journal_mode"), "wal");
+}
+
+
+// ---------------------------------------------------------------------------------------------------
+// The PostgreSQL store's promises to several replicas (DESIGN.md §3 "Scale-out"): claims, leases,
+// fencing, notifications, schema versions.
+
+class PostgresStore : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_FALSE(dir_.path().empty()) << "no temporary directory";
+    // The first open makes the directory's database; later opens are the other replicas.
+    absl::StatusOr<std::unique_ptr<JobStore>> store = OpenPostgresFor(dir_.path());
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = std::move(*store);
+  }
+  std::unique_ptr<JobStore> Replica() {
+    absl::StatusOr<std::unique_ptr<JobStore>> store = OpenPostgresFor(dir_.path());
+    EXPECT_TRUE(store.ok()) << store.status();
+    return store.ok() ? std::move(*store) : nullptr;
+  }
+  std::string Url() const {
+    std::string name = absl::AsciiStrToLower(fs::path(dir_.path()).filename().string());
+    for (char& c : name) c = absl::ascii_isalnum(c) ? c : '_';
+    return SharedPostgres()->Url(name);
+  }
+
+  TempDir dir_;
+  std::unique_ptr<JobStore> store_;
+};
+
+TEST_F(PostgresStore, ReplicasClaimEachQueuedJobOnceHighestPriorityFirst) {
+  constexpr int kJobs = 60;
+  for (int i = 0; i < kJobs; ++i) {
+    Job job = NewJob(absl::StrCat("job-", i));
+    job.mutable_spec()->set_priority(i == 37 ? 50 : 0);
+    ASSERT_TRUE(store_->InsertJob({job, {}}).ok());
+  }
+  Job done = NewJob("job-done");
+  done.set_state(xtrain::v1::SUCCEEDED);
+  ASSERT_TRUE(store_->InsertJob({done, {}}).ok());
+  // The highest priority first, then the oldest.
+  absl::StatusOr<std::vector<Job>> first = store_->ClaimJobs("replica-0", 2);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(first->size(), 2u);
+  EXPECT_EQ((*first)[0].id(), "job-37");
+  EXPECT_EQ((*first)[1].id(), "job-0");
+  EXPECT_EQ((*first)[0].replica(), "replica-0");
+
+  // Four replicas claim the rest at once, one to three at a time: each job exactly once.
+  std::vector<std::unique_ptr<JobStore>> replicas;
+  for (int r = 0; r < 4; ++r) replicas.push_back(Replica());
+  std::vector<std::vector<std::string>> claimed(replicas.size());
+  std::vector<std::thread> threads;
+  std::atomic<bool> failed{false};
+  for (size_t r = 0; r < replicas.size(); ++r) {
+    threads.emplace_back([&, r] {
+      for (int round = 0;; ++round) {
+        absl::StatusOr<std::vector<Job>> jobs =
+            replicas[r]->ClaimJobs(absl::StrCat("replica-", r + 1), 1 + (round + static_cast<int>(r)) % 3);
+        if (!jobs.ok()) {
+          failed = true;
+          return;
+        }
+        if (jobs->empty()) return;
+        for (const Job& job : *jobs) claimed[r].push_back(job.id());
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  ASSERT_FALSE(failed);
+  std::map<std::string, int> times;
+  for (const auto& ids : claimed) {
+    for (const std::string& id : ids) ++times[id];
+  }
+  EXPECT_EQ(times.size(), static_cast<size_t>(kJobs - 2));
+  for (const auto& [id, n] : times) EXPECT_EQ(n, 1) << id << " was claimed " << n << " times";
+  EXPECT_EQ(times.count("job-done"), 0u) << "a finished job was claimed";
+  // The store agrees: every job now names the replica that claimed it.
+  std::map<std::string, std::string> owner;
+  for (size_t r = 0; r < claimed.size(); ++r) {
+    for (const std::string& id : claimed[r]) owner[id] = absl::StrCat("replica-", r + 1);
+  }
+  const std::vector<Job> all = store_->LoadJobs().value();
+  for (const Job& job : all) {
+    if (owner.count(job.id())) {
+      EXPECT_EQ(job.replica(), owner[job.id()]) << job.id();
+    }
+  }
+  // Nothing is left, and a claim of a claimed job by id takes nothing.
+  EXPECT_TRUE(store_->ClaimJobs("replica-0", 10)->empty());
+  EXPECT_TRUE(store_->ClaimJobs("replica-0", 1, "job-5")->empty());
+}
+
+TEST_F(PostgresStore, ALostReplicasJobIsRequeuedWithAnEventAndItsLateWritesAreRefused) {
+  std::unique_ptr<JobStore> a = Replica();
+  std::unique_ptr<JobStore> b = Replica();
+  ASSERT_TRUE(a->Heartbeat("replica-a", 0.5).ok());
+  ASSERT_TRUE(b->Heartbeat("replica-b", 60).ok());
+  ASSERT_TRUE(store_->InsertJob({NewJob("job-a"), {StateEvent(1, xtrain::v1::JOB_STATE_UNSPECIFIED, xtrain::v1::QUEUED)}}).ok());
+  ASSERT_TRUE(store_->InsertJob({NewJob("job-b"), {StateEvent(1, xtrain::v1::JOB_STATE_UNSPECIFIED, xtrain::v1::QUEUED)}}).ok());
+  Job job_a = a->ClaimJobs("replica-a", 1, "job-a").value().at(0);
+  Job job_b = b->ClaimJobs("replica-b", 1, "job-b").value().at(0);
+  // Both run; a checkpoint at step 40 of job-a.
+  for (Job* job : {&job_a, &job_b}) {
+    job->set_state(xtrain::v1::RUNNING);
+    job->set_device("cpu");
+    job->mutable_progress()->set_last_checkpoint_step(40);
+  }
+  JobWrite run_a = Advance(job_a, {StateEvent(2, xtrain::v1::QUEUED, xtrain::v1::RUNNING)});
+  ASSERT_TRUE(a->Commit({run_a}).ok());
+  ASSERT_TRUE(b->Commit({Advance(job_b, {StateEvent(2, xtrain::v1::QUEUED, xtrain::v1::RUNNING)})}).ok());
+  // A writer that is not the owner is refused, whoever it is.
+  JobWrite foreign = Advance(run_a.job, StepEvents(3, 3));
+  foreign.job.set_replica("replica-b");
+  EXPECT_EQ(b->Commit({foreign}).code(), absl::StatusCode::kFailedPrecondition);
+
+  // While a's lease holds, nothing is re-queued.
+  absl::StatusOr<std::vector<Job>> none = b->RequeueOrphans();
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_TRUE(none->empty());
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  absl::StatusOr<std::vector<Job>> requeued = b->RequeueOrphans();
+  ASSERT_TRUE(requeued.ok()) << requeued.status();
+  ASSERT_EQ(requeued->size(), 1u) << "only the lost replica's job goes back";
+  const Job& back = (*requeued)[0];
+  EXPECT_EQ(back.id(), "job-a");
+  EXPECT_EQ(back.state(), xtrain::v1::QUEUED);
+  EXPECT_EQ(back.replica(), "");
+  EXPECT_EQ(back.device(), "");
+  EXPECT_EQ(back.last_sequence(), 3);
+  // The log goes on with the reason, no gap.
+  std::vector<JobEvent> events = store_->ReadEvents("job-a", 1).value();
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[2].sequence(), 3);
+  EXPECT_EQ(events[2].state().from_state(), xtrain::v1::RUNNING);
+  EXPECT_EQ(events[2].state().to_state(), xtrain::v1::QUEUED);
+  EXPECT_THAT(events[2].state().reason(), HasSubstr("replica replica-a stopped renewing its lease"));
+  EXPECT_THAT(events[2].state().reason(), HasSubstr("checkpoint at step 40"));
+  // The lost replica's late write is refused and changes nothing.
+  absl::Status late = a->Commit({Advance(run_a.job, StepEvents(3, 3))});
+  EXPECT_EQ(late.code(), absl::StatusCode::kFailedPrecondition) << late;
+  EXPECT_THAT(std::string(late.message()), HasSubstr("re-queued"));
+  EXPECT_EQ(store_->ReadEvents("job-a", 1).value().size(), 3u);
+  // Another replica claims it and goes on from the log's end.
+  Job again = b->ClaimJobs("replica-b", 5).value().at(0);
+  EXPECT_EQ(again.id(), "job-a");
+  EXPECT_EQ(again.last_sequence(), 3);
+  EXPECT_TRUE(b->Commit({Advance(again, StepEvents(4, 4))}).ok());
+  // job-b, whose replica is alive, kept its owner.
+  EXPECT_EQ(store_->ReadJob("job-b")->replica(), "replica-b");
+}
+
+TEST_F(PostgresStore, EveryReplicaHearsEachChangeAndCancelRequests) {
+  std::unique_ptr<JobStore> listener = Replica();
+  absl::Mutex mu;
+  std::vector<std::string> heard;
+  listener->Listen([&](const std::string& id) {
+    absl::MutexLock lock(&mu);
+    heard.push_back(id);
+  });
+  const auto wait_for = [&](size_t n) {
+    for (int i = 0; i < 100; ++i) {
+      {
+        absl::MutexLock lock(&mu);
+        if (heard.size() >= n) return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  };
+  // Give the listener time to LISTEN before the first change.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_TRUE(store_->InsertJob({NewJob("job-x"), {}}).ok());
+  ASSERT_TRUE(wait_for(1));
+  Job claimed = store_->ClaimJobs("replica-0", 1).value().at(0);
+  ASSERT_TRUE(wait_for(2));
+  ASSERT_TRUE(store_->Commit({Advance(claimed, StepEvents(1, 2))}).ok());
+  ASSERT_TRUE(wait_for(3));
+  EXPECT_FALSE(store_->ReadJob("job-x")->cancel_requested());
+  ASSERT_TRUE(store_->RequestCancel("job-x").ok());
+  ASSERT_TRUE(wait_for(4));
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_THAT(heard, ElementsAre("job-x", "job-x", "job-x", "job-x"));
+  }
+  EXPECT_TRUE(store_->ReadJob("job-x")->cancel_requested());
+  EXPECT_EQ(store_->RequestCancel("job-nope").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->ReadJob("job-nope").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(PostgresStore, NewerSchemaIsRefusedAndAnUnreachableServerSaysWhereWithoutThePassword) {
+  store_.reset();
+  {
+    pqxx::connection connection(Url());
+    pqxx::work tx(connection);
+    tx.exec("INSERT INTO schema_version (version) VALUES (99)");
+    tx.commit();
+  }
+  absl::StatusOr<std::unique_ptr<JobStore>> newer = OpenPostgresJobStore(Url());
+  ASSERT_EQ(newer.status().code(), absl::StatusCode::kFailedPrecondition) << newer.status();
+  EXPECT_THAT(std::string(newer.status().message()), HasSubstr("schema version is 99"));
+
+  absl::StatusOr<std::unique_ptr<JobStore>> away =
+      OpenPostgresJobStore(absl::StrCat("postgresql://xtrain:s3cret@127.0.0.1:", testing::FreePort(), "/none"));
+  ASSERT_EQ(away.status().code(), absl::StatusCode::kUnavailable) << away.status();
+  EXPECT_THAT(std::string(away.status().message()), HasSubstr("127.0.0.1"));
+  EXPECT_THAT(std::string(away.status().message()), ::testing::Not(HasSubstr("s3cret")));
+  EXPECT_EQ(OpenJobStore("mysql://x", "/tmp").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
