@@ -107,9 +107,13 @@ absl::Status Server::Initialize() {
   metrics_ = std::make_unique<Metrics>();
   metrics_->SetBuildInfo({{"version", XTRAIN_VERSION}, {"grpc_version", grpc::Version()}});
   if (absl::Status s = MakeDirs(options_.data_dir); !s.ok()) return s;
-  absl::StatusOr<std::unique_ptr<JobStore>> store = OpenSqliteJobStore(absl::StrCat(options_.data_dir, "/xtrain.db"));
+  absl::StatusOr<std::unique_ptr<JobStore>> store = OpenJobStore(options_.store_url, options_.data_dir);
   if (!store.ok()) return store.status();
   store_ = *std::move(store);
+  if (options_.replica_id.empty()) {
+    char host[256] = {};
+    options_.replica_id = gethostname(host, sizeof(host) - 1) == 0 && host[0] != '\0' ? host : "xtrain-server";
+  }
 
   SupervisorOptions supervision;
   supervision.worker_path = options_.worker_path;
@@ -145,6 +149,8 @@ absl::Status Server::Initialize() {
   scheduling.quota_budget_bytes = options_.quota_budget_bytes;
   scheduling.metrics = metrics_.get();
   scheduling.finished_series_seconds = options_.metrics_job_grace_seconds;
+  scheduling.replica_id = store_->Shared() ? options_.replica_id : "";
+  scheduling.lease_seconds = options_.lease_seconds;
   WatchHub* hub = hub_.get();
   scheduler_ = std::make_unique<Scheduler>(
       io_, *store_, *supervisor_, scheduling,

@@ -24,6 +24,11 @@ namespace xtrain::server {
 struct ServerOptions {
   std::string listen = "127.0.0.1:50051";   // HOST:PORT; port 0 picks a free port (logged, port())
   std::string data_dir = "xtrain-data";      // the SQLite store, checkpoints, weights, uploads
+  // The job store: empty, the SQLite file under data_dir; a postgresql:// URL, the database several
+  // replicas share (data_dir then on a volume they all mount).
+  std::string store_url;
+  std::string replica_id;                    // this replica's name; empty: the host name
+  double lease_seconds = 10;                 // a replica silent this long is taken for dead
   std::vector<std::string> data_roots = {"/usr/share/datasets"};  // where dataset and weight paths may point
   std::vector<DeviceState> devices;          // empty: one "cpu" device (half the machine's memory, 1 slot)
   std::string worker_path;                   // xtrain-worker; empty: next to this executable

@@ -28,7 +28,7 @@ const char* const kKeys[] = {"listen",          "data-dir",         "data-root",
                              "watch-step-rate", "tokens", "tls-cert", "tls-key", "tls-client-ca",
                              "quota-queued-jobs", "quota-budget-bytes", "quota-submits-per-minute",
                              "quota-watchers", "quota-artifact-bytes", "metrics-port",
-                             "metrics-job-grace-seconds"};
+                             "metrics-job-grace-seconds", "store-url", "replica-id", "lease-seconds"};
 
 bool Known(const std::string& key) {
   for (const char* k : kKeys) {
@@ -176,6 +176,12 @@ Flags (also XTRAIN_<NAME> variables, and keys of a YAML file given with --config
   --device SPEC               cpu[:capacity=4GiB][:slots=2] or cuda:N[:capacity=..][:slots=..] (repeatable;
                               XTRAIN_DEVICES=a,b; default cpu with half the memory, cores/2 slots)
   --worker PATH               the xtrain-worker executable (default: next to this one)
+  --store-url URL             empty (default): the SQLite file under --data-dir, one server; or
+                              postgresql://user:password@host:5432/database, which several servers
+                              (replicas) share, with --data-dir on a volume they all mount
+  --replica-id ID             this server's name among the replicas (default: the host name)
+  --lease-seconds S           a replica silent this long is taken for dead and its jobs go to the
+                              others, resumed from their checkpoints (default 10)
   --grace-seconds S           SIGTERM: checkpoint and stop within S seconds (default 25)
   --max-attempts N            worker starts per job before it fails (default 3)
   --max-concurrent-plans N    planning workers at once (default 2)
@@ -329,6 +335,18 @@ absl::StatusOr<ServerCommand> LoadServerCommand(const std::vector<std::string>& 
       if (!rate.ok()) return rate.status();
       if (*rate < 0) return absl::InvalidArgumentError(absl::StrCat(where, " is ", v, "; use 0 (no limit) or more"));
       o.watch_step_rate = *rate;
+    } else if (key == "store-url") {
+      o.store_url = v;
+    } else if (key == "replica-id") {
+      if (v.empty() || v.size() > 200) {
+        return absl::InvalidArgumentError(absl::StrCat(where, " '", v, "' must be 1 to 200 characters"));
+      }
+      o.replica_id = v;
+    } else if (key == "lease-seconds") {
+      absl::StatusOr<double> seconds = ParseDouble(where, v);
+      if (!seconds.ok()) return seconds.status();
+      if (*seconds < 1) return absl::InvalidArgumentError(absl::StrCat(where, " is ", v, "; use 1 second or more"));
+      o.lease_seconds = *seconds;
     } else if (key == "tokens") {
       o.tokens_file = v;
     } else if (key == "tls-cert") {

@@ -137,9 +137,18 @@ std::string Scheduler::JobDir(const std::string& job_id) const {
 // Recovery.
 
 absl::Status Scheduler::Recover() {
+  if (Shared()) {
+    // The lease first: a replica starting after a crash must not look dead to the others.
+    if (absl::Status s = store_.Heartbeat(options_.replica_id, options_.lease_seconds); !s.ok()) return s;
+  }
   absl::StatusOr<std::vector<v1::Job>> loaded = store_.LoadJobs();
   if (!loaded.ok()) return loaded.status();
   for (v1::Job& job : *loaded) {
+    // With several replicas, this one runs only the unfinished jobs it owned; the rest are mirrored.
+    if (Shared() && (Terminal(job.state()) || job.replica() != options_.replica_id)) {
+      Mirror(job);
+      continue;
+    }
     auto entry = std::make_unique<JobEntry>();
     entry->order = next_order_++;
     entry->job = std::move(job);
@@ -155,51 +164,209 @@ absl::Status Scheduler::Recover() {
                 absl::StrCat("cancelled at step ", entry->job.progress().step(),
                              " (the server restarted before the worker stopped)"));
     } else if (!Terminal(entry->job.state())) {
-      absl::StatusOr<wv1::JobContext> context = Resolve(entry->job.tenant(), entry->job.spec());
-      absl::StatusOr<std::string> bytes = ReadFile(absl::StrCat(JobDir(id), "/plan.pb"));
-      auto plan = std::make_shared<wv1::PlanResult>();
-      if (!context.ok()) {
-        FinishJob(*entry, v1::FAILED, absl::StrCat("cannot resume after a restart: ", context.status().message()));
-      } else if (!bytes.ok() || !plan->ParseFromString(*bytes) || plan->chain().empty()) {
-        FinishJob(*entry, v1::FAILED, "cannot resume after a restart: its plan file is missing or damaged; submit it again");
-      } else {
-        entry->context = *context;
-        entry->context.set_job_id(id);
-        entry->plan = plan;
-        const int64_t loader = plan->plan().loader_bytes();
-        for (const wv1::ChainPoint& p : plan->chain()) {
-          entry->budgets.push_back(BudgetFor(p.peak_bytes(), loader, options_.planner_margin));
-        }
-        entry->requested = 0;
-        for (int i = 0; i < static_cast<int>(entry->budgets.size()); ++i) {
-          if (entry->budgets[i] <= entry->context.budget_bytes()) entry->requested = i;
-        }
-        entry->floor = entry->requested;
-        if (entry->job.spec().memory().probes() != v1::MemorySpec::PROBES_FIXED) {
-          const double min_fidelity = entry->job.spec().memory().min_fidelity();
-          for (int i = 0; i <= entry->requested; ++i) {
-            if (plan->chain(i).fidelity() >= min_fidelity) {
-              entry->floor = i;
-              break;
-            }
-          }
-        }
-        entry->point = entry->requested;
-        entry->queued_since = SteadySeconds();
-        if (entry->job.state() == v1::RUNNING) {
-          entry->job.set_device("");
-          ChangeState(*entry, v1::QUEUED,
-                      absl::StrCat("the server restarted; the job resumes from its checkpoint at step ",
-                                   entry->job.progress().last_checkpoint_step()));
-        }
-      }
+      Resume(*entry, absl::StrCat("the server restarted; the job resumes from its checkpoint at step ",
+                                  entry->job.progress().last_checkpoint_step()));
     }
     SetSnapshot(entry->job, entry->order);
     jobs_[id] = std::move(entry);
   }
   Flush();
   RequestPass();
+  if (Shared()) {
+    store_.Listen([this](const JobChange& change) { boost::asio::post(io_, [this, change] { OnStoreChange(change); }); });
+    LeaseTick();
+  }
   return absl::OkStatus();
+}
+
+void Scheduler::Resume(JobEntry& entry, const std::string& why) {
+  const std::string& id = entry.job.id();
+  absl::StatusOr<wv1::JobContext> context = Resolve(entry.job.tenant(), entry.job.spec());
+  absl::StatusOr<std::string> bytes = ReadFile(absl::StrCat(JobDir(id), "/plan.pb"));
+  auto plan = std::make_shared<wv1::PlanResult>();
+  if (!context.ok()) {
+    FinishJob(entry, v1::FAILED, absl::StrCat("cannot resume: ", context.status().message()));
+    return;
+  }
+  if (!bytes.ok() || !plan->ParseFromString(*bytes) || plan->chain().empty()) {
+    FinishJob(entry, v1::FAILED,
+              absl::StrCat("cannot resume: its plan file is missing or damaged",
+                           Shared() ? " (is --data-dir a volume every replica mounts?)" : "", "; submit it again"));
+    return;
+  }
+  entry.context = *context;
+  entry.context.set_job_id(id);
+  entry.plan = plan;
+  const int64_t loader = plan->plan().loader_bytes();
+  entry.budgets.clear();
+  for (const wv1::ChainPoint& p : plan->chain()) {
+    entry.budgets.push_back(BudgetFor(p.peak_bytes(), loader, options_.planner_margin));
+  }
+  entry.requested = 0;
+  for (int i = 0; i < static_cast<int>(entry.budgets.size()); ++i) {
+    if (entry.budgets[i] <= entry.context.budget_bytes()) entry.requested = i;
+  }
+  entry.floor = entry.requested;
+  if (entry.job.spec().memory().probes() != v1::MemorySpec::PROBES_FIXED) {
+    const double min_fidelity = entry.job.spec().memory().min_fidelity();
+    for (int i = 0; i <= entry.requested; ++i) {
+      if (plan->chain(i).fidelity() >= min_fidelity) {
+        entry.floor = i;
+        break;
+      }
+    }
+  }
+  entry.point = entry.requested;
+  entry.queued_since = SteadySeconds();
+  if (entry.job.state() == v1::RUNNING) {
+    entry.job.set_device("");
+    ChangeState(entry, v1::QUEUED, why);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Scale-out: several replicas on one shared store.
+
+void Scheduler::Mirror(const v1::Job& job) {
+  auto [it, inserted] = mirrors_.try_emplace(job.id());
+  if (inserted) it->second.order = next_order_++;
+  it->second.last_sequence = std::max(it->second.last_sequence, job.last_sequence());
+  if (!job.client_request_id().empty()) request_ids_[{job.tenant(), job.client_request_id()}] = job.id();
+  SetSnapshot(job, it->second.order);
+}
+
+void Scheduler::OnStoreChange(const JobChange& change) {
+  if (change.kind == JobChange::Kind::kResync) {
+    absl::StatusOr<std::vector<v1::Job>> jobs = store_.LoadJobs();
+    if (!jobs.ok()) {
+      spdlog::warn("replica {}: cannot read the jobs again after a lost notification connection: {}",
+                   options_.replica_id, std::string(jobs.status().message()));
+      return;
+    }
+    for (const v1::Job& job : *jobs) {
+      if (jobs_.count(job.id()) == 0) OnStoreChange(JobChange{JobChange::Kind::kCommitted, job.id()});
+    }
+    return;
+  }
+  const std::string& id = change.job_id;
+  if (auto local = jobs_.find(id); local != jobs_.end()) {
+    // This replica's own job: its commits are its own; another replica may only ask for a cancel, and
+    // the store may have taken it away (this replica's lease ran out).
+    JobEntry& entry = *local->second;
+    if (Terminal(entry.job.state())) return;
+    if (change.kind == JobChange::Kind::kCancelRequested && !entry.job.cancel_requested()) {
+      CancelEntry(entry);
+      Flush();
+    } else if (change.kind == JobChange::Kind::kRequeued) {
+      // This replica may have claimed it again since (the notice of a re-queue it made itself comes
+      // after its own claim): only a job the store says is another's, or nobody's, is let go.
+      absl::StatusOr<v1::Job> stored = store_.ReadJob(id);
+      if (stored.ok() && stored->replica() != options_.replica_id) {
+        LoseJob(id, "the store re-queued it: this replica's lease ran out");
+      }
+    }
+    return;
+  }
+  absl::StatusOr<v1::Job> job = store_.ReadJob(id);
+  if (!job.ok()) return;
+  // The events since the last one this replica published, up to the snapshot's, to its watchers.
+  auto mirrored = mirrors_.find(id);
+  const int64_t published = mirrored == mirrors_.end() ? 0 : mirrored->second.last_sequence;
+  if (job->last_sequence() > published) {
+    absl::StatusOr<std::vector<v1::JobEvent>> events =
+        store_.ReadEvents(id, published + 1, job->last_sequence() - published);
+    if (events.ok() && !events->empty()) {
+      Mirror(*job);
+      publisher_(*job, *events);
+    }
+  } else {
+    Mirror(*job);
+  }
+  if (job->state() == v1::QUEUED && job->replica().empty()) ClaimPass();
+}
+
+void Scheduler::ClaimPass() {
+  if (!Shared() || shutting_down_) return;
+  int slots = 0;
+  for (const DeviceState& device : options_.devices) slots += device.slots;
+  for (const auto& [id, entry] : jobs_) slots -= Terminal(entry->job.state()) ? 0 : 1;
+  if (slots <= 0) return;
+  absl::StatusOr<std::vector<v1::Job>> claimed = store_.ClaimJobs(options_.replica_id, slots);
+  if (!claimed.ok()) {
+    spdlog::warn("replica {}: claiming queued jobs failed: {}", options_.replica_id, std::string(claimed.status().message()));
+    return;
+  }
+  for (const v1::Job& job : *claimed) Adopt(job);
+  if (!claimed->empty()) {
+    Flush();
+    RequestPass();
+  }
+}
+
+void Scheduler::Adopt(const v1::Job& claimed) {
+  // Watchers here first get the events committed before the claim, then this replica's.
+  OnStoreChange(JobChange{JobChange::Kind::kCommitted, claimed.id()});
+  auto entry = std::make_unique<JobEntry>();
+  auto mirrored = mirrors_.find(claimed.id());
+  entry->order = mirrored != mirrors_.end() ? mirrored->second.order : next_order_++;
+  if (mirrored != mirrors_.end()) mirrors_.erase(mirrored);
+  entry->job = claimed;
+  const std::string id = claimed.id();
+  if (metrics_ != nullptr) metrics_->JobStateChanged(claimed.tenant(), v1::JOB_STATE_UNSPECIFIED, claimed.state());
+  LogAbout(About(entry->job), spdlog::level::info, "claimed by replica {} at step {}", options_.replica_id,
+           claimed.progress().step());
+  if (entry->job.cancel_requested()) {
+    FinishJob(*entry, v1::CANCELLED, absl::StrCat("cancelled at step ", entry->job.progress().step(), " while queued"));
+  } else {
+    Resume(*entry, "claimed");
+  }
+  SetSnapshot(entry->job, entry->order);
+  jobs_[id] = std::move(entry);
+}
+
+void Scheduler::LoseJob(const std::string& job_id, const std::string& why) {
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) return;
+  JobEntry& entry = *it->second;
+  LogAbout(About(entry.job), spdlog::level::warn, "replica {} no longer runs it: {}", options_.replica_id, why);
+  if (entry.worker != 0) supervisor_.Kill(entry.worker);
+  if (metrics_ != nullptr) {
+    metrics_->JobStateChanged(entry.job.tenant(), entry.job.state(), v1::JOB_STATE_UNSPECIFIED);
+    if (entry.job.state() == v1::RUNNING) metrics_->JobStopped(job_id);
+  }
+  const int64_t order = entry.order;
+  const int64_t published = entry.job.last_sequence() - static_cast<int64_t>(entry.unsaved.size());
+  jobs_.erase(it);
+  {
+    MutexLock lock(&snapshot_mutex_);
+    waiting_.erase(job_id);
+  }
+  mirrors_[job_id] = Mirrored{order, published};
+  OnStoreChange(JobChange{JobChange::Kind::kCommitted, job_id});
+  RequestPass();
+}
+
+void Scheduler::LeaseTick() {
+  if (absl::Status s = store_.Heartbeat(options_.replica_id, options_.lease_seconds); !s.ok()) {
+    spdlog::warn("replica {}: renewing its lease failed: {}", options_.replica_id, std::string(s.message()));
+  }
+  absl::StatusOr<std::vector<v1::Job>> requeued = store_.RequeueOrphans();
+  if (!requeued.ok()) {
+    spdlog::warn("replica {}: re-queueing lost replicas' jobs failed: {}", options_.replica_id,
+                 std::string(requeued.status().message()));
+  } else {
+    for (const v1::Job& job : *requeued) {
+      LogAbout(About(job), spdlog::level::warn, "its replica stopped renewing its lease; back in the queue at step {}",
+               job.progress().step());
+    }
+  }
+  ClaimPass();
+  if (shutting_down_) return;
+  lease_timer_ = std::make_unique<boost::asio::steady_timer>(
+      io_, std::chrono::milliseconds(static_cast<int64_t>(options_.lease_seconds * 1000 / 3)));
+  lease_timer_->async_wait([this](const boost::system::error_code& error) {
+    if (!error) LeaseTick();
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -480,6 +647,18 @@ absl::Status Scheduler::CheckQuotas(const std::string& tenant, int64_t budget) c
     queued += entry->job.state() == v1::QUEUED;
     held += entry->job.budget_bytes();
   }
+  if (Shared()) {
+    // The tenant's jobs on the other replicas and those waiting to be claimed count too.
+    MutexLock lock(&snapshot_mutex_);
+    for (const auto& [id, mirrored] : mirrors_) {
+      auto snapshot = snapshots_.find(id);
+      if (snapshot == snapshots_.end()) continue;
+      const v1::Job& job = *snapshot->second.job;
+      if (job.tenant() != tenant || Terminal(job.state())) continue;
+      queued += job.state() == v1::QUEUED;
+      held += job.budget_bytes();
+    }
+  }
   if (options_.quota_queued_jobs > 0 && queued >= options_.quota_queued_jobs) {
     return absl::ResourceExhaustedError(absl::StrCat("tenant '", tenant, "' has ", queued,
                                                      " queued jobs, its quota (--quota-queued-jobs); submit again "
@@ -570,6 +749,7 @@ void Scheduler::SubmitPlanned(const std::string& tenant, const v1::SubmitJobRequ
   *AddEvent(*entry).mutable_plan() = job.plan();
 
   Flush();  // earlier staged writes first, so the insert below sees their sequences
+  job.set_replica("");  // with several replicas, whichever has room claims it (ClaimPass)
   JobWrite write;
   write.job = job;
   write.events = std::move(entry->unsaved);
@@ -583,9 +763,28 @@ void Scheduler::SubmitPlanned(const std::string& tenant, const v1::SubmitJobRequ
   }
   if (!inserted.ok()) {
     RemoveAll(JobDir(job.id())).IgnoreError();
+    if (Shared() && inserted.code() == absl::StatusCode::kAlreadyExists && !job.client_request_id().empty()) {
+      // Another replica took this request id first: its job answers.
+      absl::StatusOr<std::optional<v1::Job>> existing = store_.FindByRequestId(tenant, job.client_request_id());
+      if (existing.ok() && existing->has_value()) {
+        v1::SubmitJobResponse response;
+        *response.mutable_job() = **existing;
+        response.set_existing(true);
+        return done(response);
+      }
+    }
     return done(Refused("store_error", inserted));
   }
   if (!job.client_request_id().empty()) request_ids_[{tenant, job.client_request_id()}] = job.id();
+  if (Shared()) {
+    Mirror(job);
+    publisher_(job, write.events);
+    v1::SubmitJobResponse response;
+    *response.mutable_job() = job;
+    done(response);
+    ClaimPass();
+    return;
+  }
   SetSnapshot(job, entry->order);
   {
     MutexLock lock(&snapshot_mutex_);
@@ -606,6 +805,32 @@ void Scheduler::SubmitPlanned(const std::string& tenant, const v1::SubmitJobRequ
 void Scheduler::Cancel(std::string tenant, std::string job_id, Done<v1::Job> done) {
   boost::asio::post(io_, [this, tenant = std::move(tenant), job_id = std::move(job_id), done = std::move(done)]() {
     auto it = jobs_.find(job_id);
+    if (it == jobs_.end() && Shared()) {
+      // Not this replica's: an unclaimed job is claimed here to be cancelled at once; another
+      // replica's gets the request through the store and stops within a step there.
+      absl::StatusOr<v1::Job> job = store_.ReadJob(job_id);
+      if (!job.ok() || (!tenant.empty() && job->tenant() != tenant)) {
+        return done(absl::NotFoundError(absl::StrCat("job '", job_id, "' does not exist")));
+      }
+      if (Terminal(job->state())) {
+        return done(absl::FailedPreconditionError(absl::StrCat("job ", job_id, " has already ended (",
+                                                               StateName(job->state()), "); nothing to cancel")));
+      }
+      if (job->replica().empty()) {
+        absl::StatusOr<std::vector<v1::Job>> claimed = store_.ClaimJobs(options_.replica_id, 1, job_id);
+        if (claimed.ok() && !claimed->empty()) {
+          Adopt(claimed->front());
+          it = jobs_.find(job_id);
+        }
+      }
+      if (it == jobs_.end()) {
+        if (absl::Status s = store_.RequestCancel(job_id); !s.ok()) return done(s);
+        LogAbout(About(*job), spdlog::level::info, "cancel requested; replica {} stops it within a step",
+                 job->replica().empty() ? std::string("claiming it") : job->replica());
+        job->set_cancel_requested(true);
+        return done(*job);
+      }
+    }
     if (it == jobs_.end() || (!tenant.empty() && it->second->job.tenant() != tenant)) {
       return done(absl::NotFoundError(absl::StrCat("job '", job_id, "' does not exist")));
     }
@@ -614,31 +839,36 @@ void Scheduler::Cancel(std::string tenant, std::string job_id, Done<v1::Job> don
       return done(absl::FailedPreconditionError(absl::StrCat("job ", job_id, " has already ended (",
                                                              StateName(entry.job.state()), "); nothing to cancel")));
     }
-    if (entry.job.state() == v1::QUEUED && entry.worker == 0) {
-      FinishJob(entry, v1::CANCELLED, "cancelled while queued");
-    } else if (!entry.job.cancel_requested()) {
-      entry.job.set_cancel_requested(true);
-      Stage(entry);
-      wv1::WorkerRequest request;
-      request.mutable_control()->set_action(wv1::Control::CANCEL);
-      request.mutable_control()->set_reason("cancelled by the user");
-      LogAbout(About(entry.job), spdlog::level::info, "cancel requested at step {}; its worker stops within a step",
-               entry.job.progress().step());
-      if (!supervisor_.Send(entry.worker, request).ok()) supervisor_.Kill(entry.worker);
-      entry.cancel_timer = std::make_unique<boost::asio::steady_timer>(
-          io_, std::chrono::milliseconds(static_cast<int64_t>(options_.cancel_grace_seconds * 1000)));
-      entry.cancel_timer->async_wait([this, job_id](const boost::system::error_code& error) {
-        if (error) return;
-        auto found = jobs_.find(job_id);
-        if (found == jobs_.end() || found->second->worker == 0) return;
-        LogAbout(About(found->second->job), spdlog::level::warn,
-                 "its worker did not stop within {} s of the cancel; killing it", options_.cancel_grace_seconds);
-        supervisor_.Kill(found->second->worker);
-      });
-    }
+    CancelEntry(entry);
     Flush();
     done(entry.job);
   });
+}
+
+void Scheduler::CancelEntry(JobEntry& entry) {
+  const std::string job_id = entry.job.id();
+  if (entry.job.state() == v1::QUEUED && entry.worker == 0) {
+    FinishJob(entry, v1::CANCELLED, "cancelled while queued");
+  } else if (!entry.job.cancel_requested()) {
+    entry.job.set_cancel_requested(true);
+    Stage(entry);
+    wv1::WorkerRequest request;
+    request.mutable_control()->set_action(wv1::Control::CANCEL);
+    request.mutable_control()->set_reason("cancelled by the user");
+    LogAbout(About(entry.job), spdlog::level::info, "cancel requested at step {}; its worker stops within a step",
+             entry.job.progress().step());
+    if (!supervisor_.Send(entry.worker, request).ok()) supervisor_.Kill(entry.worker);
+    entry.cancel_timer = std::make_unique<boost::asio::steady_timer>(
+        io_, std::chrono::milliseconds(static_cast<int64_t>(options_.cancel_grace_seconds * 1000)));
+    entry.cancel_timer->async_wait([this, job_id](const boost::system::error_code& error) {
+      if (error) return;
+      auto found = jobs_.find(job_id);
+      if (found == jobs_.end() || found->second->worker == 0) return;
+      LogAbout(About(found->second->job), spdlog::level::warn,
+               "its worker did not stop within {} s of the cancel; killing it", options_.cancel_grace_seconds);
+      supervisor_.Kill(found->second->worker);
+    });
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1273,27 +1503,50 @@ void Scheduler::Flush() {
     metrics_->ObserveStoreWrite(Metrics::StoreOp::kCommit,
                                 std::chrono::duration<double>(SteadyClock::now() - commit_start).count());
   }
+  std::vector<bool> written(writes.size(), committed.ok());
+  std::vector<std::string> lost;
+  if (Shared() && committed.code() == absl::StatusCode::kFailedPrecondition) {
+    // Some job is no longer this replica's (the store re-queued it when this replica's lease ran
+    // out): each write alone, and the refused ones' jobs are let go.
+    committed = absl::OkStatus();
+    for (size_t i = 0; i < writes.size(); ++i) {
+      absl::Status one = store_.Commit({writes[i]});
+      written[i] = one.ok();
+      if (one.code() == absl::StatusCode::kFailedPrecondition) {
+        lost.push_back(writes[i].job.id());
+      } else if (!one.ok()) {
+        committed = one;
+      }
+    }
+  }
+  staged_.clear();
+  for (size_t i = 0; i < entries.size(); ++i) {
+    if (written[i] || std::find(lost.begin(), lost.end(), writes[i].job.id()) != lost.end()) continue;
+    staged_.push_back(writes[i].job.id());  // kept staged for the retry below
+  }
   if (absl::Status s = committed; !s.ok()) {
     // Nothing is published until it is written: keep the changes staged and try again shortly.
-    spdlog::error("store commit of {} job(s) failed: {}; retrying", writes.size(), std::string(s.message()));
+    spdlog::error("store commit of {} job(s) failed: {}; retrying", staged_.size(), std::string(s.message()));
     auto retry = std::make_shared<boost::asio::steady_timer>(io_, std::chrono::milliseconds(500));
     retry->async_wait([this, retry](const boost::system::error_code&) { Flush(); });
     flush_posted_ = true;
-    return;
   }
-  staged_.clear();
-  for (JobEntry* entry : entries) SetSnapshot(entry->job, entry->order);
+  for (size_t i = 0; i < entries.size(); ++i) {
+    if (written[i]) SetSnapshot(entries[i]->job, entries[i]->order);
+  }
   {
     MutexLock lock(&snapshot_mutex_);
-    for (JobEntry* entry : entries) {
-      if (entry->job.state() != v1::QUEUED) waiting_.erase(entry->job.id());
+    for (size_t i = 0; i < entries.size(); ++i) {
+      if (written[i] && entries[i]->job.state() != v1::QUEUED) waiting_.erase(entries[i]->job.id());
     }
   }
   for (size_t i = 0; i < entries.size(); ++i) {
+    if (!written[i]) continue;
     entries[i]->staged = false;
     entries[i]->unsaved.clear();
     publisher_(writes[i].job, writes[i].events);
   }
+  for (const std::string& id : lost) LoseJob(id, "the store refused its write: another replica owns it now");
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1302,6 +1555,18 @@ void Scheduler::Flush() {
 void Scheduler::Shutdown(double grace_seconds, std::function<void()> done) {
   boost::asio::post(io_, [this, grace_seconds, done = std::move(done)]() mutable {
     shutting_down_ = true;
+    if (Shared()) {
+      // Once its workers have checkpointed, the replica gives up its lease: the others take its jobs
+      // at their next lease tick instead of after lease_seconds.
+      lease_timer_.reset();
+      done = [this, done = std::move(done)] {
+        if (absl::Status s = store_.Heartbeat(options_.replica_id, 0); !s.ok()) {
+          spdlog::warn("replica {}: giving up its lease failed ({}); the others take its jobs once it runs out",
+                       options_.replica_id, std::string(s.message()));
+        }
+        done();
+      };
+    }
     aging_timer_.reset();
     // Planning calls end now: queued ones are refused, running planners are killed (their callers
     // get Unavailable through the exit handler).

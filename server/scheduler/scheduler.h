@@ -48,6 +48,11 @@ struct SchedulerOptions {
   Metrics* metrics = nullptr;
   // A job's per-job metric series stay this long after it stops running (a last scrape sees its end).
   double finished_series_seconds = 120;
+  // Several replicas on one shared store (JobStore::Shared(), DESIGN.md §3 "Scale-out"): this replica's
+  // name, empty when it is the only server. It claims queued jobs while it has free slots, renews its
+  // lease every lease_seconds / 3, and re-queues the jobs of replicas whose lease ran out.
+  std::string replica_id;
+  double lease_seconds = 10;
 };
 
 // Receives committed changes: the job as it is now and the events just appended to its log. Called on
@@ -139,6 +144,23 @@ class Scheduler {
                      std::shared_ptr<const xtrain::worker::v1::PlanResult> result,
                      Done<xtrain::v1::SubmitJobResponse> done);
 
+  // Scale-out (replica_id set): jobs other replicas run, or that wait to be claimed, are mirrored
+  // here (read snapshots and their events published to this replica's watchers) from the store's
+  // notifications; this replica runs only the jobs it claimed.
+  bool Shared() const { return !options_.replica_id.empty(); }
+  // Resolves a stored unfinished job for scheduling here: context, plan chain (plan.pb), budgets; a
+  // job that was running goes back to the queue, `why`. Fails it when it cannot resume.
+  void Resume(JobEntry& entry, const std::string& why);
+  void Mirror(const xtrain::v1::Job& job);
+  void OnStoreChange(const JobChange& change);
+  void ClaimPass();
+  void Adopt(const xtrain::v1::Job& job);
+  // A job this replica ran that the store gave to another (its lease ran out): stop its worker, mirror it.
+  void LoseJob(const std::string& job_id, const std::string& why);
+  void LeaseTick();
+  // The cancel of a job of this replica (Cancel, or a RequestCancel from another replica).
+  void CancelEntry(JobEntry& entry);
+
   // Queue and placement.
   void RequestPass();
   void Pass();
@@ -192,6 +214,14 @@ class Scheduler {
   std::unique_ptr<boost::asio::steady_timer> shutdown_timer_;
   std::unique_ptr<boost::asio::steady_timer> aging_timer_;
   Metrics* const metrics_;
+  // Scale-out: jobs mirrored from the store (not run here), with their place in ListJobs' order and
+  // the last event published to this replica's watchers.
+  struct Mirrored {
+    int64_t order = 0;
+    int64_t last_sequence = 0;
+  };
+  std::map<std::string, Mirrored> mirrors_;
+  std::unique_ptr<boost::asio::steady_timer> lease_timer_;
   // Jobs that stopped running, waiting for their per-job metric series to be removed.
   std::map<std::string, std::unique_ptr<boost::asio::steady_timer>> retiring_;
 

@@ -27,7 +27,7 @@ absl::StatusOr<xtrain::v1::Job> JobStore::ReadJob(absl::string_view) { return No
 
 absl::Status JobStore::RequestCancel(absl::string_view) { return NotShared("a cancel for another replica"); }
 
-void JobStore::Listen(std::function<void(const std::string&)>) {}
+void JobStore::Listen(std::function<void(const JobChange&)>) {}
 
 absl::StatusOr<std::unique_ptr<JobStore>> OpenJobStore(const std::string& url, const std::string& data_dir) {
   if (url.empty()) return OpenSqliteJobStore(absl::StrCat(data_dir, "/xtrain.db"));

@@ -27,6 +27,18 @@ struct JobWrite {
   std::vector<xtrain::v1::JobEvent> events;  // sequences continue the log: last_sequence + 1, + 2, ...
 };
 
+// A change to a job that a server of a shared store announced (JobStore::Listen).
+struct JobChange {
+  enum class Kind {
+    kCommitted,        // inserted, claimed or committed: its snapshot or log changed
+    kCancelRequested,  // RequestCancel: its owner should cancel it
+    kRequeued,         // RequeueOrphans took it from a lost replica
+    kResync,           // notifications may have been missed (a lost connection): read every job again
+  };
+  Kind kind = Kind::kCommitted;
+  std::string job_id;  // empty for kResync
+};
+
 // The durable truth of the service (DESIGN.md §3): jobs, their event logs, artifact records. The server
 // writes every change here before it publishes it. Thread-safe: every method may be called from any
 // thread; writes are serialized, reads do not wait for writes.
@@ -80,9 +92,9 @@ class JobStore {
   virtual absl::StatusOr<xtrain::v1::Job> ReadJob(absl::string_view job_id);
   // Asks the replica that owns the job to cancel it (it sees the request through Listen).
   virtual absl::Status RequestCancel(absl::string_view job_id);
-  // Calls `listener(job_id)` on the store's own thread after any server commits a change to a job
-  // (this one included); called once, before use. `listener` must not block.
-  virtual void Listen(std::function<void(const std::string& job_id)> listener);
+  // Calls `listener` on the store's own thread after any server changes a job (this one included);
+  // called once, before use. `listener` must not block.
+  virtual void Listen(std::function<void(const JobChange& change)> listener);
 };
 
 // How the SQLite store opens its file.

@@ -185,7 +185,7 @@ class PostgresJobStore : public JobStore {
           job.id(), job.tenant(), job.client_request_id(), static_cast<int>(job.state()),
           job.spec().priority(), job.replica(), Bytes(job));
       if (absl::Status s = InsertEvents(tx, write, 0); !s.ok()) return s;
-      tx.exec_params("SELECT pg_notify($1, $2)", kChannel, job.id());
+      Notify(tx, 'c', job.id());
       return absl::OkStatus();
     });
   }
@@ -217,7 +217,7 @@ class PostgresJobStore : public JobStore {
         if (absl::Status s = InsertEvents(tx, write, row[0][3].as<int64_t>()); !s.ok()) return s;
         tx.exec_params("UPDATE jobs SET state = $2, priority = $3, job = $4 WHERE id = $1", job.id(),
                        static_cast<int>(job.state()), job.spec().priority(), Bytes(job));
-        tx.exec_params("SELECT pg_notify($1, $2)", kChannel, job.id());
+        Notify(tx, 'c', job.id());
       }
       return absl::OkStatus();
     });
@@ -370,7 +370,7 @@ class PostgresJobStore : public JobStore {
         if (absl::Status s = Parse(row[1], &job, absl::StrCat("job ", row[0].c_str())); !s.ok()) return s;
         job.set_replica(std::string(replica));
         tx.exec_params("UPDATE jobs SET owner = $2, job = $3 WHERE id = $1", job.id(), job.replica(), Bytes(job));
-        tx.exec_params("SELECT pg_notify($1, $2)", kChannel, job.id());
+        Notify(tx, 'c', job.id());
       }
       return absl::OkStatus();
     });
@@ -417,7 +417,7 @@ class PostgresJobStore : public JobStore {
         if (absl::Status s = InsertEvents(tx, write, row[3].as<int64_t>()); !s.ok()) return s;
         tx.exec_params("UPDATE jobs SET owner = '', state = $2, job = $3 WHERE id = $1", job.id(),
                        static_cast<int>(job.state()), Bytes(job));
-        tx.exec_params("SELECT pg_notify($1, $2)", kChannel, job.id());
+        Notify(tx, 'r', job.id());
       }
       return absl::OkStatus();
     });
@@ -443,12 +443,12 @@ class PostgresJobStore : public JobStore {
       pqxx::result rows =
           tx.exec_params("UPDATE jobs SET cancel_wanted = TRUE WHERE id = $1 RETURNING id", std::string(job_id));
       if (rows.empty()) return absl::NotFoundError(absl::StrCat("job '", job_id, "' does not exist"));
-      tx.exec_params("SELECT pg_notify($1, $2)", kChannel, std::string(job_id));
+      Notify(tx, 'x', std::string(job_id));
       return absl::OkStatus();
     });
   }
 
-  void Listen(std::function<void(const std::string&)> listener) override {
+  void Listen(std::function<void(const JobChange&)> listener) override {
     listener_ = std::move(listener);
     listener_thread_ = std::thread([this] { ListenLoop(); });
   }
@@ -459,12 +459,21 @@ class PostgresJobStore : public JobStore {
   // Hands every notification on the channel to the listener.
   class Receiver : public pqxx::notification_receiver {
    public:
-    Receiver(pqxx::connection_base& connection, std::function<void(const std::string&)>* listener)
+    Receiver(pqxx::connection_base& connection, std::function<void(const JobChange&)>* listener)
         : pqxx::notification_receiver(connection, kChannel), listener_(listener) {}
-    void operator()(const std::string& payload, int) override { (*listener_)(payload); }
+    // Payloads are "<kind>:<job id>" (Notify).
+    void operator()(const std::string& payload, int) override {
+      if (payload.size() < 2 || payload[1] != ':') return;
+      JobChange change;
+      change.kind = payload[0] == 'x'   ? JobChange::Kind::kCancelRequested
+                    : payload[0] == 'r' ? JobChange::Kind::kRequeued
+                                        : JobChange::Kind::kCommitted;
+      change.job_id = payload.substr(2);
+      (*listener_)(change);
+    }
 
    private:
-    std::function<void(const std::string&)>* listener_;
+    std::function<void(const JobChange&)>* listener_;
   };
 
   // Listens until the store closes; after a lost connection, reconnects and tells the listener ""
@@ -475,13 +484,19 @@ class PostgresJobStore : public JobStore {
       try {
         pqxx::connection connection(url_);
         Receiver receiver(connection, &listener_);
-        if (lost) listener_("");
+        if (lost) listener_(JobChange{JobChange::Kind::kResync, ""});
         while (!stop_) connection.await_notification(0, 200000);
       } catch (const std::exception&) {
         lost = true;
         for (int i = 0; i < 10 && !stop_; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
       }
     }
+  }
+
+  // Announces a change to `job_id` when the transaction commits: 'c' committed, 'x' cancel requested,
+  // 'r' re-queued.
+  static void Notify(pqxx::work& tx, char kind, const std::string& job_id) {
+    tx.exec_params("SELECT pg_notify($1, $2)", kChannel, absl::StrCat(std::string(1, kind), ":", job_id));
   }
 
   // The events in one statement (a round trip per event made a 100-event commit take 30 ms).
@@ -536,7 +551,7 @@ class PostgresJobStore : public JobStore {
   const std::string url_;
   absl::Mutex mu_;
   std::vector<std::unique_ptr<pqxx::connection>> idle_ ABSL_GUARDED_BY(mu_);
-  std::function<void(const std::string&)> listener_;
+  std::function<void(const JobChange&)> listener_;
   std::thread listener_thread_;
   std::atomic<bool> stop_{false};
 };

@@ -211,7 +211,11 @@ std::unique_ptr<TestServer> TestServer::Start(ServerOptions options) {
 
 ServerProcess::ServerProcess(const std::string& data_dir, const std::string& data_root, std::vector<std::string> flags,
                              const std::string& stderr_path) {
-  const std::string port_file = absl::StrCat(data_dir, ".port");
+  // <data_dir>.port unless the flags name one (replicas sharing a data dir).
+  std::string port_file = absl::StrCat(data_dir, ".port");
+  for (size_t i = 0; i + 1 < flags.size(); ++i) {
+    if (flags[i] == "--port-file") port_file = flags[i + 1];
+  }
   std::error_code error;
   fs::remove(port_file, error);
   std::vector<std::string> args = {ServerPath(), "--listen", "127.0.0.1:0", "--data-dir", data_dir,

@@ -1040,10 +1040,10 @@ TEST_F(PostgresStore, ALostReplicasJobIsRequeuedWithAnEventAndItsLateWritesAreRe
 TEST_F(PostgresStore, EveryReplicaHearsEachChangeAndCancelRequests) {
   std::unique_ptr<JobStore> listener = Replica();
   absl::Mutex mu;
-  std::vector<std::string> heard;
-  listener->Listen([&](const std::string& id) {
+  std::vector<std::string> heard;  // "<kind> <job id>"
+  listener->Listen([&](const JobChange& change) {
     absl::MutexLock lock(&mu);
-    heard.push_back(id);
+    heard.push_back(absl::StrCat(static_cast<int>(change.kind), " ", change.job_id));
   });
   const auto wait_for = [&](size_t n) {
     for (int i = 0; i < 100; ++i) {
@@ -1068,7 +1068,8 @@ TEST_F(PostgresStore, EveryReplicaHearsEachChangeAndCancelRequests) {
   ASSERT_TRUE(wait_for(4));
   {
     absl::MutexLock lock(&mu);
-    EXPECT_THAT(heard, ElementsAre("job-x", "job-x", "job-x", "job-x"));
+    // Inserted, claimed, committed (kCommitted = 0), then a cancel asked (kCancelRequested = 1).
+    EXPECT_THAT(heard, ElementsAre("0 job-x", "0 job-x", "0 job-x", "1 job-x"));
   }
   EXPECT_TRUE(store_->ReadJob("job-x")->cancel_requested());
   EXPECT_EQ(store_->RequestCancel("job-nope").code(), absl::StatusCode::kNotFound);
