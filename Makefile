@@ -26,6 +26,11 @@ build: configure
 test: build
 	bash scripts/run-tests.sh $(BUILD_DIR)
 
+# The service's three binaries and nothing else (the container image builds these: Dockerfile).
+.PHONY: build-service-bins
+build-service-bins: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target xtrain-server xtrain-worker xtrainctl
+
 # The main job end to end through the service: xtrain-server on its SQLite store, a Fashion-MNIST job
 # planned into about half of its exact peak, submitted, watched and reported by xtrainctl.
 demo: configure

@@ -22,6 +22,10 @@ packages=(
   libpqxx-dev postgresql  # the PostgreSQL job store several replicas share; its tests start their own server
   prometheus              # promtool and the Prometheus server the metrics tests scrape with
   clang libclang-rt-14-dev  # libFuzzer (make fuzz)
+  # The deploy tests (tests/deploy): the Go renderer of the Helm chart (no helm binary in Debian) with
+  # Debian's sprig and yaml.v3, and node for the schema validator (its npm packages: tests/deploy/setup.sh).
+  golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev
+  nodejs
 )
 
 missing=()
@@ -36,6 +40,13 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   $sudo_cmd apt-get update -qq
   $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# npm: Debian's own package, unless the installed nodejs brings npm itself (NodeSource's conflicts with it).
+if ! command -v npm >/dev/null; then
+  npm_sudo=""
+  [[ $(id -u) -ne 0 ]] && npm_sudo="sudo"
+  $npm_sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm
 fi
 
 # Make sure the OpenMP OpenBLAS serves libblas.so.3 (the reference BLAS may have been installed first).
