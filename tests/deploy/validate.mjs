@@ -38,10 +38,6 @@ function serverVariables(sourceDir) {
       : "XTRAIN_" + key.toUpperCase().replaceAll("-", "_");
     names.add(name);
   }
-  // Being added to server_config.cc by issue 13's service work (--store-url, --replica-id); once they are
-  // in kKeys this adds nothing.
-  names.add("XTRAIN_STORE_URL");
-  names.add("XTRAIN_REPLICA_ID");
   return names;
 }
 
