@@ -1028,6 +1028,8 @@ JobDemand Scheduler::DemandOf(const JobEntry& entry) const {
 
 void Scheduler::Pass() {
   if (shutting_down_) return;
+  // A slot freed here (a job ended, was cancelled or lost) takes the next unclaimed job at once.
+  ClaimPass();
   std::vector<RunningJob> running;
   std::vector<JobDemand> queued;
   for (const auto& [id, entry] : jobs_) {

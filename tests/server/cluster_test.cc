@@ -28,11 +28,15 @@ namespace {
 namespace v1 = xtrain::v1;
 using ::testing::HasSubstr;
 
-constexpr int kLeaseSeconds = 2;
+// Leases: long where nothing is killed (a loaded machine, sanitizer builds, must not make a live replica
+// look dead), short where the takeover is the test.
+constexpr int kLongLeaseSeconds = 30;
+constexpr int kLeaseSeconds = 4;
 
 // A replica: its own name and port file, the shared store and data dir, one slot.
-std::vector<std::string> ReplicaFlags(const std::string& url, const std::string& dir, const std::string& id) {
-  return {"--store-url", url, "--replica-id", id, "--lease-seconds", absl::StrCat(kLeaseSeconds),
+std::vector<std::string> ReplicaFlags(const std::string& url, const std::string& dir, const std::string& id,
+                                      int lease_seconds) {
+  return {"--store-url", url, "--replica-id", id, "--lease-seconds", absl::StrCat(lease_seconds),
           "--device", "cpu:capacity=2GiB:slots=1", "--port-file", absl::StrCat(dir, "/", id, ".port"),
           "--checkpoint-seconds", "1"};
 }
@@ -68,8 +72,8 @@ class Cluster : public ::testing::Test {
     data_root_ = dir_.path() + "/data";
     std::filesystem::create_directories(data_root_);
   }
-  std::unique_ptr<ServerProcess> Replica(const std::string& id) {
-    return std::make_unique<ServerProcess>(data_dir_, data_root_, ReplicaFlags(url_, dir_.path(), id));
+  std::unique_ptr<ServerProcess> Replica(const std::string& id, int lease_seconds) {
+    return std::make_unique<ServerProcess>(data_dir_, data_root_, ReplicaFlags(url_, dir_.path(), id, lease_seconds));
   }
 
   TempDir dir_;
@@ -79,7 +83,7 @@ class Cluster : public ::testing::Test {
 TEST_F(Cluster, JobsSpreadOverTwoReplicasEachRunsOnceAndAnyReplicaAnswersForAny) {
   std::map<std::string, std::unique_ptr<ServerProcess>> replicas;
   for (const char* id : {"replica-a", "replica-b"}) {
-    replicas[id] = Replica(id);
+    replicas[id] = Replica(id, kLongLeaseSeconds);
     ASSERT_TRUE(replicas[id]->serving()) << id;
   }
   // All submitted to one replica: the other claims its share (one slot each).
@@ -126,7 +130,7 @@ TEST_F(Cluster, JobsSpreadOverTwoReplicasEachRunsOnceAndAnyReplicaAnswersForAny)
 TEST_F(Cluster, AReplicaKilledMidJobLosesItToTheOtherWhichResumesItUnderOneUnbrokenLog) {
   std::map<std::string, std::unique_ptr<ServerProcess>> replicas;
   for (const char* id : {"replica-a", "replica-b"}) {
-    replicas[id] = Replica(id);
+    replicas[id] = Replica(id, kLeaseSeconds);
     ASSERT_TRUE(replicas[id]->serving()) << id;
   }
   // Steps of some tens of milliseconds, a checkpoint every 10.
