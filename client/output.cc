@@ -170,6 +170,8 @@ std::string FormatJob(const v1::Job& job) {
   std::string out = absl::StrCat(job.id(), spec.display_name().empty() ? "" : absl::StrCat("  ", spec.display_name()), "\n");
   std::string state = StateName(job.state());
   if (!job.device().empty()) absl::StrAppend(&state, " on ", job.device());
+  // Several servers share the store: which one runs it (or ran it).
+  if (!job.replica().empty()) absl::StrAppend(&state, job.device().empty() ? " on" : " of", " replica ", job.replica());
   if (job.cancel_requested() && job.state() == v1::RUNNING) absl::StrAppend(&state, " (cancel requested)");
   if (job.attempts() > 0) absl::StrAppend(&state, "; ", job.attempts(), " failed attempt(s) retried");
   Line(out, "state", state);

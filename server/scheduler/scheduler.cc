@@ -777,6 +777,8 @@ void Scheduler::SubmitPlanned(const std::string& tenant, const v1::SubmitJobRequ
   }
   if (!job.client_request_id().empty()) request_ids_[{tenant, job.client_request_id()}] = job.id();
   if (Shared()) {
+    // Not this replica's until it claims it: the replica that claims it counts it in its metrics.
+    if (metrics_ != nullptr) metrics_->JobStateChanged(tenant, v1::QUEUED, v1::JOB_STATE_UNSPECIFIED);
     Mirror(job);
     publisher_(job, write.events);
     v1::SubmitJobResponse response;

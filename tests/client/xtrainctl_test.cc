@@ -439,6 +439,23 @@ TEST_F(Xtrainctl, JobSaysWhichBudgetIsReservedAndWhichRequested) {
   EXPECT_TRUE(absl::StrContains(out, "budget 23.00 MiB (25% of the device requested)")) << out;
 }
 
+// With several replicas the detail view says which one runs the job.
+TEST_F(Xtrainctl, JobSaysWhichReplicaRunsIt) {
+  v1::Job job;
+  job.set_id("job-1");
+  job.set_state(v1::RUNNING);
+  job.set_device("cuda:0");
+  std::string out = FormatJob(job);
+  EXPECT_FALSE(absl::StrContains(out, "replica")) << out;
+  job.set_replica("xtrain-7d9f-abc");
+  out = FormatJob(job);
+  EXPECT_TRUE(absl::StrContains(out, "RUNNING on cuda:0 of replica xtrain-7d9f-abc")) << out;
+  job.set_state(v1::SUCCEEDED);
+  job.clear_device();
+  out = FormatJob(job);
+  EXPECT_TRUE(absl::StrContains(out, "SUCCEEDED on replica xtrain-7d9f-abc")) << out;
+}
+
 TEST_F(Xtrainctl, TablePadsColumns) {
   EXPECT_EQ(FormatTable({"ID", "N"}, {{"job-1", "5"}, {"j", "100"}}, {false, true}),
             "ID       N\n"

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -205,7 +206,8 @@ TEST(ServerConfig, HelpListsEveryFlag) {
                            "--watch-coalesce-events", "--watch-coalesce-ms", "--watch-step-rate", "--tokens",
                            "--tls-cert", "--tls-key", "--tls-client-ca", "--quota-queued-jobs", "--quota-budget-bytes",
                            "--quota-submits-per-minute", "--quota-watchers", "--quota-artifact-bytes",
-                           "--metrics-port", "--metrics-job-grace-seconds"}) {
+                           "--metrics-port", "--metrics-job-grace-seconds", "--store-url", "--replica-id",
+                           "--lease-seconds"}) {
     EXPECT_THAT(usage, HasSubstr(flag));
   }
 }
@@ -226,6 +228,31 @@ TEST(ServerConfig, MetricsSettingsComeFromTheFileTheVariableOrTheFlag) {
   command = LoadServerCommand({"--config", yaml, "--metrics-port", "0"});
   ASSERT_TRUE(command.ok()) << command.status();
   EXPECT_EQ(command->options.metrics_port, 0);  // flag over variable: a free port
+}
+
+TEST(ServerConfig, TheSharedStoreAndTheReplicaComeFromTheFileTheVariableOrTheFlag) {
+  absl::StatusOr<ServerCommand> defaults = LoadServerCommand({});
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_EQ(defaults->options.store_url, "");  // the SQLite file under --data-dir
+  EXPECT_EQ(defaults->options.replica_id, "");  // the host name, filled in at start
+  EXPECT_EQ(defaults->options.lease_seconds, 10);
+  ScopedDir dir;
+  const std::string yaml = dir.Write("server.yaml", "store_url: postgresql://db/x\nreplica_id: from-file\nlease_seconds: 6\n");
+  ScopedEnv env;
+  env.Set("XTRAIN_STORE_URL", "postgresql://xtrain:secret@db:5432/jobs").Set("XTRAIN_REPLICA_ID", "pod-7");
+  absl::StatusOr<ServerCommand> command = LoadServerCommand({"--config", yaml, "--lease-seconds", "4.5"});
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_EQ(command->options.store_url, "postgresql://xtrain:secret@db:5432/jobs");  // variable over file
+  EXPECT_EQ(command->options.replica_id, "pod-7");
+  EXPECT_EQ(command->options.lease_seconds, 4.5);  // flag over file
+  for (const auto& [args, message] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"--lease-seconds", "0.5"}, "--lease-seconds is 0.5; use 1 second or more"},
+           {{"--replica-id", ""}, "--replica-id '' must be 1 to 200 characters"}}) {
+    absl::StatusOr<ServerCommand> bad = LoadServerCommand(args);
+    ASSERT_FALSE(bad.ok()) << args[0];
+    EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(bad.status().message()), HasSubstr(message));
+  }
 }
 
 TEST(ServerConfig, LogSettingsComeFromTheFileTheVariableOrTheFlag) {
