@@ -200,6 +200,12 @@ absl::Status Server::Initialize() {
   grpc_->GetHealthCheckService()->SetServingStatus(true);
   spdlog::info("xtrain-server listening on port {} ({}); data dir {}; worker {}", port_, options_.listen, options_.data_dir,
                options_.worker_path);
+  if (store_->Shared()) {
+    spdlog::info("job store: PostgreSQL, shared by replicas; this one is '{}' (lease {} s)", options_.replica_id,
+                 options_.lease_seconds);
+  } else {
+    spdlog::info("job store: SQLite, {}/xtrain.db", options_.data_dir);
+  }
   spdlog::info("metrics on port {} (http://{}:{}/metrics)", metrics_port(), host.empty() ? "0.0.0.0" : host, metrics_port());
   for (const DeviceState& device : options_.devices) {
     spdlog::info("device {}: {} for jobs, {} slot(s)", device.name, HumanBytes(device.capacity_bytes), device.slots);
