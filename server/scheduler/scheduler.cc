@@ -269,20 +269,24 @@ void Scheduler::OnStoreChange(const JobChange& change) {
   }
   absl::StatusOr<v1::Job> job = store_.ReadJob(id);
   if (!job.ok()) return;
-  // The events since the last one this replica published, up to the snapshot's, to its watchers.
-  auto mirrored = mirrors_.find(id);
-  const int64_t published = mirrored == mirrors_.end() ? 0 : mirrored->second.last_sequence;
-  if (job->last_sequence() > published) {
-    absl::StatusOr<std::vector<v1::JobEvent>> events =
-        store_.ReadEvents(id, published + 1, job->last_sequence() - published);
-    if (events.ok() && !events->empty()) {
-      Mirror(*job);
-      publisher_(*job, *events);
-    }
-  } else {
-    Mirror(*job);
-  }
+  RefreshMirror(*job);
   if (job->state() == v1::QUEUED && job->replica().empty()) ClaimPass();
+}
+
+void Scheduler::RefreshMirror(const v1::Job& job) {
+  // The events since the last one this replica published, up to the snapshot's, to its watchers.
+  auto mirrored = mirrors_.find(job.id());
+  const int64_t published = mirrored == mirrors_.end() ? 0 : mirrored->second.last_sequence;
+  if (job.last_sequence() <= published) {
+    Mirror(job);
+    return;
+  }
+  absl::StatusOr<std::vector<v1::JobEvent>> events =
+      store_.ReadEvents(job.id(), published + 1, job.last_sequence() - published);
+  if (events.ok() && !events->empty()) {
+    Mirror(job);
+    publisher_(job, *events);
+  }
 }
 
 void Scheduler::ClaimPass() {
@@ -305,7 +309,7 @@ void Scheduler::ClaimPass() {
 
 void Scheduler::Adopt(const v1::Job& claimed) {
   // Watchers here first get the events committed before the claim, then this replica's.
-  OnStoreChange(JobChange{JobChange::Kind::kCommitted, claimed.id()});
+  RefreshMirror(claimed);
   auto entry = std::make_unique<JobEntry>();
   auto mirrored = mirrors_.find(claimed.id());
   entry->order = mirrored != mirrors_.end() ? mirrored->second.order : next_order_++;
@@ -1509,14 +1513,14 @@ void Scheduler::Flush() {
   }
   std::vector<bool> written(writes.size(), committed.ok());
   std::vector<std::string> lost;
-  if (Shared() && committed.code() == absl::StatusCode::kFailedPrecondition) {
+  if (Shared() && committed.code() == absl::StatusCode::kAborted) {
     // Some job is no longer this replica's (the store re-queued it when this replica's lease ran
     // out): each write alone, and the refused ones' jobs are let go.
     committed = absl::OkStatus();
     for (size_t i = 0; i < writes.size(); ++i) {
       absl::Status one = store_.Commit({writes[i]});
       written[i] = one.ok();
-      if (one.code() == absl::StatusCode::kFailedPrecondition) {
+      if (one.code() == absl::StatusCode::kAborted) {
         lost.push_back(writes[i].job.id());
       } else if (!one.ok()) {
         committed = one;

@@ -153,6 +153,9 @@ class Scheduler {
   void Resume(JobEntry& entry, const std::string& why);
   void Mirror(const xtrain::v1::Job& job);
   void OnStoreChange(const JobChange& change);
+  // A job run elsewhere (or just claimed) as the store has it: its read snapshot, and the events this
+  // replica has not published yet published to its watchers.
+  void RefreshMirror(const xtrain::v1::Job& job);
   void ClaimPass();
   void Adopt(const xtrain::v1::Job& job);
   // A job this replica ran that the store gave to another (its lease ran out): stop its worker, mirror it.

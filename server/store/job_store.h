@@ -75,7 +75,7 @@ class JobStore {
 
   // --- Several servers on one store (PostgreSQL; DESIGN.md §3 "Scale-out") ---------------------------
   // A shared store knows which replica runs each job (Job.replica, empty: unclaimed). Commit refuses,
-  // with FailedPrecondition, a write whose job.replica differs from the stored owner: a replica whose
+  // with Aborted, a write whose job.replica differs from the stored owner: a replica whose
   // jobs were taken from it (its lease ran out) can no longer change them. The embedded store has one
   // server: Shared() is false and the methods below are Unimplemented.
   virtual bool Shared() const { return false; }

@@ -208,7 +208,7 @@ class PostgresJobStore : public JobStore {
         }
         const std::string owner = row[0][2].as<std::string>();
         if (owner != job.replica()) {
-          return absl::FailedPreconditionError(absl::StrCat(
+          return absl::AbortedError(absl::StrCat(
               "job ", job.id(), " is owned by ",
               owner.empty() ? std::string("no replica (it was re-queued)") : absl::StrCat("replica ", owner), ", not by ",
               job.replica().empty() ? std::string("an unclaimed writer") : absl::StrCat("replica ", job.replica()),
