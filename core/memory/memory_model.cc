@@ -85,8 +85,16 @@ class ForwardRecorder : public MemoryPhaseObserver {
   ForwardRecorder(MemoryMeter& meter, int64_t base) : meter_(meter), base_(base) {}
   void Output(const torch::Tensor& t) {
     if (!t.defined() || !t.requires_grad() || !t.grad_fn()) return;
-    const void* node = t.grad_fn().get();
-    if (!seen_.insert(node).second) return;
+    const std::shared_ptr<torch::autograd::Node>& grad_fn = t.grad_fn();
+    const void* node = grad_fn.get();
+    auto [it, inserted] = seen_.try_emplace(node, Seen{grad_fn, records_.size()});
+    if (!inserted) {
+      if (!it->second.node.expired()) return;
+      // A node that died inside the forward (an op's temporary) and whose address a new node took:
+      // the old record is no node of the graph (its peak carries into the next one).
+      records_[it->second.record].node = nullptr;
+      it->second = Seen{grad_fn, records_.size()};
+    }
     records_.push_back({node, meter_.current_bytes() - base_, meter_.peak_bytes() - base_});
     meter_.ResetPeak();
   }
@@ -99,7 +107,12 @@ class ForwardRecorder : public MemoryPhaseObserver {
   MemoryMeter& meter_;
   int64_t base_;
   std::vector<ForwardRecord> records_;
-  std::unordered_set<const void*> seen_;
+  // Nodes recorded, weakly held (a strong reference would keep their saved tensors alive).
+  struct Seen {
+    std::weak_ptr<torch::autograd::Node> node;
+    size_t record = 0;
+  };
+  std::unordered_map<const void*, Seen> seen_;
 };
 
 thread_local ForwardRecorder* active_forward = nullptr;
@@ -682,14 +695,18 @@ absl::Status MemoryModel::ClassifyNodes(Calibration& runs) {
     const std::string& other = low.nodes[n].type;
     Node& node = nodes_[n];
     node.type = exact.type;
-    if (exact.type == "ConvolutionBackward0" && (IsXConvNode(other) || other == exact.type)) {
+    // A convolution whose weight is no parameter (a weight computed in forward) is an ordinary node
+    // that no plan changes, like any other op.
+    const bool weight_is_parameter = exact1.parameter_names.count(exact.weight_key) > 0;
+    if (exact.type == "ConvolutionBackward0" && !weight_is_parameter && other != exact.type) {
+      return absl::InternalError(absl::StrCat("memory model: backward node ", n,
+                                              " converted a convolution whose weight is not a parameter"));
+    }
+    if (exact.type == "ConvolutionBackward0" && weight_is_parameter && (IsXConvNode(other) || other == exact.type)) {
       // A conv layer; one that stays a torch conv in the converted runs is exact in every plan.
       runs.convertible[n] = IsXConvNode(other);
       ConvLayer layer;
       auto name = exact1.parameter_names.find(exact.weight_key);
-      if (name == exact1.parameter_names.end()) {
-        return absl::InternalError("memory model: a convolution's weight is not a parameter of the model");
-      }
       layer.path = ModuleOfParameter(name->second);
       layer.sample_sizes.assign(exact.input_sizes.begin() + 1, exact.input_sizes.end());
       layer.weight_sizes = exact.weight_sizes;

@@ -18,6 +18,9 @@ struct ModelSpec {
   int64_t scale = 2;         // srnet: upscaling factor per spatial side
   bool batch_norm = true;    // BatchNorm after convs: resnet18, unet, ddpm_unet, dncnn, strided_grouped
   uint64_t seed = 0;         // the initial weights are a function of the spec and this seed
+  // name "torchscript": the torch.jit.save'd module to train (its weights are the initial weights;
+  // classes > 0 replaces a head with another output count). See script_network.h.
+  std::string script_path;
 };
 
 }  // namespace xtrain::core

@@ -1,4 +1,5 @@
 #include "core/models/model_zoo.h"
+#include "core/models/script_network.h"
 
 #include <mutex>
 #include <new>
@@ -173,6 +174,11 @@ std::vector<std::string> ModelNames() {
 }
 
 absl::StatusOr<std::shared_ptr<NetworkImpl>> BuildModel(const ModelSpec& spec) {
+  if (spec.name == kTorchScriptModel) {
+    absl::StatusOr<std::shared_ptr<ScriptNetworkImpl>> script = ScriptNetworkImpl::Load(spec);
+    if (!script.ok()) return script.status();
+    return std::shared_ptr<NetworkImpl>(*std::move(script));
+  }
   const Family* family = nullptr;
   for (const Family& candidate : Families()) {
     if (spec.name == candidate.name) family = &candidate;
@@ -180,7 +186,8 @@ absl::StatusOr<std::shared_ptr<NetworkImpl>> BuildModel(const ModelSpec& spec) {
   if (family == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("unknown model '", spec.name,
                                                    "'; set name to one of: ",
-                                                   absl::StrJoin(ModelNames(), ", ")));
+                                                   absl::StrJoin(ModelNames(), ", "),
+                                                   ", or torchscript for your own module"));
   }
   absl::StatusOr<ModelSpec> resolved = Resolve(spec, *family);
   if (!resolved.ok()) return resolved.status();

@@ -10,7 +10,10 @@
 
 namespace xtrain::core {
 
-// The names BuildModel accepts, in a fixed order.
+// The model name of a user's TorchScript module (ModelSpec::script_path), besides the zoo's.
+inline constexpr char kTorchScriptModel[] = "torchscript";
+
+// The zoo's names BuildModel accepts, in a fixed order (kTorchScriptModel besides them).
 std::vector<std::string> ModelNames();
 
 // Builds the model `spec` names, in training mode on the CPU. The weights depend only on the spec
