@@ -53,7 +53,7 @@ BENCH_THREADS ?= 1
 BENCH_DATE := $(shell date +%F)
 BENCH_TOOL := $(BUILD_DIR)/bench/xtrain-bench
 
-.PHONY: bench-tool bench-layer bench-memory bench-accuracy bench-service
+.PHONY: bench-tool bench-layer bench-memory bench-accuracy bench-service bench-finetune
 bench-tool: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS) --target xtrain-bench
 
@@ -74,7 +74,15 @@ bench-accuracy: bench-tool
 	$(BENCH_TOOL) accuracy --threads 1 $(ACCURACY_FLAGS) --json bench/results/accuracy-cpu-$(BENCH_DATE).jsonl --markdown bench/results/accuracy-cpu-$(BENCH_DATE).md --curves bench/results/accuracy-cpu-$(BENCH_DATE)-curves.jsonl
 	/usr/bin/python3 bench/plot_accuracy.py bench/results/accuracy-cpu-$(BENCH_DATE)-curves.jsonl bench/results/accuracy-cpu-$(BENCH_DATE).png
 
-bench: bench-layer bench-memory bench-accuracy
+# Bring your own model: torchvision's resnet18 and squeezenet1_1 (random weights) exported as TorchScript and
+# benchmarked like the zoo's nets on 1x64x64 inputs, with the training step time exact against planned.
+bench-finetune: bench-tool
+	mkdir -p $(BUILD_DIR)/finetune-bench
+	/usr/bin/python3 scripts/export_torchvision.py resnet18 $(BUILD_DIR)/finetune-bench/resnet18.pt --in-channels 1
+	/usr/bin/python3 scripts/export_torchvision.py squeezenet1_1 $(BUILD_DIR)/finetune-bench/squeezenet1_1.pt --in-channels 1
+	$(BENCH_TOOL) memory --threads 2 --script resnet18=$(BUILD_DIR)/finetune-bench/resnet18.pt,squeezenet1_1=$(BUILD_DIR)/finetune-bench/squeezenet1_1.pt --json bench/results/finetune-cpu-$(BENCH_DATE).jsonl --markdown bench/results/finetune-cpu-$(BENCH_DATE).md
+
+bench: bench-layer bench-memory bench-accuracy bench-finetune
 
 # The service against a real xtrain-server on loopback (about 2 minutes): unary latencies at 1/16/64 clients,
 # PlanJob cold and cached, submit-to-first-step, 1,000 and 10,000 watchers. SERVICE_WORKER=path picks the

@@ -13,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "core/memory/planner.h"
 #include "core/models/model_zoo.h"
 
@@ -28,6 +29,9 @@ struct Options {
   std::string json_path;
   std::string markdown_path;
   std::string filter;
+  // name=path,...: TorchScript modules (scripts/export_torchvision.py) benchmarked instead of the zoo's
+  // nets, on 1x64x64 inputs with 10 classes, with the training step's time exact against planned.
+  std::string script;
   bool help = false;
 };
 
@@ -39,6 +43,7 @@ struct Net {
   int64_t batch = 16;
   core::LossKind loss = core::LossKind::kCrossEntropy;
   bool sweep = true;  // false: planning time only (the ResNet-50-sized net)
+  bool step_time = false;  // time training steps exact against the cheapest plan
 };
 
 core::ModelSpec Spec(std::string name, int64_t dims, int64_t in, int64_t out, int64_t width, int64_t depth,
@@ -77,6 +82,24 @@ std::vector<Net> Nets(bool quick) {
       {"resnet-d7-w16-32px (58 convs)", Spec("resnet18", 2, 3, 10, 16, 7), {3, 32, 32}, 32,
        LossKind::kCrossEntropy, false},
   };
+}
+
+// The nets of --script: each torchscript module on 1x64x64 images (Fashion-MNIST resized), 10 classes.
+absl::StatusOr<std::vector<Net>> ScriptNets(const std::string& list) {
+  std::vector<Net> nets;
+  for (absl::string_view item : absl::StrSplit(list, ',', absl::SkipEmpty())) {
+    std::pair<std::string, std::string> named = absl::StrSplit(item, absl::MaxSplits('=', 1));
+    if (named.second.empty()) return absl::InvalidArgumentError(absl::StrCat("--script: '", item, "' is not name=path"));
+    core::ModelSpec spec;
+    spec.name = core::kTorchScriptModel;
+    spec.script_path = named.second;
+    spec.classes = 10;
+    spec.seed = 7;
+    Net net{named.first + "-64px", spec, {1, 64, 64}, named.first == "resnet18" ? 32 : 64};
+    net.step_time = true;
+    nets.push_back(net);
+  }
+  return nets;
 }
 
 core::ModelFactory Factory(const core::ModelSpec& spec) {
@@ -195,7 +218,7 @@ ErrorSummary Summarise(const std::vector<Record>& records, Take take) {
 
 absl::StatusOr<Options> ParseFlags(const std::vector<std::string>& args) {
   absl::StatusOr<std::vector<Flag>> flags =
-      SplitFlags(args, {"--quick", "--help", "-h"}, {"--threads", "--json", "--markdown", "--filter"}, "memory");
+      SplitFlags(args, {"--quick", "--help", "-h"}, {"--threads", "--json", "--markdown", "--filter", "--script"}, "memory");
   if (!flags.ok()) return flags.status();
   Options options;
   for (const auto& [flag, value] : *flags) {
@@ -209,6 +232,7 @@ absl::StatusOr<Options> ParseFlags(const std::vector<std::string>& args) {
     if (flag == "--json") options.json_path = value;
     if (flag == "--markdown") options.markdown_path = value;
     if (flag == "--filter") options.filter = value;
+    if (flag == "--script") options.script = value;
   }
   return options;
 }
@@ -221,7 +245,9 @@ std::string MemoryBenchUsage() {
          "  --threads N      intra-op threads (default 2; the model calibrates with at least 2)\n"
          "  --json FILE      one JSON object per measured case and line\n"
          "  --markdown FILE  markdown tables of the results\n"
-         "  --filter TEXT    only nets whose name contains TEXT\n";
+         "  --filter TEXT    only nets whose name contains TEXT\n"
+         "  --script N=P,... TorchScript modules (scripts/export_torchvision.py) instead of the zoo's nets,\n"
+         "                   with step times exact against the cheapest plan\n";
 }
 
 absl::Status RunMemoryBench(const std::vector<std::string>& args) {
@@ -245,7 +271,14 @@ absl::Status RunMemoryBench(const std::vector<std::string>& args) {
     if (json.is_open()) json << r.Json() << "\n" << std::flush;
   };
 
-  for (const Net& net : Nets(options.quick)) {
+  std::vector<Net> nets = Nets(options.quick);
+  if (!options.script.empty()) {
+    absl::StatusOr<std::vector<Net>> script_nets = ScriptNets(options.script);
+    if (!script_nets.ok()) return script_nets.status();
+    nets = *std::move(script_nets);
+  }
+  std::vector<std::string> step_lines;
+  for (const Net& net : nets) {
     if (!options.filter.empty() && net.name.find(options.filter) == std::string::npos) continue;
     core::TrainingStep step;
     step.sample_sizes = net.sample_sizes;
@@ -357,6 +390,42 @@ absl::Status RunMemoryBench(const std::vector<std::string>& args) {
     std::printf("  budget %.1f MiB holds batch %ld exact, %ld with lean layers (%.2fx), %ld with XConv (%.2fx)\n",
                 exact / 1048576.0, exact_batch, lean_batch, ratio(lean_batch), xconv_batch, ratio(xconv_batch));
     std::fflush(stdout);
+    if (net.step_time) {
+      // Seconds per training step at the net's batch: (6 steps - 1 step) / 5, so the build and the
+      // conversion drop out; exact against the cheapest plan (every freeable conv XConv at 2 probes).
+      absl::StatusOr<Plan> cheapest = core::MakePlan(*model, core::MinimumBudget(*model, net.batch), net.batch);
+      if (!cheapest.ok()) return cheapest.status();
+      auto per_step = [&](const core::PrepareFn& prepare) -> absl::StatusOr<double> {
+        auto start = std::chrono::steady_clock::now();
+        if (auto s = core::MeasureTrainingPeak(Factory(net.spec), &Forward, step, net.batch, prepare, 1); !s.ok()) {
+          return s.status();
+        }
+        const double one = Milliseconds(start);
+        start = std::chrono::steady_clock::now();
+        if (auto s = core::MeasureTrainingPeak(Factory(net.spec), &Forward, step, net.batch, prepare, 6); !s.ok()) {
+          return s.status();
+        }
+        return (Milliseconds(start) - one) / 5;
+      };
+      absl::StatusOr<double> exact_ms = per_step(nullptr);
+      if (!exact_ms.ok()) return exact_ms.status();
+      absl::StatusOr<double> planned_ms = per_step([&](std::shared_ptr<torch::nn::Module> root)
+                                                       -> absl::StatusOr<std::shared_ptr<torch::nn::Module>> {
+        auto converted = core::ApplyPlan(root, *cheapest, *model, 99);
+        if (!converted.ok()) return converted.status();
+        return converted->module;
+      });
+      if (!planned_ms.ok()) return planned_ms.status();
+      Record r = MakeRecord(net.name, "step_time", net.batch, cheapest->budget_bytes, exact, 1.0, model_ms,
+                            model->layers().size());
+      Describe(*cheapest, r);
+      r.note = absl::StrFormat("exact %.1f ms, %s %.1f ms per step: %.2fx", *exact_ms, PlanName(*cheapest),
+                               *planned_ms, *planned_ms / *exact_ms);
+      std::printf("  step time at batch %ld: %s\n", net.batch, r.note.c_str());
+      step_lines.push_back(absl::StrFormat("| %s | %d | %.1f | %s | %.1f | %.2f |", net.name, net.batch, *exact_ms,
+                                           PlanName(*cheapest), *planned_ms, *planned_ms / *exact_ms));
+      emit(r);
+    }
   }
 
   // Summary: the error of planned steps (each under its budget) and, apart, of the exact models.
@@ -395,6 +464,11 @@ absl::Status RunMemoryBench(const std::vector<std::string>& args) {
                             e.lean_peak > 0 ? absl::StrFormat("%.2f", e.lean_peak / 1048576.0) : std::string("-"),
                             e.smallest_peak / 1048576.0, largest->exact_batch, largest->lean_batch,
                             largest->xconv_batch, largest->lean_batch / exact_batch, largest->xconv_batch / exact_batch);
+    }
+    if (!step_lines.empty()) {
+      md << "\n## Training step time, exact against the cheapest plan (" << options.threads << " threads)\n\n"
+         << "| net | batch | exact ms | cheapest plan | its ms | ratio |\n|---|---:|---:|---|---:|---:|\n";
+      for (const std::string& line : step_lines) md << line << "\n";
     }
     md << "\n## Every measured step\n\n"
        << "| net | kind | batch | budget | budget MiB | predicted MiB | measured MiB | error | lean layers | "

@@ -140,6 +140,7 @@ std::string FormatPlan(const v1::PlanJobResponse& response) {
   if (plan.calibration_error() > 0) {
     Line(out, "model", absl::StrFormat("the memory model's calibration error is %.1f%%", 100 * plan.calibration_error()));
   }
+  for (const std::string& note : plan.notes()) Line(out, "note", note);
   if (response.devices_size() > 0) {
     std::vector<std::vector<std::string>> rows;
     for (const v1::DeviceFit& device : response.devices()) {

@@ -9,6 +9,7 @@ packages=(
   libabsl-dev             # absl::Status / StatusOr
   libgtest-dev libgmock-dev
   python3-torch           # the TORCH_LIBRARY test loads the op library from Python
+  python3-torchvision     # scripts/export_torchvision.py and its finetuning tests
   python3-matplotlib      # benchmark plots
   zlib1g-dev              # gzipped IDX files
   libstb-dev              # PNG/JPEG decoding for image-folder datasets (header-only stb_image)

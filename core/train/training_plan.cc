@@ -134,9 +134,13 @@ absl::Status CheckMemoryFields(const TrainOptions& o) {
 
 absl::Status CheckModelFields(const TrainOptions& o) {
   const std::vector<std::string> names = ModelNames();
-  if (std::find(names.begin(), names.end(), o.model.name) == names.end()) {
+  if (o.model.name == kTorchScriptModel) {
+    if (o.model.script_path.empty()) {
+      return Invalid("model.name is torchscript but model.script_path is empty; give the torch.jit.save'd module");
+    }
+  } else if (std::find(names.begin(), names.end(), o.model.name) == names.end()) {
     return Invalid(absl::StrCat("model.name '", o.model.name, "' is not in the zoo; use one of ",
-                                absl::StrJoin(names, ", ")));
+                                absl::StrJoin(names, ", "), ", or torchscript for your own module"));
   }
   if (o.model.dims != 2 && o.model.dims != 3) {
     return Invalid(absl::StrCat("model.dims is ", o.model.dims, "; set model.dims to 2 (images) or 3 (volumes)"));

@@ -46,6 +46,11 @@ absl::Status CheckModel(const v1::ModelSpec& m) {
     if (value < 0) return Invalid(field, Text(value), "use 0 (the default) or a positive count");
     if (value > 100000) return Invalid(field, Text(value), "use a value up to 100000");
   }
+  if (m.name() == "torchscript" && m.init_artifact_id().empty() && m.init_path().empty()) {
+    return absl::InvalidArgumentError(
+        "spec.model.name is torchscript but no module is given; upload the torch.jit.save'd file (xtrainctl "
+        "upload) and set spec.model.init_artifact_id, or set spec.model.init_path to it under a data root");
+  }
   if (!m.init_artifact_id().empty() && !m.init_path().empty()) {
     return absl::InvalidArgumentError(
         "spec.model.init_artifact_id and spec.model.init_path are both set; give the initial weights one way");

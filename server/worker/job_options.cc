@@ -14,6 +14,7 @@
 #include "core/data/synthetic.h"
 #include "core/data/task.h"
 #include "core/data/tensor_dataset.h"
+#include "core/models/model_zoo.h"
 #include "core/util/optimizer.h"
 #include "server/common/util.h"
 
@@ -214,6 +215,13 @@ absl::StatusOr<core::TrainOptions> TrainOptionsFor(const wv1::JobContext& contex
   o.model.seed = m.init_seed();
   o.init.path = context.init_weights_path();
   o.init.strict = !m.init_non_strict();
+  if (o.model.name == core::kTorchScriptModel) {
+    // The module file is the model and its initial weights. A classifier's head follows the data's
+    // classes (replaced when the module has another count); dense modules keep their outputs.
+    o.model.script_path = o.init.path;
+    o.init.path.clear();
+    o.model.classes = o.task.kind == core::TaskKind::kClassification ? o.model.classes : 0;
+  }
   o.freeze.assign(m.freeze().begin(), m.freeze().end());
 
   o.batch_size = t.batch_size() > 0 ? t.batch_size() : 32;

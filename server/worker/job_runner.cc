@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/memory/cpu_memory_meter.h"
 #include "core/models/model_zoo.h"
+#include "core/models/script_network.h"
 #include "core/train/checkpoint.h"
 #include "core/train/checkpoint_store.h"
 #include "server/common/util.h"
@@ -38,6 +39,15 @@ std::vector<std::string> ConvPaths(const core::ModelSpec& spec) {
   return paths;
 }
 
+// What the rewrite of a TorchScript module left as it was (empty for zoo models).
+std::vector<std::string> ScriptNotes(const core::ModelSpec& spec) {
+  if (spec.name != core::kTorchScriptModel) return {};
+  absl::StatusOr<std::shared_ptr<core::NetworkImpl>> model = core::BuildModel(spec);
+  if (!model.ok()) return {};
+  auto* script = dynamic_cast<core::ScriptNetworkImpl*>(model->get());
+  return script != nullptr ? script->notes() : std::vector<std::string>{};
+}
+
 // Steps the whole job takes: its epochs over the batches of the training set, or max_steps.
 int64_t TotalSteps(const core::TrainOptions& o) {
   const int64_t per_epoch = o.data.train ? o.data.train->size() / std::max<int64_t>(1, o.batch_size) : 0;
@@ -47,7 +57,9 @@ int64_t TotalSteps(const core::TrainOptions& o) {
 
 // Saves the trained parameters and buffers into a fresh, unconverted model of the same spec, so the
 // file loads as initial weights of a later job (and in plain LibTorch) without XConv's state.
-absl::Status SaveWeights(const core::TrainOptions& options, const core::NetworkImpl& trained, const std::string& path) {
+absl::Status SaveWeights(const core::TrainOptions& options, core::NetworkImpl& trained, const std::string& path) {
+  // A TorchScript module goes back as TorchScript: the user's module with the trained tensors.
+  if (auto* script = dynamic_cast<core::ScriptNetworkImpl*>(&trained)) return script->Save(path);
   try {
     absl::StatusOr<std::shared_ptr<core::NetworkImpl>> fresh = core::BuildModel(options.model);
     if (!fresh.ok()) return fresh.status();
@@ -96,6 +108,7 @@ v1::Plan PlanMessage(const core::TrainingPlan& tp) {
     row.set_kept_bytes(layer.kept_bytes);
     row.set_exact_kept_bytes(layer.exact_kept_bytes);
     row.set_fidelity(layer.fidelity);
+    row.set_note(layer.note);
   }
   out.set_peak_at(plan.prediction.at.empty() ? plan.prediction.phase
                                               : absl::StrCat(plan.prediction.phase, " at ", plan.prediction.at));
@@ -156,6 +169,7 @@ int JobRunner::Plan(const wv1::PlanCall& call) {
   wv1::WorkerMessage message;
   wv1::PlanResult& result = *message.mutable_plan_result();
   *result.mutable_plan() = PlanMessage(*planned);
+  for (const std::string& note : ScriptNotes(options->model)) result.mutable_plan()->add_notes(note);
   result.set_total_steps(TotalSteps(*options));
   result.set_mode(std::string(core::ProbeModeName(options->memory.planner.modes.front())));
   // The scheduler reads the chain cheapest first; the planner's runs from the plan itself down.
