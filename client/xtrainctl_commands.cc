@@ -558,7 +558,7 @@ SPEC is a job spec file: YAML, or JSON in the proto's JSON mapping (*.json), wit
 xtrain.v1.JobSpec (examples/jobs/*.yaml). Flags set the common fields over the file's:
   -f, --file SPEC          the spec file (or give it as the argument)
   --name NAME              display_name
-  --model NAME             model.name (small_cnn, resnet18, squeezenet1_1, unet, ...)
+  --model NAME             model.name (small_cnn, resnet18, squeezenet1_1, unet, ..., or torchscript)
   --dataset-kind KIND      dataset.kind: mnist, cifar10, image_folder, npy, synthetic
   --dataset-path PATH      dataset.path, under one of the server's data roots
   --batch-size N           training.batch_size

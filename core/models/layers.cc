@@ -49,12 +49,14 @@ nn::AnyModule BatchNorm(int64_t dims, int64_t channels) {
   return nn::AnyModule(nn::BatchNorm3d(channels));
 }
 
-nn::AnyModule MaxPool(int64_t dims, int64_t kernel, int64_t stride, bool ceil_mode) {
+nn::AnyModule MaxPool(int64_t dims, int64_t kernel, int64_t stride, bool ceil_mode, int64_t padding) {
   TORCH_CHECK(dims == 2 || dims == 3, "zoo layers take dims 2 or 3, got ", dims);
   if (dims == 2) {
-    return nn::AnyModule(nn::MaxPool2d(nn::MaxPool2dOptions(kernel).stride(stride).ceil_mode(ceil_mode)));
+    return nn::AnyModule(
+        nn::MaxPool2d(nn::MaxPool2dOptions(kernel).stride(stride).padding(padding).ceil_mode(ceil_mode)));
   }
-  return nn::AnyModule(nn::MaxPool3d(nn::MaxPool3dOptions(kernel).stride(stride).ceil_mode(ceil_mode)));
+  return nn::AnyModule(
+      nn::MaxPool3d(nn::MaxPool3dOptions(kernel).stride(stride).padding(padding).ceil_mode(ceil_mode)));
 }
 
 nn::AnyModule GlobalAvgPool(int64_t dims) {

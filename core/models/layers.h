@@ -25,7 +25,7 @@ struct ConvLayer {
 torch::nn::AnyModule Conv(int64_t dims, const ConvLayer& layer);
 torch::nn::AnyModule ConvTranspose(int64_t dims, int64_t in, int64_t out, int64_t kernel, int64_t stride);
 torch::nn::AnyModule BatchNorm(int64_t dims, int64_t channels);
-torch::nn::AnyModule MaxPool(int64_t dims, int64_t kernel, int64_t stride, bool ceil_mode = false);
+torch::nn::AnyModule MaxPool(int64_t dims, int64_t kernel, int64_t stride, bool ceil_mode = false, int64_t padding = 0);
 // Adaptive average pooling to one value per channel.
 torch::nn::AnyModule GlobalAvgPool(int64_t dims);
 // A ReLU module (not torch::relu), so Convert can swap it for MaskReLU.

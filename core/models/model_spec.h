@@ -17,10 +17,15 @@ struct ModelSpec {
   int64_t depth = 0;         // blocks per stage / U-Net levels / conv layers; 0 = the model's default
   int64_t scale = 2;         // srnet: upscaling factor per spatial side
   bool batch_norm = true;    // BatchNorm after convs: resnet18, unet, ddpm_unet, dncnn, strided_grouped
+  // resnet18: torchvision's ImageNet stem (7x7/2 conv, BatchNorm, ReLU, 3x3/2 max pool) instead of the
+  // 3x3 stem for small images; with width 64 and depth 2 the net takes torchvision's weights.
+  bool imagenet_stem = false;
   uint64_t seed = 0;         // the initial weights are a function of the spec and this seed
   // name "torchscript": the torch.jit.save'd module to train (its weights are the initial weights;
   // classes > 0 replaces a head with another output count). See script_network.h.
-  std::string script_path;
+  std::string script_path = {};
+  // What messages call the module (the uploaded artifact's id, the user's path); script_path if empty.
+  std::string script_name = {};
 };
 
 }  // namespace xtrain::core

@@ -140,6 +140,9 @@ absl::StatusOr<ModelSpec> Resolve(const ModelSpec& spec, const Family& family) {
   if (spec.in_channels < 1) {
     return Invalid(spec, absl::StrCat("in_channels ", spec.in_channels, " must be at least 1"));
   }
+  if (spec.imagenet_stem && spec.name != "resnet18") {
+    return Invalid(spec, "imagenet_stem applies to resnet18 only; leave it off");
+  }
   if (family.kind == Kind::kClassifier && spec.classes < 1) {
     return Invalid(spec, absl::StrCat("classes ", spec.classes, " must be at least 1"));
   }

@@ -51,7 +51,13 @@ torch::Tensor BasicBlockImpl::forward(const torch::Tensor& input) {
 ResNetImpl::ResNetImpl(const ModelSpec& spec) : NetworkImpl(spec) {
   const int64_t dims = spec.dims;
   torch::nn::Sequential stem;
-  AppendConvBnRelu(*stem, dims, {.in = spec.in_channels, .out = spec.width}, spec.batch_norm);
+  if (spec.imagenet_stem) {
+    AppendConvBnRelu(*stem, dims, {.in = spec.in_channels, .out = spec.width, .kernel = 7, .stride = 2, .padding = 3},
+                     spec.batch_norm);
+    stem->push_back(MaxPool(dims, 3, 2, /*ceil_mode=*/false, /*padding=*/1));
+  } else {
+    AppendConvBnRelu(*stem, dims, {.in = spec.in_channels, .out = spec.width}, spec.batch_norm);
+  }
   register_module("stem", stem);
 
   int64_t channels = spec.width;

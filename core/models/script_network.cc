@@ -27,8 +27,13 @@ namespace {
 namespace jit = torch::jit;
 using c10::IValue;
 
-absl::Status Invalid(const std::string& path, absl::string_view sentence) {
-  return absl::InvalidArgumentError(absl::StrCat("model torchscript (", path, "): ", sentence));
+absl::Status Invalid(const std::string& name, absl::string_view sentence) {
+  return absl::InvalidArgumentError(absl::StrCat("model torchscript (", name, "): ", sentence));
+}
+
+// What messages call the module.
+const std::string& NameOf(const ModelSpec& spec) {
+  return spec.script_name.empty() ? spec.script_path : spec.script_name;
 }
 
 // The attribute path a value reads from `self` through prim::GetAttr nodes ("layer1.0.conv1.weight"),
@@ -228,25 +233,25 @@ absl::StatusOr<std::shared_ptr<ScriptNetworkImpl>> ScriptNetworkImpl::Load(const
         "(spec.model.init_artifact_id or init_path)");
   }
   if (std::error_code error; !std::filesystem::is_regular_file(path, error)) {
-    return absl::InvalidArgumentError(absl::StrCat("model torchscript: ", path, " is not a readable file"));
+    return absl::InvalidArgumentError(absl::StrCat("model torchscript: ", NameOf(spec), " is not a readable file"));
   }
   std::shared_ptr<ScriptNetworkImpl> net(new ScriptNetworkImpl(spec));
   absl::Status loaded = GuardFileRead(
-      absl::StrCat("model torchscript: ", path, " is not a TorchScript module saved with torch.jit.save"),
+      absl::StrCat("model torchscript: ", NameOf(spec), " is not a TorchScript module saved with torch.jit.save"),
       [&]() -> absl::Status {
         net->script_ = jit::load(path, torch::kCPU);
         return absl::OkStatus();
       },
       absl::StatusCode::kInvalidArgument);
   if (!loaded.ok()) return loaded;
-  absl::Status bound = GuardFileRead(absl::StrCat("model torchscript: ", path, " could not be prepared"),
+  absl::Status bound = GuardFileRead(absl::StrCat("model torchscript: ", NameOf(spec), " could not be prepared"),
                                      [&]() { return net->Bind(); }, absl::StatusCode::kInvalidArgument);
   if (!bound.ok()) return bound;
   return net;
 }
 
 absl::Status ScriptNetworkImpl::Bind() {
-  const std::string& path = spec().script_path;
+  const std::string& path = NameOf(spec());
   c10::optional<jit::Method> method = script_.find_method("forward");
   if (!method) return Invalid(path, "the module has no forward method");
   graph_ = method->graph()->copy();
@@ -482,7 +487,7 @@ absl::Status ScriptNetworkImpl::Compile(jit::Block* block) {
     if (kind == c10::prim::Constant) {
       instr->kind = K::kConstant;
       c10::optional<IValue> value = jit::toIValue(node->output());
-      if (!value) return Invalid(spec().script_path, absl::StrCat("a constant at ", Where(node), " cannot be read"));
+      if (!value) return Invalid(NameOf(spec()), absl::StrCat("a constant at ", Where(node), " cannot be read"));
       instr->constant = *value;
     } else if (kind == c10::prim::GetAttr) {
       instr->kind = K::kGetAttr;
@@ -509,13 +514,13 @@ absl::Status ScriptNetworkImpl::Compile(jit::Block* block) {
       instr->kind = K::kIdentity;
     } else if (kind == c10::prim::CallMethod || kind == c10::prim::CallFunction || kind == c10::prim::fork ||
                kind == c10::prim::Enter || kind == c10::prim::Exit) {
-      return Invalid(spec().script_path,
+      return Invalid(NameOf(spec()),
                      absl::StrCat("its forward uses ", kind.toQualString(), " at ", Where(node),
                                   ", which xtrain cannot run; export a module without it (torch.jit.script of "
                                   "plain nn.Modules, or torch.jit.trace)"));
     } else {
       if (node->maybeOperator() == nullptr) {
-        return Invalid(spec().script_path, absl::StrCat("its forward uses ", kind.toQualString(), " at ", Where(node),
+        return Invalid(NameOf(spec()), absl::StrCat("its forward uses ", kind.toQualString(), " at ", Where(node),
                                                         ", an operator this LibTorch does not have"));
       }
       instr->kind = K::kOperator;

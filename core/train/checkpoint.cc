@@ -6,11 +6,18 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <map>
+#include <optional>
+#include <set>
 #include <utility>
+
+#include <torch/script.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "core/models/network.h"
+#include "core/models/torchvision_names.h"
 #include "core/train/archive_check.h"
 #include "core/util/torch_guard.h"
 
@@ -93,6 +100,75 @@ absl::Status CopyModule(torch::serialize::InputArchive& archive, torch::nn::Modu
   return absl::OkStatus();
 }
 
+
+// A TorchScript module with torchvision's names (scripts/export_torchvision.py) into the zoo net of the
+// same layout. nullopt: the file is not such a module (LoadWeights reads it its own way).
+absl::StatusOr<std::optional<WeightsLoadReport>> LoadTorchvisionWeights(const std::string& path, NetworkImpl& net,
+                                                                        bool strict) {
+  std::optional<torch::jit::Module> script;
+  try {
+    script = torch::jit::load(path, torch::kCPU);
+  } catch (const std::exception&) {
+    return std::optional<WeightsLoadReport>();  // not TorchScript: an xtrain file or torch::save's
+  }
+  std::map<std::string, torch::Tensor> source;
+  for (const auto& p : script->named_parameters()) source[p.name] = p.value;
+  for (const auto& b : script->named_buffers()) source[b.name] = b.value;
+  const ModelSpec& spec = net.spec();
+  const std::string probe = spec.name == "resnet18" ? "conv1.weight" : "features.3.squeeze.weight";
+  if (!source.count(probe)) return std::optional<WeightsLoadReport>();  // not torchvision's names
+  if (std::string why; !HasTorchvisionLayout(spec, &why)) {
+    return absl::InvalidArgumentError(absl::StrCat(path, " holds torchvision's ", spec.name, " weights, but ", why));
+  }
+  return GuardFileRead(absl::StrCat("cannot load torchvision weights from ", path),
+                       [&]() -> absl::StatusOr<std::optional<WeightsLoadReport>> {
+    torch::NoGradGuard no_grad;
+    std::map<std::string, torch::Tensor> dest;
+    for (const auto& p : net.named_parameters()) dest[p.key()] = p.value();
+    for (const auto& b : net.named_buffers()) dest[b.key()] = b.value();
+    WeightsLoadReport report;
+    std::set<std::string> filled;
+    for (const auto& [name, tensor] : source) {
+      std::optional<std::string> zoo = ZooNameOfTorchvision(spec, name);
+      auto it = zoo ? dest.find(*zoo) : dest.end();
+      if (it == dest.end()) {
+        if (strict) {
+          return absl::InvalidArgumentError(absl::StrCat(path, " has torchvision's '", name, "', which model ", spec.name,
+                                                         " has no place for; load with strict off to skip it"));
+        }
+        report.skipped.push_back(name);
+        continue;
+      }
+      if (tensor.sizes() != it->second.sizes()) {
+        // A head for another class count: finetuning starts it afresh.
+        if (IsTorchvisionHead(spec, *zoo)) {
+          report.skipped.push_back(*zoo);
+          continue;
+        }
+        if (strict) {
+          return absl::InvalidArgumentError(absl::StrCat("torchvision's '", name, "' has shape ", Shape(tensor), " in ",
+                                                         path, " but ", Shape(it->second), " in the model ('", *zoo,
+                                                         "'); export for the data's channels (--in-channels) or load "
+                                                         "with strict off"));
+        }
+        report.skipped.push_back(*zoo);
+        continue;
+      }
+      it->second.copy_(tensor.to(it->second.dtype()));
+      report.loaded.push_back(*zoo);
+      filled.insert(*zoo);
+    }
+    for (const auto& [name, tensor] : dest) {
+      if (filled.count(name) || IsTorchvisionHead(spec, name)) continue;
+      if (strict) {
+        return absl::InvalidArgumentError(absl::StrCat(path, " has no torchvision tensor for the model's '", name,
+                                                       "'; load with strict off to leave it as initialised"));
+      }
+      report.skipped.push_back(name);
+    }
+    return std::optional<WeightsLoadReport>(std::move(report));
+  }, absl::StatusCode::kInvalidArgument);
+}
 
 torch::Tensor SettingsTensor(const std::vector<XConvLayerRecord>& layers) {
   torch::Tensor t = torch::zeros({static_cast<int64_t>(layers.size()), kSettingsColumns}, torch::kLong);
@@ -324,6 +400,12 @@ absl::Status Checkpoint::LoadOptimizer(torch::optim::Optimizer& optimizer) const
 
 absl::StatusOr<WeightsLoadReport> LoadWeights(const std::string& path, torch::nn::Module& model,
                                               bool strict) {
+  if (auto* net = dynamic_cast<NetworkImpl*>(&model);
+      net != nullptr && (net->spec().name == "resnet18" || net->spec().name == "squeezenet1_1")) {
+    absl::StatusOr<std::optional<WeightsLoadReport>> torchvision = LoadTorchvisionWeights(path, *net, strict);
+    if (!torchvision.ok()) return torchvision.status();
+    if (torchvision->has_value()) return **torchvision;
+  }
   absl::StatusOr<std::unique_ptr<torch::serialize::InputArchive>> archive = OpenArchive(path, "weights file");
   if (!archive.ok()) return archive.status();
   const std::string context = absl::StrCat("cannot load weights from ", path);

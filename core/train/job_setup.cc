@@ -139,10 +139,13 @@ absl::Status CheckModelFitsTask(const TrainOptions& o, const TaskAdapter& adapte
     EvalMode eval(model);
     output = model.forward(batch->input);
   } catch (const c10::Error& e) {
+    const bool script = o.model.name == kTorchScriptModel;
     return Invalid(absl::StrCat("model ", o.model.name, " cannot run on the ", TaskKindName(o.task.kind),
                                 " inputs of shape ", ShapeText(batch->input.sizes().slice(1)), ": ",
                                 e.what_without_backtrace(),
-                                "; change the model (depth, scale) or the data's spatial size"));
+                                script ? "; export a module whose forward takes a batch of inputs of this shape "
+                                         "(N first), or resize the data (dataset.image_size)"
+                                       : "; change the model (depth, scale) or the data's spatial size"));
   }
   const std::string task(TaskKindName(o.task.kind));
   const std::string got = ShapeText(output.sizes().slice(1));

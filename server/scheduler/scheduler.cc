@@ -1345,7 +1345,8 @@ void Scheduler::OnWorkerExit(const std::string& job_id, const WorkerExit& exit) 
       v1::ArtifactInfo& info = record.info;
       info.set_id(NewId("art-"));
       info.set_name(absl::StrCat(job.id(), "-weights.pt"));
-      info.set_kind("weights");
+      // A TorchScript module goes back as TorchScript (it loads in plain PyTorch); zoo nets as weights.
+      info.set_kind(job.spec().model().name() == "torchscript" ? "torchscript" : "weights");
       info.set_job_id(job.id());
       *info.mutable_create_time() = NowTimestamp();
       const std::string full = absl::StrCat(options_.data_dir, "/", record.path);

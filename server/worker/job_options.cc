@@ -212,6 +212,7 @@ absl::StatusOr<core::TrainOptions> TrainOptionsFor(const wv1::JobContext& contex
   o.model.depth = m.depth();
   o.model.scale = m.scale() > 0 ? m.scale() : o.task.options.scale;
   o.model.batch_norm = !m.no_batch_norm();
+  o.model.imagenet_stem = m.imagenet_stem();
   o.model.seed = m.init_seed();
   o.init.path = context.init_weights_path();
   o.init.strict = !m.init_non_strict();
@@ -219,6 +220,7 @@ absl::StatusOr<core::TrainOptions> TrainOptionsFor(const wv1::JobContext& contex
     // The module file is the model and its initial weights. A classifier's head follows the data's
     // classes (replaced when the module has another count); dense modules keep their outputs.
     o.model.script_path = o.init.path;
+    o.model.script_name = m.init_artifact_id().empty() ? m.init_path() : absl::StrCat("artifact ", m.init_artifact_id());
     o.init.path.clear();
     o.model.classes = o.task.kind == core::TaskKind::kClassification ? o.model.classes : 0;
   }

@@ -3,6 +3,7 @@
 // (/usr/bin/python3's torch) into a fresh folder.
 #include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <string>
 
 #include <gmock/gmock.h>
@@ -136,19 +137,30 @@ TEST_F(ScriptNetworkTest, ConvertedLayersKeepOutputsAndGiveUnbiasedWeightGradien
   const torch::Tensor y_ref = reference.forward({x}).toTensor();
   const torch::Tensor g = torch::randn_like(y_ref);
   y_ref.backward(g);
-  const torch::Tensor exact = reference.attr("stem").toModule().attr("weight").toTensor().grad().clone();
   const torch::Tensor exact_fc = reference.attr("fc").toModule().attr("weight").toTensor().grad().clone();
+  const std::vector<std::string> layers = {"stem", "block.conv", "down"};
+  std::map<std::string, torch::Tensor> exact, weight, sum, sum_sq;
+  for (const auto& [name, grad] : ScriptGrads(reference)) {
+    for (const std::string& layer : layers) {
+      if (name == layer + ".weight") exact[layer] = grad.clone();
+    }
+  }
+  for (const auto& p : net->named_parameters()) {
+    for (const std::string& layer : layers) {
+      if (p.key() == layer + ".weight") weight[layer] = p.value();
+    }
+  }
+  ASSERT_EQ(exact.size(), layers.size());
+  ASSERT_EQ(weight.size(), layers.size());
+  for (const std::string& layer : layers) {
+    sum[layer] = torch::zeros_like(exact[layer]);
+    sum_sq[layer] = torch::zeros_like(exact[layer]);
+  }
 
   // Many draws: each forward draws fresh probes. Their mean is the exact gradient within the
   // sampling error: sum over elements of (mean - exact)^2 / (var / n) is about chi-square with one
   // degree of freedom per element, so it stays below k + 6 sqrt(2k) unless the estimate is biased.
   const int draws = 300;
-  torch::Tensor sum = torch::zeros_like(exact), sum_sq = torch::zeros_like(exact);
-  torch::Tensor weight;
-  for (const auto& p : net->named_parameters()) {
-    if (p.key() == "stem.weight") weight = p.value();
-  }
-  ASSERT_TRUE(weight.defined());
   for (int d = 0; d < draws; ++d) {
     net->zero_grad();
     const torch::Tensor y = net->forward(x);
@@ -164,19 +176,27 @@ TEST_F(ScriptNetworkTest, ConvertedLayersKeepOutputsAndGiveUnbiasedWeightGradien
         }
       }
     }
-    sum += weight.grad();
-    sum_sq += weight.grad() * weight.grad();
+    for (const std::string& layer : layers) {
+      const torch::Tensor grad = weight[layer].grad();
+      sum[layer] += grad;
+      sum_sq[layer] += grad * grad;
+    }
   }
-  const torch::Tensor mean = sum / draws;
-  const torch::Tensor var = (sum_sq / draws - mean * mean) * draws / (draws - 1);
-  const double k = static_cast<double>(exact.numel());
-  const double statistic = ((mean - exact).pow(2) / (var / draws).clamp_min(1e-30)).sum().item<double>();
-  EXPECT_LT(statistic, k + 6 * std::sqrt(2 * k)) << "mean rel err " << Rel(mean, exact);
-  // And the estimate is noisy (not the exact gradient every draw): the test can tell them apart.
-  EXPECT_GT(var.sum().item<double>(), 0.0);
-  // A biased estimate (half the gradient) fails the same test.
-  const double biased = ((mean * 0.5 - exact).pow(2) / (var / draws).clamp_min(1e-30)).sum().item<double>();
-  EXPECT_GT(biased, k + 6 * std::sqrt(2 * k));
+  for (const std::string& layer : layers) {
+    SCOPED_TRACE(layer);
+    const torch::Tensor mean = sum[layer] / draws;
+    const torch::Tensor var = (sum_sq[layer] / draws - mean * mean) * draws / (draws - 1);
+    const double k = static_cast<double>(mean.numel());
+    const double bound = k + 6 * std::sqrt(2 * k);
+    const double statistic = ((mean - exact[layer]).pow(2) / (var / draws).clamp_min(1e-30)).sum().item<double>();
+    EXPECT_LT(statistic, bound) << "mean rel err " << Rel(mean, exact[layer]);
+    // The estimate is noisy (not the exact gradient every draw), and a biased one (half the gradient)
+    // fails the same test: the test can tell them apart.
+    EXPECT_GT(var.sum().item<double>(), 0.0);
+    const double biased =
+        ((mean * 0.5 - exact[layer]).pow(2) / (var / draws).clamp_min(1e-30)).sum().item<double>();
+    EXPECT_GT(biased, bound);
+  }
 }
 
 TEST_F(ScriptNetworkTest, MemoryModelPlansTheModuleAndListsTheConvolutionLeftExact) {

@@ -70,7 +70,7 @@ def main():
     parser.add_argument("--server", required=True)
     parser.add_argument("--worker", required=True)
     parser.add_argument("--proto-path", required=True)
-    parser.add_argument("--model", default="resnet18", choices=["resnet18", "squeezenet1_1"])
+    parser.add_argument("--model", default="resnet18", choices=["resnet18", "squeezenet1_1", "refusals"])
     args = parser.parse_args()
 
     folder = tempfile.mkdtemp(prefix="xtrain-finetune-")
@@ -84,8 +84,11 @@ def main():
 
     try:
         module_path = os.path.join(folder, f"{args.model}.pt")
-        subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "export_torchvision.py"), args.model,
-                        module_path, "--in-channels", "1", "--seed", "5"], check=True)
+        if args.model == "refusals":
+            write_bad_modules(folder)
+        else:
+            subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "export_torchvision.py"), args.model,
+                            module_path, "--in-channels", "1", "--seed", "5"], check=True)
         port_file = os.path.join(folder, "port")
         server = subprocess.Popen([args.server, "--listen", "127.0.0.1:0", "--port-file", port_file,
                                    "--data-dir", os.path.join(folder, "store"), "--data-root", DATA_ROOT,
@@ -98,6 +101,9 @@ def main():
             time.sleep(0.1)
         address = "127.0.0.1:" + open(port_file).read().strip()
         with xtrain_client.XtrainClient(address, proto_path=args.proto_path, plan_timeout=900) as client:
+            if args.model == "refusals":
+                check_refusals(client, folder, check)
+                return finish(failures)
             artifact = client.upload(module_path, name=f"{args.model}.pt")
             exact = client.plan(job_spec(args.model, artifact.id)).plan  # no budget: the exact job, and the cheapest
             # Just above the cheapest plan's budget: the planner must convert convolutions to fit.
@@ -138,7 +144,8 @@ def main():
             check("the loss fell", last < first, f"first steps {first:.4f}, last steps {last:.4f} ({len(steps)} steps)")
 
             downloaded = os.path.join(folder, "trained.pt")
-            client.download(final.weights_artifact_id, downloaded)
+            info = client.download(final.weights_artifact_id, downloaded)
+            check("the result is a torchscript artifact", info.kind == "torchscript", info.kind)
             module = torch.jit.load(downloaded)
             module.eval()
             x, y = validation_set()
@@ -164,8 +171,66 @@ def main():
             except subprocess.TimeoutExpired:
                 server.kill()
         shutil.rmtree(folder, ignore_errors=True)
+    finish(failures)
+
+
+def finish(failures):
     print(f"{len(failures)} failed" if failures else "all passed")
     sys.exit(1 if failures else 0)
+
+
+class NoConv(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(64 * 64, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+class Volumes(torch.nn.Module):
+    """A 3-D network: Fashion-MNIST's images have one rank too few for it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean(dim=[2, 3, 4]))
+
+
+def write_bad_modules(folder):
+    with open(os.path.join(folder, "garbage.pt"), "wb") as f:
+        f.write(b"these bytes are no TorchScript module\n" * 100)
+    torch.save(NoConv().state_dict(), os.path.join(folder, "state_dict.pt"))
+    torch.jit.script(NoConv()).save(os.path.join(folder, "noconv.pt"))
+    torch.jit.script(Volumes()).save(os.path.join(folder, "volumes.pt"))
+
+
+def check_refusals(client, folder, check):
+    """Bad modules are refused at PlanJob with INVALID_ARGUMENT and a sentence that says why."""
+    cases = [("garbage.pt", "is not a TorchScript module"), ("state_dict.pt", "is not a TorchScript module"),
+             ("noconv.pt", "has no convolution"), ("volumes.pt", "cannot run on the")]
+    for name, reason in cases:
+        artifact = client.upload(os.path.join(folder, name), name=name)
+        try:
+            client.plan(job_spec("resnet18", artifact.id))
+            check(f"{name} refused", False, "PlanJob accepted it")
+        except xtrain_client.XtrainError as error:
+            print(f"  {name}: {error}")
+            check(f"{name} refused with INVALID_ARGUMENT", error.code.name == "INVALID_ARGUMENT", str(error.code))
+            check(f"{name}: the reason says '{reason}'", reason in str(error), str(error))
+            check(f"{name}: the message names the artifact, not the server's files",
+                  "/store/" not in str(error) and (artifact.id in str(error) or reason == "cannot run on the"))
+    spec = job_spec("resnet18", "")
+    del spec["model"]["init_artifact_id"]
+    try:
+        client.plan(spec)
+        check("torchscript without a module refused", False, "PlanJob accepted it")
+    except xtrain_client.XtrainError as error:
+        check("torchscript without a module refused with INVALID_ARGUMENT", error.code.name == "INVALID_ARGUMENT")
+        check("the reason names init_artifact_id", "init_artifact_id" in str(error), str(error))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
 #include "core/models/model_zoo.h"
 #include "core/train/archive_check.h"
 #include "core/train/checkpoint_store.h"
@@ -80,10 +81,44 @@ ResumeCase DropoutSqueezeNet() {
   return c;
 }
 
+// A user's TorchScript module (tests/models/make_script_modules.py: BatchNorm, a residual, a functional
+// conv left exact), its convs XConv at 4 probes behind lean layers, SGD momentum, validation and fidelity
+// telemetry; the module is written in the test.
+ResumeCase TorchScriptXConv() {
+  ResumeCase c{"torchscript_xconv", SmallCnnOptions(53), 5};
+  TrainOptions& o = c.options;
+  o.model = {.name = kTorchScriptModel, .in_channels = 2, .classes = 4, .seed = 53};
+  // The module takes two channels: the image and its mirror.
+  auto two_channels = [](const TensorDataset& one) {
+    TensorDataset two = one;
+    two.inputs = torch::cat({one.inputs, one.inputs.flip(3)}, 1);
+    return std::make_shared<const TensorDataset>(two);
+  };
+  const Split data = Classification(64, 16, {32, 32}, 4, 53);
+  o.data.train = two_channels(*data.train);
+  o.data.validation = two_channels(*data.validation);
+  o.batch_size = 16;
+  o.epochs = 2;
+  o.optimizer = {.kind = OptimizerKind::kSgdMomentum, .lr = 0.05};
+  o.memory.fixed_probes = 4;
+  o.fidelity_interval = 2;
+  o.threads = kTestThreads;
+  return c;
+}
+
 class ResumeTest : public ::testing::TestWithParam<ResumeCase> {};
 
 TEST_P(ResumeTest, ResumedJobMatchesUninterruptedBitForBit) {
   ResumeCase c = GetParam();
+  if (c.name == "torchscript_xconv") {
+    const char* source = std::getenv("XTRAIN_SOURCE_DIR");
+    ASSERT_NE(source, nullptr) << "ctest sets XTRAIN_SOURCE_DIR";
+    const std::string dir = FreshDir("torchscript_module");
+    const std::string command = absl::StrCat("/usr/bin/python3 ", source, "/tests/models/make_script_modules.py ", dir,
+                                             " > /dev/null");
+    ASSERT_EQ(std::system(command.c_str()), 0) << command;
+    c.options.model.script_path = dir + "/scripted.pt";
+  }
   if (c.name == "planned_unet_batchnorm") {
     // Halfway between the smallest plan and the exact model: some layers XConv, some exact.
     absl::StatusOr<TrainingPlan> exact = PlanTraining(c.options);
@@ -153,7 +188,8 @@ TEST_P(ResumeTest, ResumedJobMatchesUninterruptedBitForBit) {
   for (size_t i = 0; i < tail.size(); ++i) EXPECT_EQ(tail[i], all[i + c.stop_after]) << "step " << i;
 }
 
-INSTANTIATE_TEST_SUITE_P(Jobs, ResumeTest, ::testing::Values(ExactCnn(), PlannedUNet(), DropoutSqueezeNet()),
+INSTANTIATE_TEST_SUITE_P(Jobs, ResumeTest,
+                         ::testing::Values(ExactCnn(), PlannedUNet(), DropoutSqueezeNet(), TorchScriptXConv()),
                          [](const ::testing::TestParamInfo<ResumeCase>& info) { return info.param.name; });
 
 // A job that resumes with a new plan (the service shrinking it to pack another job beside it):
