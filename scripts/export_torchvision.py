@@ -53,10 +53,15 @@ def main(argv=None):
         state = torch.load(args.weights, map_location="cpu")
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
+        if not isinstance(state, dict):
+            sys.exit(f"{args.weights} is not a state dict (the dict of tensors torch.save(model.state_dict()) "
+                     f"writes): it holds a {type(state).__name__}")
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            sys.exit(f"{args.weights} does not match torchvision's {args.model}: missing {missing}, "
-                     f"unexpected {unexpected}")
+            def some(names):
+                return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "") or "none"
+            sys.exit(f"{args.weights} does not match torchvision's {args.model}: {len(missing)} missing ({some(missing)}), "
+                     f"{len(unexpected)} unexpected ({some(unexpected)})")
 
     if args.in_channels != 3:
         parent, attr = first_conv(model, args.model)

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "core/models/model_zoo.h"
 #include "core/train/task_metrics.h"
 #include "core/util/generator_state.h"
@@ -217,8 +218,20 @@ absl::StatusOr<MemoryModel> BuildJobMemoryModel(const TrainOptions& o, const Tas
   step.loss = TaskLossKind(o.task.kind);
   step.optimizer = o.optimizer.kind;
   absl::StatusOr<MemoryModel> memory = MemoryModel::Build(factory, forward, step, o.memory.model);
-  if (!memory.ok()) return Prefixed(memory.status(), "memory model: ");
-  return memory;
+  if (memory.ok()) return memory;
+  const absl::StatusCode code = memory.status().code();
+  absl::string_view message = memory.status().message();
+  const bool calibration = absl::ConsumePrefix(&message, "memory model: ");  // not the job slot's refusal
+  if (o.model.name == kTorchScriptModel &&
+      (code == absl::StatusCode::kInternal || (code == absl::StatusCode::kFailedPrecondition && calibration))) {
+    // For a zoo net an inconsistent calibration is xtrain's bug; for a user's module, a graph the
+    // memory model cannot follow.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "memory model: the module cannot be calibrated (", message,
+        "); its forward must run the same ops on batches of every size, so export it without branches or "
+        "shapes that depend on the batch"));
+  }
+  return absl::Status(code, absl::StrCat("memory model: ", message));
 }
 
 int64_t BatchBytes(const TrainOptions& o, int64_t batch) {

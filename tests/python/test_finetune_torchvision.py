@@ -200,29 +200,48 @@ class Volumes(torch.nn.Module):
         return self.fc(torch.relu(self.conv(x)).mean(dim=[2, 3, 4]))
 
 
+class BatchDependent(torch.nn.Module):
+    """Runs one more op on batches larger than two: the memory model's calibration batches differ."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        if x.size(0) > 2:
+            y = y * 2.0
+        return self.fc(y.mean(dim=[2, 3]))
+
+
 def write_bad_modules(folder):
     with open(os.path.join(folder, "garbage.pt"), "wb") as f:
         f.write(b"these bytes are no TorchScript module\n" * 100)
     torch.save(NoConv().state_dict(), os.path.join(folder, "state_dict.pt"))
     torch.jit.script(NoConv()).save(os.path.join(folder, "noconv.pt"))
     torch.jit.script(Volumes()).save(os.path.join(folder, "volumes.pt"))
+    torch.jit.script(BatchDependent()).save(os.path.join(folder, "batch_dependent.pt"))
 
 
 def check_refusals(client, folder, check):
     """Bad modules are refused at PlanJob with INVALID_ARGUMENT and a sentence that says why."""
-    cases = [("garbage.pt", "is not a TorchScript module"), ("state_dict.pt", "is not a TorchScript module"),
-             ("noconv.pt", "has no convolution"), ("volumes.pt", "cannot run on the")]
-    for name, reason in cases:
+    cases = [("garbage.pt", "is not a TorchScript module", "INVALID_ARGUMENT"),
+             ("state_dict.pt", "is not a TorchScript module", "INVALID_ARGUMENT"),
+             ("noconv.pt", "has no convolution", "INVALID_ARGUMENT"),
+             ("volumes.pt", "cannot run on the", "INVALID_ARGUMENT"),
+             ("batch_dependent.pt", "cannot be calibrated", "FAILED_PRECONDITION")]
+    for name, reason, code in cases:
         artifact = client.upload(os.path.join(folder, name), name=name)
         try:
             client.plan(job_spec("resnet18", artifact.id))
             check(f"{name} refused", False, "PlanJob accepted it")
         except xtrain_client.XtrainError as error:
             print(f"  {name}: {error}")
-            check(f"{name} refused with INVALID_ARGUMENT", error.code.name == "INVALID_ARGUMENT", str(error.code))
+            check(f"{name} refused with {code}", error.code.name == code, str(error.code))
             check(f"{name}: the reason says '{reason}'", reason in str(error), str(error))
             check(f"{name}: the message names the artifact, not the server's files",
-                  "/store/" not in str(error) and (artifact.id in str(error) or reason == "cannot run on the"))
+                  "/store/" not in str(error) and (artifact.id in str(error) or name in ("volumes.pt", "batch_dependent.pt")))
     spec = job_spec("resnet18", "")
     del spec["model"]["init_artifact_id"]
     try:
