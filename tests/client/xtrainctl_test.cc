@@ -456,6 +456,17 @@ TEST_F(Xtrainctl, JobSaysWhichReplicaRunsIt) {
   EXPECT_TRUE(absl::StrContains(out, "SUCCEEDED on replica xtrain-7d9f-abc")) << out;
 }
 
+TEST_F(Xtrainctl, PlanPrintsWhatATorchScriptRewriteLeftExact) {
+  v1::PlanJobResponse response;
+  response.mutable_plan()->set_batch_size(8);
+  response.mutable_plan()->add_notes("convolution at code/__torch__.py:26 stays exact: its weight is computed");
+  response.mutable_plan()->add_notes("head fc replaced: 1000 outputs -> 10 (model.classes), freshly initialised");
+  const std::string out = FormatPlan(response);
+  EXPECT_TRUE(absl::StrContains(out, "note")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "stays exact: its weight is computed")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "head fc replaced: 1000 outputs -> 10")) << out;
+}
+
 TEST_F(Xtrainctl, TablePadsColumns) {
   EXPECT_EQ(FormatTable({"ID", "N"}, {{"job-1", "5"}, {"j", "100"}}, {false, true}),
             "ID       N\n"
