@@ -193,6 +193,22 @@ std::shared_ptr<torch::nn::Module> MakeConv(const ConvSite& site, const torch::T
   return std::make_shared<Conv>(options);
 }
 
+// A D-D max pool module with the window of an aten::max_poolNd node (sizes of length 1 apply to every dim).
+template <int64_t D, typename Pool, typename Options>
+std::shared_ptr<torch::nn::Module> MakeMaxPool(const std::vector<int64_t>& kernel, const std::vector<int64_t>& stride,
+                                               const std::vector<int64_t>& padding,
+                                               const std::vector<int64_t>& dilation, bool ceil_mode) {
+  auto sizes = [](std::vector<int64_t> v) {
+    if (v.size() == 1) v.assign(static_cast<size_t>(D), v[0]);
+    return torch::ExpandingArray<D>(v);
+  };
+  return std::make_shared<Pool>(Options(sizes(kernel))
+                                    .stride(sizes(stride))
+                                    .padding(sizes(padding))
+                                    .dilation(sizes(dilation))
+                                    .ceil_mode(ceil_mode));
+}
+
 // Kaiming-uniform (a = sqrt(5)) weight and uniform bias, as torch.nn.Linear and ConvNd initialise.
 void InitLikeTorch(torch::Tensor& weight, torch::Tensor& bias) {
   torch::NoGradGuard no_grad;
@@ -436,25 +452,10 @@ absl::Status ScriptNetworkImpl::Bind() {
           continue;
         }
         if (stride->empty()) stride = kernel;
-        auto expand = [d](std::vector<int64_t> v) {
-          if (v.size() == 1) v.assign(static_cast<size_t>(d), v[0]);
-          return v;
-        };
-        if (d == 2) {
-          module = std::make_shared<torch::nn::MaxPool2dImpl>(
-              torch::nn::MaxPool2dOptions(torch::ExpandingArray<2>(expand(*kernel)))
-                  .stride(torch::ExpandingArray<2>(expand(*stride)))
-                  .padding(torch::ExpandingArray<2>(expand(*padding)))
-                  .dilation(torch::ExpandingArray<2>(expand(*dilation)))
-                  .ceil_mode(*ceil));
-        } else {
-          module = std::make_shared<torch::nn::MaxPool3dImpl>(
-              torch::nn::MaxPool3dOptions(torch::ExpandingArray<3>(expand(*kernel)))
-                  .stride(torch::ExpandingArray<3>(expand(*stride)))
-                  .padding(torch::ExpandingArray<3>(expand(*padding)))
-                  .dilation(torch::ExpandingArray<3>(expand(*dilation)))
-                  .ceil_mode(*ceil));
-        }
+        module = d == 2 ? MakeMaxPool<2, torch::nn::MaxPool2dImpl, torch::nn::MaxPool2dOptions>(
+                              *kernel, *stride, *padding, *dilation, *ceil)
+                        : MakeMaxPool<3, torch::nn::MaxPool3dImpl, torch::nn::MaxPool3dOptions>(
+                              *kernel, *stride, *padding, *dilation, *ceil);
         name = absl::StrCat("max_pool", lean_count++);
       } else {
         continue;
